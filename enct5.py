@@ -1,0 +1,334 @@
+"""EncT5: a T5.1.1 encoder with a small pooling block for classification and regression.
+
+Liu, Shakeri, Yu, Li (2021), "EncT5: Fine-tuning T5 Encoder for Non-autoregressive Tasks".
+The decoder of a pre-trained T5 is replaced by (§3, Figure 1):
+
+  encoder output --> cross-attention from one learned query per example --> the first
+  decoder layer's FFN --> the decoder's final RMSNorm --> projection with bias to n+1 classes
+
+Class 0 is the padding class (T5 pads targets with 0), so packed rows with fewer examples
+than slots need no special case. Everything is a pure function of a nested dict of arrays
+whose names are those of a T5X T5.1.1 checkpoint (`t5_layers` has the building blocks).
+"""
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+import packing
+import t5_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class EncT5Config:
+  """Sizes and options. Frozen, hence hashable: a static argument of `jax.jit`."""
+  vocab_size: int = 32128  # T5's SentencePiece vocabulary of 32000, padded to a multiple of 128
+  d_model: int = 512
+  num_heads: int = 6
+  head_dim: int = 64  # H * K need not equal D
+  d_ff: int = 1024
+  num_layers: int = 8  # encoder layers
+  num_decoder_layers: int = 8  # only the T5 baseline uses more than the first
+  num_buckets: int = 32  # relative-position buckets, per direction 16
+  max_distance: int = 128  # distances beyond share the last bucket
+  dropout_rate: float = 0.1  # T5's fine-tuning dropout
+  num_classes: int = 2  # n real classes, ids 1..n; 1 means regression (STS-B)
+  dtype: str = 'float32'  # activations: 'float32' or 'bfloat16'; parameters stay float32
+
+  @property
+  def is_regression(self):
+    return self.num_classes == 1
+
+  @property
+  def num_outputs(self):
+    """n + 1 logits, class 0 being padding; one value for regression."""
+    return 1 if self.is_regression else self.num_classes + 1
+
+  @property
+  def activation_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+# T5.1.1 sizes (T5X `t5_1_1/{small,...}.gin`). `tiny` keeps tests and the demo fast.
+SIZES = {
+    'tiny': dict(d_model=64, num_heads=4, head_dim=16, d_ff=128, num_layers=2,
+                 num_decoder_layers=2),
+    'small': dict(d_model=512, num_heads=6, head_dim=64, d_ff=1024, num_layers=8,
+                  num_decoder_layers=8),
+    'base': dict(d_model=768, num_heads=12, head_dim=64, d_ff=2048, num_layers=12,
+                 num_decoder_layers=12),
+    'large': dict(d_model=1024, num_heads=16, head_dim=64, d_ff=2816, num_layers=24,
+                  num_decoder_layers=24),
+    'xl': dict(d_model=2048, num_heads=32, head_dim=64, d_ff=5120, num_layers=24,
+               num_decoder_layers=24),
+    'xxl': dict(d_model=4096, num_heads=64, head_dim=64, d_ff=10240, num_layers=24,
+                num_decoder_layers=24),
+}
+
+
+def get_config(size, num_classes=2, **overrides):
+  """The config of a T5.1.1 size, e.g. get_config('base', num_classes=3, dropout_rate=0.0)."""
+  if size not in SIZES:
+    raise ValueError(f'unknown size {size!r}; expected one of {sorted(SIZES)}')
+  if num_classes < 1:
+    raise ValueError(f'num_classes must be >= 1 (1 = regression), got {num_classes}')
+  fields = {f.name for f in dataclasses.fields(EncT5Config)}
+  unknown = set(overrides) - fields
+  if unknown:
+    raise ValueError(f'unknown config fields {sorted(unknown)}; known: {sorted(fields)}')
+  if overrides.get('dtype', 'float32') not in ('float32', 'bfloat16'):
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {overrides['dtype']!r}")
+  return EncT5Config(**{**SIZES[size], 'num_classes': num_classes, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters: each one declared once, with shape, T5X logical axes and T5X initializer. Init,
+# sharding (train.py), Adafactor factoring and parameter counts all derive from this table.
+# ---------------------------------------------------------------------------------------------
+
+class ParamSpec(NamedTuple):
+  shape: tuple
+  axes: tuple  # T5X logical axis names, mapped to mesh axes by the partitioning rules
+  init: object  # jax.nn.initializers-style fn(key, shape, dtype)
+
+
+_INIT = jax.nn.initializers
+_EMBEDDING_INIT = _INIT.normal(stddev=1.0)
+_KERNEL_INIT = _INIT.variance_scaling(1.0, 'fan_in', 'normal')  # attention key/value/out
+_MLP_INIT = _INIT.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+_RELPOS_INIT = _INIT.variance_scaling(1.0, 'fan_avg', 'uniform')
+
+
+def _query_init(head_dim):
+  """T5X folds attention's 1/sqrt(head_dim) into the query initializer."""
+  def init(key, shape, dtype=jnp.float32):
+    return _KERNEL_INIT(key, shape, dtype) / math.sqrt(head_dim)
+  return init
+
+
+def _attention_specs(cfg):
+  inner = cfg.num_heads * cfg.head_dim
+  return {
+      'query': {'kernel': ParamSpec((cfg.d_model, inner), ('embed', 'joined_kv'),
+                                    _query_init(cfg.head_dim))},
+      'key': {'kernel': ParamSpec((cfg.d_model, inner), ('embed', 'joined_kv'), _KERNEL_INIT)},
+      'value': {'kernel': ParamSpec((cfg.d_model, inner), ('embed', 'joined_kv'),
+                                    _KERNEL_INIT)},
+      'out': {'kernel': ParamSpec((inner, cfg.d_model), ('joined_kv', 'embed'), _KERNEL_INIT)},
+  }
+
+
+def _mlp_specs(cfg):
+  return {
+      'wi_0': {'kernel': ParamSpec((cfg.d_model, cfg.d_ff), ('embed', 'mlp'), _MLP_INIT)},
+      'wi_1': {'kernel': ParamSpec((cfg.d_model, cfg.d_ff), ('embed', 'mlp'), _MLP_INIT)},
+      'wo': {'kernel': ParamSpec((cfg.d_ff, cfg.d_model), ('mlp', 'embed'), _MLP_INIT)},
+  }
+
+
+def _norm_spec(cfg):
+  return {'scale': ParamSpec((cfg.d_model,), ('embed',), _INIT.ones)}
+
+
+def _relpos_spec(cfg):
+  return {'rel_embedding': ParamSpec((cfg.num_heads, cfg.num_buckets),
+                                     ('heads', 'relpos_buckets'), _RELPOS_INIT)}
+
+
+def _decoder_layer_specs(cfg, with_self_attention):
+  layer = {
+      'pre_cross_attention_layer_norm': _norm_spec(cfg),
+      'encoder_decoder_attention': _attention_specs(cfg),
+      'pre_mlp_layer_norm': _norm_spec(cfg),
+      'mlp': _mlp_specs(cfg),
+  }
+  if with_self_attention:
+    layer['pre_self_attention_layer_norm'] = _norm_spec(cfg)
+    layer['self_attention'] = _attention_specs(cfg)
+  return layer
+
+
+MODELS = ('enct5', 't5', '1dect5')
+
+
+def param_specs(cfg, model='enct5'):
+  """The parameter tree of `model` as ParamSpecs, named as in a T5X checkpoint.
+
+  'enct5': embedding, encoder, the first decoder layer without self-attention, the decoder's
+  final norm, and the new `decoder/bos_embedding` and `decoder/class_projection`.
+  't5': the full T5.1.1 encoder-decoder with the untied vocabulary projection `logits_dense`.
+  '1dect5': T5 with only the first decoder layer (paper §4.3's 1decT5).
+  """
+  if model not in MODELS:
+    raise ValueError(f'unknown model {model!r}; expected one of {MODELS}')
+  encoder = {f'layers_{i}': {'pre_attention_layer_norm': _norm_spec(cfg),
+                             'attention': _attention_specs(cfg),
+                             'pre_mlp_layer_norm': _norm_spec(cfg),
+                             'mlp': _mlp_specs(cfg)}
+             for i in range(cfg.num_layers)}
+  encoder['relpos_bias'] = _relpos_spec(cfg)
+  encoder['encoder_norm'] = _norm_spec(cfg)
+  if model == 'enct5':
+    decoder = {
+        'layers_0': _decoder_layer_specs(cfg, with_self_attention=False),
+        'decoder_norm': _norm_spec(cfg),
+        # The learned query: "randomly initialized" (§3), like a token embedding.
+        'bos_embedding': ParamSpec((cfg.d_model,), ('embed',), _EMBEDDING_INIT),
+        'class_projection': {
+            'kernel': ParamSpec((cfg.d_model, cfg.num_outputs), ('embed', 'classes'),
+                                _MLP_INIT),
+            'bias': ParamSpec((cfg.num_outputs,), ('classes',), _INIT.zeros)},
+    }
+  else:
+    num_decoder_layers = cfg.num_decoder_layers if model == 't5' else 1
+    decoder = {f'layers_{i}': _decoder_layer_specs(cfg, with_self_attention=True)
+               for i in range(num_decoder_layers)}
+    decoder['relpos_bias'] = _relpos_spec(cfg)
+    decoder['decoder_norm'] = _norm_spec(cfg)
+    decoder['logits_dense'] = {'kernel': ParamSpec((cfg.d_model, cfg.vocab_size),
+                                                   ('embed', 'vocab'), _MLP_INIT)}
+  return {
+      'token_embedder': {'embedding': ParamSpec((cfg.vocab_size, cfg.d_model),
+                                                ('vocab', 'embed'), _EMBEDDING_INIT)},
+      'encoder': encoder,
+      'decoder': decoder,
+  }
+
+
+def _is_spec(x):
+  return isinstance(x, ParamSpec)
+
+
+def init_params(rng, cfg, model='enct5'):
+  """Fresh float32 parameters with T5X's initializers; one key per parameter."""
+  specs, treedef = jax.tree.flatten(param_specs(cfg, model), is_leaf=_is_spec)
+  keys = jax.random.split(rng, len(specs))
+  leaves = [spec.init(key, spec.shape, jnp.float32) for spec, key in zip(specs, keys)]
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def count_params(cfg, model='enct5'):
+  """Number of parameters, from shapes alone (`jax.eval_shape`: free even for xxl)."""
+  shapes = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), cfg, model))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+
+
+# ---------------------------------------------------------------------------------------------
+# The forward pass (§3, Figure 1).
+# ---------------------------------------------------------------------------------------------
+
+def encode(params, cfg, inputs, segment_ids=None, positions=None, *, deterministic=True,
+           rng=None):
+  """The T5.1.1 encoder. inputs [B, L] int32 (0 = padding) -> [B, L, D] float32.
+
+  segment_ids [B, L]: 1, 2, ... per packed example, 0 = padding; without them the non-zero
+  tokens of a row form one example. `positions` are accepted as part of the packed batch but
+  not needed: see `t5_layers.relative_position_bias`.
+  """
+  del positions  # relative offsets within an example do not depend on them
+  if segment_ids is None:
+    segment_ids = (inputs != 0).astype(jnp.int32)
+  mask = packing.self_attention_mask(segment_ids)  # [B, 1, L, L]
+  encoded = t5_layers.encoder(params, cfg, inputs, mask, _dropout_rng(deterministic, rng))
+  return encoded.astype(jnp.float32)
+
+
+def pool(params, cfg, encoded, segment_ids, num_slots, rng=None):
+  """EncT5's pooling block: one learned query per slot; slot j reads example j+1.
+
+  encoded [B, L, D], segment_ids [B, L] -> [B, T, D] after the decoder's final norm.
+
+  NOTE (§3): the paper keeps the first decoder layer but calls its self-attention an
+  identity. Precisely, a single query that sees only itself gets y += o(v(RMSNorm(y))), a
+  constant independent of the input; dropping it only re-parametrizes the learned query,
+  so the block is cross-attention then FFN.
+  """
+  decoder = params['decoder']
+  layer = decoder['layers_0']
+  embed_rng, cross_rng, mlp_rng, final_rng = t5_layers.split_rng(rng, 4)
+  batch, _, d_model = encoded.shape
+  y = jnp.broadcast_to(decoder['bos_embedding'].astype(cfg.activation_dtype),
+                       (batch, num_slots, d_model))  # [B, T, D]
+  y = t5_layers.dropout(y, cfg.dropout_rate, embed_rng)  # as T5X drops decoder embeddings
+  mask = packing.pooling_mask(segment_ids, num_slots)  # [B, 1, T, L]
+  # No position bias in cross-attention (T5).
+  y = t5_layers.attention_block(cfg, layer['pre_cross_attention_layer_norm']['scale'],
+                                layer['encoder_decoder_attention'], y, mask,
+                                encoded=encoded.astype(cfg.activation_dtype), rng=cross_rng)
+  y = t5_layers.mlp_block(cfg, layer['pre_mlp_layer_norm']['scale'], layer['mlp'], y,
+                          mlp_rng)
+  y = t5_layers.rms_norm(y, decoder['decoder_norm']['scale'])
+  return t5_layers.dropout(y, cfg.dropout_rate, final_rng)
+
+
+def apply(params, cfg, batch, *, deterministic=True, rng=None):
+  """Logits of every target slot: [B, T, n+1] (class 0 = padding), regression [B, T].
+
+  `batch` is a packed batch (see `packing`): inputs, inputs_segment_ids, inputs_positions
+  [B, L] and targets [B, T], whose width T is the number of query slots. An unpacked batch
+  is a packed one with one example per row and T = 1.
+  """
+  rng = _dropout_rng(deterministic, rng)
+  encoder_rng, pool_rng = t5_layers.split_rng(rng, 2)
+  segment_ids = batch['inputs_segment_ids']
+  encoded = encode(params, cfg, batch['inputs'], segment_ids, deterministic=rng is None,
+                   rng=encoder_rng)
+  pooled = pool(params, cfg, encoded, segment_ids, batch['targets'].shape[1], pool_rng)
+  # NOTE: the projection runs in float32 whatever the activation dtype.
+  projection = params['decoder']['class_projection']
+  logits = pooled.astype(jnp.float32) @ projection['kernel'] + projection['bias']
+  return logits[..., 0] if cfg.is_regression else logits
+
+
+def _dropout_rng(deterministic, rng):
+  if deterministic:
+    return None
+  if rng is None:
+    raise ValueError('dropout (deterministic=False) needs an rng')
+  return rng
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and predictions.
+# ---------------------------------------------------------------------------------------------
+
+def slot_is_example(batch):
+  """[B, T] bool: slot j holds a real example iff the row has a segment j+1."""
+  num_slots = batch['targets'].shape[1]
+  num_segments = batch['inputs_segment_ids'].max(axis=1)  # segments are numbered 1, 2, ...
+  return jnp.arange(1, num_slots + 1)[None, :] <= num_segments[:, None]
+
+
+def loss_fn(params, cfg, batch, *, rng=None):
+  """Mean loss per real example, and aux = {loss_sum, num_examples, logits}. rng=None: no dropout.
+
+  Classification: cross-entropy over the n+1 classes, masked on padding slots (target 0), so
+  class 0 is never a target: training only pushes its logit down. Regression: squared error
+  on the slots that hold an example.
+
+  NOTE: T5X sums token losses; we average over the batch's examples so the logged loss reads
+  per example. Adafactor's update is invariant to the gradient's scale, so training is the
+  same. No z-loss: it regularizes T5's vocabulary softmax, which EncT5 does not have.
+  """
+  logits = apply(params, cfg, batch, deterministic=rng is None, rng=rng)
+  targets = batch['targets']
+  if cfg.is_regression:
+    weights = slot_is_example(batch)
+    losses = jnp.square(logits - targets)
+  else:
+    weights = targets > 0
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    losses = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  loss_sum = jnp.sum(jnp.where(weights, losses, 0.0))
+  num_examples = jnp.sum(weights)
+  loss = loss_sum / jnp.maximum(num_examples, 1)
+  return loss, {'loss_sum': loss_sum, 'num_examples': num_examples, 'logits': logits}
+
+
+def predict(logits, cfg):
+  """Predicted class ids 1..n (the padding class is ignored), or regression values."""
+  if cfg.is_regression:
+    return logits
+  return jnp.argmax(logits[..., 1:], axis=-1) + 1

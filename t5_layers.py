@@ -1,0 +1,201 @@
+"""T5.1.1 building blocks in pure jax.numpy, after T5X's `t5x/examples/t5/layers.py`.
+
+Every function takes the parameter sub-tree it needs, named exactly as in a T5X checkpoint
+(`pre_attention_layer_norm/scale`, `attention/query/kernel`, `mlp/wi_0/kernel`, ...), so a
+released checkpoint loads by copying. `cfg` is an `enct5.EncT5Config`.
+
+Letters in shape comments and einsum strings: B batch, L input length, T target slots,
+H heads, K head dim, D model dim, F FFN dim, V vocab; in attention, q and k are the query and
+key lengths and d the head dim.
+
+Dropout: `rng=None` means deterministic (no dropout). Following T5X, dropout masks are shared
+along the length axis (`broadcast_dims=(-2,)`) for embeddings and block outputs, and along the
+query axis for attention probabilities (`broadcast_dropout=True`).
+"""
+import jax
+import jax.numpy as jnp
+
+# NOTE: masked attention logits get a large finite negative value, as T5X (-1e10), never -inf:
+# a query with no key to attend to (a padding slot) then gets a uniform, finite softmax.
+MASKED_LOGIT = -1e10
+
+
+def split_rng(rng, num):
+  """`num` independent keys, or `num` Nones when deterministic."""
+  return [None] * num if rng is None else list(jax.random.split(rng, num))
+
+
+def dropout(x, rate, rng, broadcast_dims=(-2,)):
+  """Inverted dropout; the mask is shared along `broadcast_dims`. rng=None: identity."""
+  if rng is None or rate == 0.0:
+    return x
+  mask_shape = list(x.shape)
+  for dim in broadcast_dims:
+    mask_shape[dim] = 1
+  keep = jax.random.bernoulli(rng, 1.0 - rate, mask_shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def rms_norm(x, scale, eps=1e-6):
+  """T5's LayerNorm: x / RMS(x) * scale, no mean subtraction, no bias. [..., D] -> [..., D].
+
+  The statistics are computed in float32 whatever the activation dtype (T5X `LayerNorm`).
+  """
+  x32 = x.astype(jnp.float32)
+  mean_square = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+  return (x32 * jax.lax.rsqrt(mean_square + eps)).astype(x.dtype) * scale.astype(x.dtype)
+
+
+def relative_position_bucket(relative_position, bidirectional=True, num_buckets=32,
+                             max_distance=128):
+  """Maps `relative_position = key_pos - query_pos` to a bucket in [0, num_buckets).
+
+  As T5X `RelativePositionBiases._relative_position_bucket`. Bidirectional: half the buckets
+  are for keys to the right of the query. Within a half, distances below `max_exact =
+  num_buckets // 4` get their own bucket, larger ones log-spaced buckets up to
+  `max_distance`, beyond which everything shares the last bucket (for 32 buckets and
+  distance 128 the last bucket starts at distance 91). Causal (bidirectional=False): keys to
+  the right all land in bucket 0, and the 32 buckets cover `max(-relative_position, 0)`.
+  """
+  n = -relative_position  # distance from the key back to the query
+  bucket = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    bucket += (n < 0).astype(relative_position.dtype) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  # NOTE: T5X adds float32 eps inside the log (so log(0) never occurs even where unused).
+  log_ratio = jnp.log(n.astype(jnp.float32) / max_exact + jnp.finfo(jnp.float32).eps)
+  large = max_exact + (log_ratio / jnp.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(relative_position.dtype)
+  large = jnp.minimum(large, num_buckets - 1)
+  return bucket + jnp.where(is_small, n, large)
+
+
+def relative_position_bias(rel_embedding, query_length, key_length, bidirectional, cfg):
+  """The T5 attention bias: one learned scalar per head and bucket. -> [1, H, q, k].
+
+  `rel_embedding` [H, num_buckets] is computed once per stack and shared by its layers.
+
+  NOTE: as T5X's Encoder and Decoder, positions are row indices, not `inputs_positions`.
+  Only `key_pos - query_pos` matters, which within one packed example is the same whether
+  positions restart per example or not; across examples attention is masked anyway. So the
+  bias is shared by the whole batch.
+  """
+  query_position = jnp.arange(query_length)[:, None]
+  key_position = jnp.arange(key_length)[None, :]
+  buckets = relative_position_bucket(key_position - query_position, bidirectional,
+                                     cfg.num_buckets, cfg.max_distance)  # [q, k]
+  return rel_embedding[:, buckets][None]  # [1, H, q, k]
+
+
+def dense(x, kernel):
+  """x @ kernel in the activation dtype; kernels are stored [in, out] in float32."""
+  return x @ kernel.astype(x.dtype)
+
+
+def multi_head_attention(params, cfg, inputs_q, inputs_kv, mask, bias=None, rng=None):
+  """Multi-head dot-product attention without 1/sqrt(d) scaling. -> [B, q, D].
+
+  inputs_q [B, q, D], inputs_kv [B, k, D], mask bool broadcastable to [B, H, q, k] (True =
+  may attend), bias float broadcastable to [B, H, q, k] or None.
+
+  NOTE: T5 does not scale the logits by 1/sqrt(head_dim): the query initializer is divided
+  by sqrt(head_dim) instead (T5X `MultiHeadDotProductAttention`).
+  NOTE: logits and softmax are computed in float32 whatever the activation dtype (T5X by
+  default runs the softmax in the activation dtype; float32 is the safer choice in bfloat16).
+  """
+  batch, q_len, _ = inputs_q.shape
+  k_len = inputs_kv.shape[1]
+  heads_shape = (cfg.num_heads, cfg.head_dim)
+  query = dense(inputs_q, params['query']['kernel']).reshape(batch, q_len, *heads_shape)
+  key = dense(inputs_kv, params['key']['kernel']).reshape(batch, k_len, *heads_shape)
+  value = dense(inputs_kv, params['value']['kernel']).reshape(batch, k_len, *heads_shape)
+
+  logits = jnp.einsum('bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32)
+  if bias is not None:
+    logits = logits + bias
+  logits = jnp.where(mask, logits, MASKED_LOGIT)
+  weights = jax.nn.softmax(logits, axis=-1).astype(inputs_q.dtype)  # [B, H, q, k]
+  weights = dropout(weights, cfg.dropout_rate, rng, broadcast_dims=(-2,))
+
+  context = jnp.einsum('bhqk,bkhd->bqhd', weights, value).reshape(batch, q_len, -1)
+  return dense(context, params['out']['kernel'])  # [B, q, H*K] -> [B, q, D]
+
+
+def gated_gelu_mlp(params, cfg, x, rng=None):
+  """T5.1.1's FFN: wo(gelu_tanh(wi_0 x) * wi_1 x). [B, L, D] -> [B, L, F] -> [B, L, D]."""
+  hidden = jax.nn.gelu(dense(x, params['wi_0']['kernel']), approximate=True)
+  hidden = hidden * dense(x, params['wi_1']['kernel'])
+  hidden = dropout(hidden, cfg.dropout_rate, rng)  # T5X `intermediate_dropout_rate`
+  return dense(hidden, params['wo']['kernel'])
+
+
+def attention_block(cfg, norm_scale, attention, x, mask, bias=None, encoded=None, rng=None):
+  """Pre-norm residual attention: x + Dropout(Attention(RMSNorm(x), kv)).
+
+  Self-attention when `encoded` is None (kv = RMSNorm(x)); cross-attention otherwise
+  (kv = the encoder output, which the encoder already normalized).
+  """
+  attention_rng, dropout_rng = split_rng(rng, 2)
+  h = rms_norm(x, norm_scale)
+  kv = h if encoded is None else encoded
+  h = multi_head_attention(attention, cfg, h, kv, mask, bias, attention_rng)
+  return x + dropout(h, cfg.dropout_rate, dropout_rng)
+
+
+def mlp_block(cfg, norm_scale, mlp, x, rng=None):
+  """Pre-norm residual FFN: x + Dropout(GatedGeluMLP(RMSNorm(x)))."""
+  mlp_rng, dropout_rng = split_rng(rng, 2)
+  h = gated_gelu_mlp(mlp, cfg, rms_norm(x, norm_scale), mlp_rng)
+  return x + dropout(h, cfg.dropout_rate, dropout_rng)
+
+
+def encoder_layer(layer, cfg, x, mask, bias, rng=None):
+  """One T5 encoder layer: self-attention block, then FFN block. [B, L, D] -> [B, L, D]."""
+  attention_rng, mlp_rng = split_rng(rng, 2)
+  x = attention_block(cfg, layer['pre_attention_layer_norm']['scale'], layer['attention'],
+                      x, mask, bias, rng=attention_rng)
+  return mlp_block(cfg, layer['pre_mlp_layer_norm']['scale'], layer['mlp'], x, mlp_rng)
+
+
+def decoder_layer(layer, cfg, y, encoded, self_mask, self_bias, cross_mask, rng=None):
+  """One T5 decoder layer: causal self-attention, cross-attention, FFN. [B, T, D] -> same.
+
+  Used by the T5 and 1decT5 baselines; EncT5's pooling block is this layer without its
+  self-attention (see `enct5.pool`).
+  """
+  self_rng, cross_rng, mlp_rng = split_rng(rng, 3)
+  y = attention_block(cfg, layer['pre_self_attention_layer_norm']['scale'],
+                      layer['self_attention'], y, self_mask, self_bias, rng=self_rng)
+  y = attention_block(cfg, layer['pre_cross_attention_layer_norm']['scale'],
+                      layer['encoder_decoder_attention'], y, cross_mask, encoded=encoded,
+                      rng=cross_rng)
+  return mlp_block(cfg, layer['pre_mlp_layer_norm']['scale'], layer['mlp'], y, mlp_rng)
+
+
+def embed(embedding, ids, dtype):
+  """Token embedding lookup: [B, L] int -> [B, L, D] in the activation dtype."""
+  return jnp.take(embedding, ids, axis=0).astype(dtype)
+
+
+def encoder(params, cfg, inputs, mask, rng=None):
+  """The T5.1.1 encoder stack (T5X `Encoder`). inputs [B, L] -> [B, L, D].
+
+  Embedding, dropout, `num_layers` pre-norm layers sharing one relative-position bias,
+  final RMSNorm, dropout.
+  """
+  embed_rng, final_rng, *layer_rngs = split_rng(rng, cfg.num_layers + 2)
+  stack = params['encoder']
+  x = embed(params['token_embedder']['embedding'], inputs, cfg.activation_dtype)
+  x = dropout(x, cfg.dropout_rate, embed_rng)
+  length = inputs.shape[1]
+  bias = relative_position_bias(stack['relpos_bias']['rel_embedding'], length, length,
+                                bidirectional=True, cfg=cfg)
+  for i in range(cfg.num_layers):
+    x = encoder_layer(stack[f'layers_{i}'], cfg, x, mask, bias, layer_rngs[i])
+  x = rms_norm(x, stack['encoder_norm']['scale'])
+  return dropout(x, cfg.dropout_rate, final_rng)
