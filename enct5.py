@@ -301,26 +301,31 @@ def slot_is_example(batch):
   return jnp.arange(1, num_slots + 1)[None, :] <= num_segments[:, None]
 
 
-def loss_fn(params, cfg, batch, *, rng=None):
-  """Mean loss per real example, and aux = {loss_sum, num_examples, logits}. rng=None: no dropout.
+def example_losses(cfg, logits, batch):
+  """Per-slot losses [B, T] and weights [B, T] (True where the slot holds an example).
 
   Classification: cross-entropy over the n+1 classes, masked on padding slots (target 0), so
   class 0 is never a target: training only pushes its logit down. Regression: squared error
-  on the slots that hold an example.
+  on the slots whose segment exists.
+  """
+  targets = batch['targets']
+  if cfg.is_regression:
+    return jnp.square(logits - targets), slot_is_example(batch)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  target_log_probs = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32),
+                                         axis=-1)[..., 0]
+  return -target_log_probs, targets > 0
+
+
+def loss_fn(params, cfg, batch, *, rng=None):
+  """Mean loss per real example, and aux = {loss_sum, num_examples, logits}. rng=None: no dropout.
 
   NOTE: T5X sums token losses; we average over the batch's examples so the logged loss reads
   per example. Adafactor's update is invariant to the gradient's scale, so training is the
   same. No z-loss: it regularizes T5's vocabulary softmax, which EncT5 does not have.
   """
   logits = apply(params, cfg, batch, deterministic=rng is None, rng=rng)
-  targets = batch['targets']
-  if cfg.is_regression:
-    weights = slot_is_example(batch)
-    losses = jnp.square(logits - targets)
-  else:
-    weights = targets > 0
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    losses = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  losses, weights = example_losses(cfg, logits, batch)
   loss_sum = jnp.sum(jnp.where(weights, losses, 0.0))
   num_examples = jnp.sum(weights)
   loss = loss_sum / jnp.maximum(num_examples, 1)

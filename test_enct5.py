@@ -1,0 +1,297 @@
+"""Unit tests of the model core (t5_layers.py, enct5.py). Golden values: test_golden.py."""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import enct5
+import t5_layers
+
+
+def tiny_config(**overrides):
+  return enct5.get_config('tiny', **{'num_classes': 3, 'vocab_size': 101, 'd_model': 16,
+                                     'num_heads': 2, 'head_dim': 8, 'd_ff': 32,
+                                     'num_layers': 2, **overrides})
+
+
+def packed_batch():
+  """Two rows: three examples + padding, and one example filling the row."""
+  segment_ids = np.array([[1, 1, 1, 2, 2, 2, 2, 3, 3, 0, 0, 0],
+                          [1] * 12], np.int32)
+  positions = np.array([[0, 1, 2, 0, 1, 2, 3, 0, 1, 0, 0, 0], list(range(12))], np.int32)
+  inputs = np.where(segment_ids > 0, np.arange(24).reshape(2, 12) % 97 + 2, 0)
+  return dict(inputs=inputs.astype(np.int32), inputs_segment_ids=segment_ids,
+              inputs_positions=positions, targets=np.array([[1, 2, 3], [2, 0, 0]], np.int32))
+
+
+# ------------------------------------------------------------------------ relative positions
+
+# Hand-worked: 16 buckets per direction, exact below 8, then 8 + floor(log(n / 8) / log(16) * 8).
+@pytest.mark.parametrize('relative_position, bucket', [
+    (0, 0), (-1, 1), (-7, 7), (-8, 8), (-11, 8), (-12, 9), (-16, 10),  # key left of query
+    (-90, 14), (-91, 15), (-128, 15), (-1000, 15),  # the last bucket starts at 91, not 128
+    (1, 17), (7, 23), (8, 24), (16, 26), (90, 30), (91, 31), (500, 31),  # key to the right
+])
+def test_bidirectional_bucket(relative_position, bucket):
+  got = t5_layers.relative_position_bucket(jnp.array(relative_position), bidirectional=True)
+  assert int(got) == bucket
+
+
+# Causal: all 32 buckets for max(-rel, 0); exact below 16, then 16 + floor(log(n/16)/log(8)*16).
+@pytest.mark.parametrize('relative_position, bucket', [
+    (5, 0), (1, 0), (0, 0), (-1, 1), (-15, 15), (-16, 16), (-31, 21), (-32, 21),
+    (-100, 30), (-127, 31), (-128, 31), (-1000, 31),
+])
+def test_causal_bucket(relative_position, bucket):
+  got = t5_layers.relative_position_bucket(jnp.array(relative_position), bidirectional=False)
+  assert int(got) == bucket
+
+
+def test_relative_position_bias_is_shared_table_lookup():
+  cfg = tiny_config()
+  table = jnp.arange(2 * 32, dtype=jnp.float32).reshape(2, 32)
+  bias = t5_layers.relative_position_bias(table, 3, 4, bidirectional=True, cfg=cfg)
+  assert bias.shape == (1, 2, 3, 4)
+  # query 2, key 0: rel = -2 -> bucket 2; query 0, key 3: rel = +3 -> bucket 19.
+  assert bias[0, 1, 2, 0] == table[1, 2]
+  assert bias[0, 0, 0, 3] == table[0, 19]
+
+
+# ---------------------------------------------------------------------------------- RMSNorm
+
+def test_rms_norm_matches_formula_without_mean_subtraction():
+  x = np.random.RandomState(0).randn(3, 5).astype(np.float32) + 3.0
+  scale = np.linspace(0.5, 2.0, 5).astype(np.float32)
+  expected = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6) * scale
+  np.testing.assert_allclose(t5_layers.rms_norm(jnp.array(x), jnp.array(scale)), expected,
+                             rtol=1e-6)
+  layer_norm = (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True) * scale
+  assert not np.allclose(expected, layer_norm, atol=1e-2)  # the mean is not subtracted
+
+
+def test_rms_norm_keeps_activation_dtype():
+  x = jnp.ones((2, 4), jnp.bfloat16) * 300
+  out = t5_layers.rms_norm(x, jnp.full((4,), 2.0))
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(out, np.float32), 2.0)
+
+
+# ------------------------------------------------------------------------- attention, masks
+
+def test_padding_never_changes_real_tokens():
+  cfg = tiny_config()
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+  tokens = np.array([[5, 9, 4, 7, 1]], np.int32)
+  padded = np.concatenate([tokens, np.zeros((1, 7), np.int32)], axis=1)
+  short = enct5.encode(params, cfg, tokens)
+  long = enct5.encode(params, cfg, padded)
+  np.testing.assert_allclose(long[:, :5], short, atol=1e-6)
+
+
+def test_other_examples_in_a_row_are_invisible():
+  cfg = tiny_config()
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+  batch = packed_batch()
+  logits = enct5.apply(params, cfg, batch)
+  changed = dict(batch, inputs=batch['inputs'].copy())
+  changed['inputs'][0, 3:7] = [50, 51, 52, 53]  # segment 2 only
+  changed_logits = enct5.apply(params, cfg, changed)
+  np.testing.assert_allclose(changed_logits[0, [0, 2]], logits[0, [0, 2]], atol=1e-6)
+  assert not np.allclose(changed_logits[0, 1], logits[0, 1], atol=1e-4)
+
+
+def test_packed_equals_unpacked_small():
+  cfg = tiny_config()
+  params = enct5.init_params(jax.random.PRNGKey(1), cfg)
+  batch = packed_batch()
+  packed_logits = enct5.apply(params, cfg, batch)
+  for start, end, slot in [(0, 3, 0), (3, 7, 1), (7, 9, 2)]:
+    length = end - start
+    single = dict(inputs=batch['inputs'][:1, start:end],
+                  inputs_segment_ids=np.ones((1, length), np.int32),
+                  inputs_positions=np.arange(length, dtype=np.int32)[None],
+                  targets=np.ones((1, 1), np.int32))
+    np.testing.assert_allclose(enct5.apply(params, cfg, single)[0, 0],
+                               packed_logits[0, slot], atol=1e-5)
+
+
+def test_padding_slot_is_finite():
+  cfg = tiny_config()
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+  logits = enct5.apply(params, cfg, packed_batch())
+  assert np.isfinite(np.asarray(logits)).all()  # row 1's slots 1, 2 see no token at all
+
+
+# ---------------------------------------------------------------------------------- dropout
+
+def test_dropout_only_when_not_deterministic():
+  cfg = tiny_config(dropout_rate=0.3)
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+  batch = packed_batch()
+  plain = enct5.apply(params, cfg, batch)
+  np.testing.assert_array_equal(
+      enct5.apply(params, cfg, batch, deterministic=True, rng=jax.random.PRNGKey(5)), plain)
+  dropped = enct5.apply(params, cfg, batch, deterministic=False, rng=jax.random.PRNGKey(5))
+  again = enct5.apply(params, cfg, batch, deterministic=False, rng=jax.random.PRNGKey(5))
+  other = enct5.apply(params, cfg, batch, deterministic=False, rng=jax.random.PRNGKey(6))
+  np.testing.assert_array_equal(dropped, again)
+  assert not np.allclose(dropped, plain, atol=1e-3)
+  assert not np.allclose(dropped, other, atol=1e-3)
+  with pytest.raises(ValueError, match='needs an rng'):
+    enct5.apply(params, cfg, batch, deterministic=False)
+
+
+def test_dropout_mask_is_shared_along_length():
+  x = jnp.ones((2, 50, 8))
+  y = t5_layers.dropout(x, 0.5, jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(y, jnp.broadcast_to(y[:, :1], y.shape))
+  assert set(np.unique(np.asarray(y))) == {0.0, 2.0}
+
+
+# ----------------------------------------------------------------------------------- losses
+
+def test_classification_loss_by_hand():
+  cfg = tiny_config()
+  params = enct5.init_params(jax.random.PRNGKey(2), cfg)
+  batch = packed_batch()
+  loss, aux = enct5.loss_fn(params, cfg, batch)
+  logits = np.asarray(aux['logits'], np.float64)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  expected = -np.mean([log_probs[0, 0, 1], log_probs[0, 1, 2], log_probs[0, 2, 3],
+                       log_probs[1, 0, 2]])
+  assert int(aux['num_examples']) == 4
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_padding_slots_get_no_gradient():
+  cfg = tiny_config()
+  batch = packed_batch()
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, cfg.num_outputs))
+
+  def loss(logits):
+    losses, weights = enct5.example_losses(cfg, logits, batch)
+    return jnp.sum(jnp.where(weights, losses, 0.0))
+
+  grad = np.asarray(jax.grad(loss)(logits))
+  np.testing.assert_array_equal(grad[1, 1:], 0.0)  # row 1 has one example, two padding slots
+  assert (np.abs(grad[0]).sum(-1) > 0).all() and np.abs(grad[1, 0]).sum() > 0
+  assert (grad[0, :, 0] > 0).all()  # class 0 is never a target: its logit is only pushed down
+
+
+def test_regression_loss_by_hand():
+  cfg = tiny_config(num_classes=1)
+  assert cfg.is_regression and cfg.num_outputs == 1
+  params = enct5.init_params(jax.random.PRNGKey(3), cfg)
+  batch = dict(packed_batch(), targets=np.array([[0.5, 3.0, 0.0], [4.2, 0.0, 0.0]],
+                                                np.float32))
+  loss, aux = enct5.loss_fn(params, cfg, batch)
+  predictions = np.asarray(aux['logits'])
+  assert predictions.shape == (2, 3)
+  # Slots with an example: row 0 has 3 segments (the score 0.0 is a real label), row 1 has 1.
+  errors = [(predictions[0, 0] - 0.5) ** 2, (predictions[0, 1] - 3.0) ** 2,
+            (predictions[0, 2] - 0.0) ** 2, (predictions[1, 0] - 4.2) ** 2]
+  np.testing.assert_allclose(loss, np.mean(errors), rtol=1e-5)
+
+
+def test_predict_ignores_padding_class():
+  cfg = tiny_config()
+  logits = jnp.array([[[9.0, 1.0, 2.0, 0.5]]])
+  assert int(enct5.predict(logits, cfg)[0, 0]) == 2
+
+
+# ------------------------------------------------------------------ configs, init, counts
+
+def test_get_config_overrides_and_errors():
+  cfg = enct5.get_config('tiny', vocab_size=32128, d_model=8, num_heads=4, head_dim=3,
+                         d_ff=16, num_layers=2)
+  assert (cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.num_outputs) == (8, 4, 3, 3)
+  assert hash(cfg) == hash(enct5.get_config('tiny', vocab_size=32128, d_model=8,
+                                            num_heads=4, head_dim=3, d_ff=16, num_layers=2))
+  with pytest.raises(ValueError, match='unknown size'):
+    enct5.get_config('huge')
+  with pytest.raises(ValueError, match='unknown config fields'):
+    enct5.get_config('small', d_modle=3)
+  with pytest.raises(ValueError, match='dtype'):
+    enct5.get_config('small', dtype='float16')
+
+
+def test_parameter_names_and_shapes_follow_t5x():
+  cfg = enct5.get_config('tiny', vocab_size=32128, d_model=8, num_heads=4, head_dim=3,
+                         d_ff=16, num_layers=2)
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+  flat = {'/'.join(k.key for k in path): v.shape
+          for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  assert flat['token_embedder/embedding'] == (32128, 8)
+  assert flat['encoder/relpos_bias/rel_embedding'] == (4, 32)
+  assert flat['encoder/layers_1/attention/query/kernel'] == (8, 12)
+  assert flat['encoder/layers_1/attention/out/kernel'] == (12, 8)
+  assert flat['encoder/layers_0/mlp/wo/kernel'] == (16, 8)
+  assert flat['decoder/layers_0/encoder_decoder_attention/key/kernel'] == (8, 12)
+  assert flat['decoder/class_projection/kernel'] == (8, 3)
+  assert flat['decoder/bos_embedding'] == (8,)
+  assert not any('self_attention' in k or 'logits_dense' in k or 'layers_1' in k
+                 for k in flat if k.startswith('decoder'))
+  # embedding + 2 encoder layers of 9 + relpos + norm; decoder layer 0 of 9 + norm + query + head
+  assert len(flat) == 1 + 2 * 9 + 2 + 9 + 1 + 1 + 2
+
+
+def test_initializers_follow_t5x():
+  cfg = enct5.get_config('small', vocab_size=1000)
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+  attention = params['encoder']['layers_0']['attention']
+  d, k = cfg.d_model, cfg.head_dim
+  np.testing.assert_allclose(np.std(attention['query']['kernel']), 1 / math.sqrt(d * k),
+                             rtol=0.02)
+  np.testing.assert_allclose(np.std(attention['key']['kernel']), 1 / math.sqrt(d), rtol=0.02)
+  wo = params['encoder']['layers_0']['mlp']['wo']['kernel']
+  np.testing.assert_allclose(np.std(wo), 1 / math.sqrt(cfg.d_ff), rtol=0.02)
+  assert np.abs(wo).max() <= 2 / math.sqrt(cfg.d_ff) / 0.87962566103423978 + 1e-6  # truncated
+  np.testing.assert_allclose(np.std(params['token_embedder']['embedding']), 1.0, rtol=0.02)
+  rel = params['encoder']['relpos_bias']['rel_embedding']
+  limit = math.sqrt(3 / ((cfg.num_heads + cfg.num_buckets) / 2))
+  assert np.abs(rel).max() <= limit and np.abs(rel).max() > 0.5 * limit
+  np.testing.assert_array_equal(params['encoder']['encoder_norm']['scale'], 1.0)
+
+
+# The released T5.1.1 checkpoints' parameter totals (encoder + decoder + untied logits),
+# as published with google/t5-v1_1-{small,base,large,xl,xxl}.
+@pytest.mark.parametrize('size, t5_total', [
+    ('small', 76_961_152), ('base', 247_577_856), ('large', 783_150_080),
+    ('xl', 2_849_757_184), ('xxl', 11_135_332_352)])
+def test_count_params_matches_released_t5(size, t5_total):
+  cfg = enct5.get_config(size, num_classes=3)
+  assert enct5.count_params(cfg, 't5') == t5_total
+  enct5_total = enct5.count_params(cfg)
+  assert enct5_total < t5_total / 2  # the paper's Figure 2
+  # EncT5 = T5 - decoder self-attention and layers 1.. - relpos - logits + query + head.
+  d, inner = cfg.d_model, cfg.num_heads * cfg.head_dim
+  removed = (cfg.num_decoder_layers * (8 * d * inner + 3 * d * cfg.d_ff + 3 * d)
+             - (4 * d * inner + 3 * d * cfg.d_ff + 2 * d)
+             + cfg.num_heads * cfg.num_buckets + d * cfg.vocab_size)
+  assert enct5_total == t5_total - removed + d + (d + 1) * 4
+
+
+# ------------------------------------------------------------------------------- dtypes, jit
+
+def test_bfloat16_activations_stay_close_to_float32():
+  cfg = tiny_config()
+  params = enct5.init_params(jax.random.PRNGKey(4), cfg)
+  batch = packed_batch()
+  f32 = enct5.apply(params, cfg, batch)
+  bf16 = enct5.apply(params, dataclasses.replace(cfg, dtype='bfloat16'), batch)
+  assert bf16.dtype == jnp.float32  # the projection runs in float32
+  assert jax.tree.leaves(params)[0].dtype == jnp.float32
+  np.testing.assert_allclose(bf16, f32, atol=0.05)
+  assert not np.array_equal(bf16, f32)
+
+
+def test_apply_jits_with_static_config():
+  cfg = tiny_config()
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+  batch = packed_batch()
+  jitted = jax.jit(enct5.apply, static_argnums=1)
+  np.testing.assert_allclose(jitted(params, cfg, batch), enct5.apply(params, cfg, batch),
+                             atol=1e-6)
