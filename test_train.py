@@ -1,5 +1,8 @@
 """Tests for train.py: Adafactor against hand-worked updates and T5X's state, sharding, resume."""
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -123,3 +126,29 @@ def test_adafactor_square_matrix_rows_are_dim0():
   _, state = _run(np.ones((128, 128)), [g], 0.1)
   v_row = np.asarray(state['param_states']['w']['v_row'])
   assert v_row[3] == pytest.approx(1.0) and v_row[4] == pytest.approx(1e-30)
+
+
+# ------------------------------------------------------------------------------------- Sharding
+
+def _run_tool(name, *args, timeout=120):
+  """Runs tools/<name> in its own process (XLA_FLAGS must be set before jax is imported)."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  script = os.path.join(os.path.dirname(__file__), 'tools', name)
+  out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                       timeout=timeout, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_train_step_equals_single_device():
+  result = _run_tool('sharding_check.py')
+  for mesh in ('4x2', '8x1'):
+    r = result[mesh]
+    np.testing.assert_allclose(r['losses'], r['ref_losses'], rtol=1e-5)
+    assert r['param_diff'] < 1e-5 and r['opt_diff'] < 1e-5 and r['logits_diff'] < 1e-5, r
+  specs = result['4x2']['specs']
+  assert specs['embedding'] == "P('model', None)"     # vocab on 'model'
+  assert specs['wo'] == "P('model', None)"            # mlp on 'model'
+  assert specs['wo_v_col'] == "P('model',)"  # v_col of wo [F, D] is [F]
+  assert specs['rel_embedding'] == 'P(None, None)'    # 3 heads: replicated
+  assert result['8x1']['specs']['embedding'] == "P('model', None)"
