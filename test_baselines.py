@@ -1,0 +1,232 @@
+"""Tests of the T5 and 1decT5 baselines (enct5.py, paper §4.3).
+
+Golden values: testdata/golden_tiny.npz, made by tools/make_golden.py from Hugging Face's
+T5ForConditionalGeneration (full, and with one decoder layer) on the same tiny weights.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import enct5
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata', 'golden_tiny.npz')
+
+
+@pytest.fixture(scope='module')
+def golden():
+  if not os.path.exists(GOLDEN):
+    pytest.skip(f'golden values not found at {GOLDEN} (python tools/make_golden.py)')
+  with np.load(GOLDEN) as data:
+    return {k: data[k] for k in data.files}
+
+
+def golden_config(golden):
+  sizes = json.loads(str(golden['config_json']))
+  return enct5.get_config('tiny', **sizes, dropout_rate=0.1)
+
+
+def golden_params(golden, cfg, model):
+  """The golden weights, restricted to `model`'s tree (every declared parameter must exist)."""
+  def take(specs, prefix):
+    if isinstance(specs, enct5.ParamSpec):
+      value = golden[f'param/{prefix}']
+      assert value.shape == specs.shape, prefix
+      return jnp.asarray(value)
+    return {name: take(sub, f'{prefix}/{name}' if prefix else name)
+            for name, sub in specs.items()}
+  return take(enct5.param_specs(cfg, model), '')
+
+
+def teacher_forcing_batch(golden):
+  return {'inputs': golden['inputs'], 'decoder_input_tokens': golden['decoder_input_tokens'],
+          'decoder_target_tokens': golden['decoder_target_tokens']}
+
+
+# ------------------------------------------------------------------------------ golden values
+
+@pytest.mark.parametrize('model, prefix', [('t5', 't5'), ('1dect5', 'dec1')])
+def test_forward_matches_hugging_face(golden, model, prefix):
+  cfg = golden_config(golden)
+  params = golden_params(golden, cfg, model)
+  batch = teacher_forcing_batch(golden)
+  real = golden['decoder_target_tokens'] > 0  # HF's values elsewhere are not meaningful
+
+  segment_ids = (batch['inputs'] != 0).astype(np.int32)
+  encoded = enct5.encode(params, cfg, batch['inputs'], segment_ids)
+  targets = batch['decoder_target_tokens']
+  decoded = enct5.t5_decode(
+      params, cfg, encoded, batch['decoder_input_tokens'],
+      enct5.decoder_self_attention_mask(targets),
+      enct5.decoder_cross_attention_mask(targets, segment_ids), model=model)
+  np.testing.assert_allclose(np.asarray(decoded)[real], golden[f'{prefix}_decoder_output'][real],
+                             rtol=1e-5, atol=1e-5)
+
+  logits = enct5.t5_apply(params, cfg, batch, model=model)
+  assert logits.shape == (*targets.shape, cfg.vocab_size) and logits.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(logits)[real], golden[f'{prefix}_logits'][real],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_one_decoder_layer_differs_from_full_t5(golden):
+  """The two golden sets are distinct, so the test above checks the layer count."""
+  real = golden['decoder_target_tokens'] > 0
+  assert not np.allclose(golden['t5_logits'][real], golden['dec1_logits'][real], atol=1e-2)
+
+
+# ------------------------------------------------------------------------- packing and masks
+
+def test_packed_decoder_equals_unpacked(golden):
+  """Two examples in one row (inputs and targets packed, decoder segment ids) give the same
+  logits as each run alone."""
+  cfg = golden_config(golden)
+  params = golden_params(golden, cfg, 't5')
+  rows = (1, 3)  # inputs of 37 and 3 tokens, targets of 6 and 4 tokens
+  inputs = [golden['inputs'][r][golden['inputs'][r] > 0] for r in rows]
+  targets = [golden['decoder_target_tokens'][r][golden['decoder_target_tokens'][r] > 0]
+             for r in rows]
+  length, target_length = 48, 12
+
+  def row(pieces, width, fill=None):
+    values = np.concatenate([p if fill is None else np.full(len(p), fill(i))
+                             for i, p in enumerate(pieces)])
+    return np.pad(values, (0, width - len(values)))[None].astype(np.int32)
+
+  shifted = [np.concatenate([[0], t[:-1]]) for t in targets]  # BOS 0 restarts per segment
+  packed = {'inputs': row(inputs, length),
+            'inputs_segment_ids': row(inputs, length, fill=lambda i: i + 1),
+            'decoder_input_tokens': row(shifted, target_length),
+            'decoder_target_tokens': row(targets, target_length),
+            'decoder_segment_ids': row(targets, target_length, fill=lambda i: i + 1)}
+  packed_logits = np.asarray(enct5.t5_apply(params, cfg, packed))[0]
+
+  start = 0
+  for x, t, s in zip(inputs, targets, shifted):
+    alone = {'inputs': x[None], 'decoder_input_tokens': s[None], 'decoder_target_tokens': t[None]}
+    alone_logits = np.asarray(enct5.t5_apply(params, cfg, alone))[0]
+    np.testing.assert_allclose(packed_logits[start:start + len(t)], alone_logits,
+                               rtol=1e-5, atol=1e-5)
+    start += len(t)
+
+
+@pytest.mark.parametrize('model', ['t5', '1dect5'])
+def test_decoder_is_causal(golden, model):
+  """Changing decoder input k changes no logits before k, and does change those from k on."""
+  cfg = golden_config(golden)
+  params = golden_params(golden, cfg, model)
+  batch = {k: v[1:2] for k, v in teacher_forcing_batch(golden).items()}  # 6 real targets
+  k = 3
+  changed = dict(batch, decoder_input_tokens=batch['decoder_input_tokens'].copy())
+  changed['decoder_input_tokens'][0, k] += 7
+  before = np.asarray(enct5.t5_apply(params, cfg, batch, model=model))
+  after = np.asarray(enct5.t5_apply(params, cfg, changed, model=model))
+  np.testing.assert_array_equal(before[:, :k], after[:, :k])
+  assert np.all(np.abs(before[:, k:] - after[:, k:]).max(axis=-1) > 1e-4)
+
+
+def test_decoder_masks_by_hand():
+  targets = np.array([[5, 6, 7, 8, 0]])
+  segments = np.array([[1, 1, 2, 2, 0]])
+  self_mask = np.asarray(enct5.decoder_self_attention_mask(targets, segments))[0, 0]
+  np.testing.assert_array_equal(self_mask, [[1, 0, 0, 0, 0],
+                                            [1, 1, 0, 0, 0],
+                                            [0, 0, 1, 0, 0],
+                                            [0, 0, 1, 1, 0],
+                                            [0, 0, 0, 0, 0]])
+  input_segments = np.array([[1, 2, 2, 0]])
+  cross_mask = np.asarray(enct5.decoder_cross_attention_mask(targets, input_segments,
+                                                             segments))[0, 0]
+  np.testing.assert_array_equal(cross_mask, [[1, 0, 0, 0],
+                                             [1, 0, 0, 0],
+                                             [0, 1, 1, 0],
+                                             [0, 1, 1, 0],
+                                             [0, 0, 0, 0]])
+
+
+# ----------------------------------------------------------------------------------- the loss
+
+def test_loss_by_hand():
+  """Per token: logsumexp(z) - z[target] + 1e-4 logsumexp(z)^2, summed over real tokens."""
+  logits = jnp.array([[[0.0, 0.0, np.log(2.0)],  # logsumexp = ln 4, target 2: ln 4 - ln 2
+                       [0.0, 0.0, 0.0],  # logsumexp = ln 3, target 1: ln 3
+                       [50.0, -50.0, 9.0]]])  # padding: ignored
+  targets = jnp.array([[2, 1, 0]])
+  loss, z_loss = enct5.cross_entropy_with_z_loss(logits, targets, targets > 0)
+  expected_z = 1e-4 * (np.log(4.0) ** 2 + np.log(3.0) ** 2)
+  np.testing.assert_allclose(z_loss, expected_z, rtol=1e-6)
+  np.testing.assert_allclose(loss, np.log(2.0) + np.log(3.0) + expected_z, rtol=1e-6)
+
+
+def test_loss_fn_sums_real_tokens(golden):
+  cfg = golden_config(golden)
+  params = golden_params(golden, cfg, '1dect5')
+  batch = teacher_forcing_batch(golden)
+  loss, aux = enct5.t5_loss_fn(params, cfg, batch, model='1dect5')
+  targets = golden['decoder_target_tokens']
+  logits = np.asarray(enct5.t5_apply(params, cfg, batch, model='1dect5'), np.float64)
+  log_z = np.log(np.exp(logits).sum(-1))
+  target_logits = np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+  expected = np.sum(np.where(targets > 0, log_z - target_logits + 1e-4 * log_z ** 2, 0.0))
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  assert int(aux['num_tokens']) == int((targets > 0).sum()) == 14
+  np.testing.assert_allclose(aux['token_loss'], expected / 14, rtol=1e-5)
+
+
+def test_dropout_only_with_rng(golden):
+  cfg = golden_config(golden)
+  params = golden_params(golden, cfg, '1dect5')
+  batch = teacher_forcing_batch(golden)
+  with pytest.raises(ValueError, match='rng'):
+    enct5.t5_apply(params, cfg, batch, model='1dect5', deterministic=False)
+  plain = enct5.t5_apply(params, cfg, batch, model='1dect5')
+  dropped = enct5.t5_apply(params, cfg, batch, model='1dect5', deterministic=False,
+                           rng=jax.random.PRNGKey(0))
+  assert np.all(np.isfinite(dropped)) and not np.allclose(plain, dropped)
+
+
+def test_wrong_tree_is_a_clear_error(golden):
+  cfg = golden_config(golden)
+  with pytest.raises(ValueError, match='layers_1'):
+    enct5.t5_apply(golden_params(golden, cfg, '1dect5'), cfg, teacher_forcing_batch(golden),
+                   model='t5')
+  with pytest.raises(ValueError, match='logits_dense'):
+    enct5.t5_apply(golden_params(golden, cfg, 'enct5'), cfg, teacher_forcing_batch(golden),
+                   model='1dect5')
+  with pytest.raises(ValueError, match='baseline model'):
+    enct5.num_baseline_decoder_layers(cfg, 'enct5')
+
+
+# ------------------------------------------------------------------------------------ decoding
+
+def test_greedy_decode_agrees_with_teacher_forcing(golden):
+  """Each decoded token is the argmax of the teacher-forced logits given the tokens before it."""
+  cfg = golden_config(golden)
+  params = golden_params(golden, cfg, 't5')
+  decode = jax.jit(enct5.t5_greedy_decode, static_argnums=(1,),
+                   static_argnames=('max_length', 'model'))
+  tokens = np.asarray(decode(params, cfg, golden['inputs'], max_length=5, model='t5'))
+  assert tokens.shape == (4, 5)
+  shifted = np.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
+  logits = enct5.t5_apply(params, cfg, {'inputs': golden['inputs'],
+                                        'decoder_input_tokens': shifted,
+                                        'decoder_target_tokens': tokens})
+  real = tokens > 0
+  np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1)[real], tokens[real])
+
+
+def test_greedy_decode_stops_at_eos(golden):
+  """Relabel the step-1 token as EOS (swap two logits_dense columns): rows read [t0, EOS, 0, 0]."""
+  cfg = golden_config(golden)
+  params = golden_params(golden, cfg, '1dect5')
+  inputs = golden['inputs'][:1]
+  t0, t1 = np.asarray(enct5.t5_greedy_decode(params, cfg, inputs, max_length=2,
+                                             model='1dect5'))[0]
+  assert len({int(t0), int(t1), enct5.EOS_ID}) == 3  # the swap below moves only t1's logit
+  kernel = np.asarray(params['decoder']['logits_dense']['kernel']).copy()
+  kernel[:, [t1, enct5.EOS_ID]] = kernel[:, [enct5.EOS_ID, t1]]
+  params['decoder']['logits_dense']['kernel'] = jnp.asarray(kernel)
+  tokens = enct5.t5_greedy_decode(params, cfg, inputs, max_length=4, model='1dect5')
+  np.testing.assert_array_equal(tokens, [[t0, enct5.EOS_ID, 0, 0]])
