@@ -125,6 +125,16 @@ LOGICAL_AXIS_RULES = {
 }
 
 
+def initialize_distributed(coordinator_address=None, num_processes=1, process_id=0):
+  """Many hosts with JAX's own runtime: every process runs this same program, and the mesh
+  spans all processes' devices. On CPU the cross-process collectives are gloo (jax's default
+  `jax_cpu_collectives_implementation`)."""
+  if num_processes > 1:
+    if not coordinator_address:
+      raise ValueError('--num_processes > 1 needs --coordinator_address (host:port of process 0)')
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
 def make_mesh(mesh_shape=None, devices=None):
   """Mesh ('data', 'model') from 'DxM' (e.g. '4x2'); default: every device on 'data'."""
   devices = jax.devices() if devices is None else devices

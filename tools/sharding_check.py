@@ -3,9 +3,9 @@
 Prints one JSON line: per mesh, the losses and the largest parameter difference to 1x1.
 """
 import os
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8')
-os.environ['JAX_PLATFORMS'] = 'cpu'
+if __name__ == '__main__':  # before jax is imported
+  os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+  os.environ['JAX_PLATFORMS'] = 'cpu'
 import json
 import sys
 

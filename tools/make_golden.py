@@ -1,0 +1,433 @@
+"""Golden values for enct5 from an independent implementation: Hugging Face transformers (torch).
+
+Produces
+  testdata/golden_tiny.npz          a tiny random T5.1.1 (D=16, H=4, K=8 so H*K != D, F=24, 2+2
+                                    layers, V=300) with every weight stored in T5X layout, plus
+                                    HF encoder outputs (unpacked), EncT5 outputs for a packed batch
+                                    (HF run per example, unpacked), and T5 / 1decT5 baseline
+                                    decoder outputs and vocabulary logits.
+  testdata/golden_fixture_tiny.npz  HF encoder outputs for the real T5X checkpoint
+                                    ../shared/fixtures/t5x_tiny_t5_1_1_legacy.msgpack (the weights
+                                    themselves are not copied; the test reads the fixture).
+Every key is documented in each file's `README` entry.
+
+NOTE: HF runs in float64 (weights are exactly the stored float32 values) and the results are
+stored as float32. HF in float32 is up to ~5e-6 away from float64 on these inputs, half the
+tests' 1e-5 tolerance; a float64 reference leaves that whole margin to enct5's own float32
+rounding. (HF's T5LayerNorm takes the mean square in float32 even then: ~1e-7 relative.)
+
+Rerun (from the repo root): python tools/make_golden.py
+Needs torch and transformers (test/tool-only, never runtime deps) and msgpack; the fixture is
+found through $ENCT5_SHARED (default ../shared). Seeds are fixed, so reruns reproduce the files
+up to float32 rounding of the torch build. No enct5 code is imported: the mapping T5X -> HF is
+written out here (HF Linear weights are T5X kernels transposed).
+"""
+import hashlib
+import json
+import os
+
+import msgpack
+import numpy as np
+import torch
+from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
+from transformers.models.t5.modeling_t5 import T5LayerCrossAttention, T5LayerFF, T5LayerNorm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get('ENCT5_SHARED', os.path.join(REPO, '..', 'shared'))
+FIXTURE = os.path.join(SHARED, 'fixtures', 't5x_tiny_t5_1_1_legacy.msgpack')
+OUT_TINY = os.path.join(REPO, 'testdata', 'golden_tiny.npz')
+OUT_FIXTURE = os.path.join(REPO, 'testdata', 'golden_fixture_tiny.npz')
+
+# T5X-style sizes of the random tiny model (stored as `config_json`).
+TINY = dict(vocab_size=300, d_model=16, num_heads=4, head_dim=8, d_ff=24, num_layers=2,
+            num_decoder_layers=2, num_buckets=32, max_distance=128, num_classes=3)
+# T5X tiny fixture (SOURCES.md): emb 8, 4 heads x 3, mlp 16, 2+2 layers, vocab 32128.
+FIXTURE_SIZES = dict(vocab_size=32128, d_model=8, num_heads=4, head_dim=3, d_ff=16, num_layers=2,
+                     num_decoder_layers=2, num_buckets=32, max_distance=128)
+DTYPE = torch.float64  # HF compute dtype; see NOTE above
+L = 160  # input length: > 128 so that the last relative-position bucket (distance >= 91) is used
+EOS = 1
+
+ATTN = ('query', 'key', 'value', 'out')
+HF_ATTN = dict(query='q', key='k', value='v', out='o')
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights in T5X layout (flat dict 'a/b/c' -> float32 array).
+# ----------------------------------------------------------------------------------------------
+def random_t5x_params(rng, s):
+  """Full T5.1.1 tree + EncT5's bos_embedding/class_projection, seeded, all non-trivial.
+
+  Scales are chosen so every part matters yet float32 rounding stays well under 1e-5: q/k std
+  0.5/sqrt(D) (attention logits of std ~1; larger logits amplify rounding), relpos tables std
+  1.5, RMSNorm scales uniform in [0.5, 1.5] (never 1).
+  """
+  D, H, K, F, V = s['d_model'], s['num_heads'], s['head_dim'], s['d_ff'], s['vocab_size']
+  C = s['num_classes'] + 1
+  f32 = lambda x: np.asarray(x, np.float32)
+  normal = lambda shape, std: f32(rng.normal(0.0, std, shape))
+  scale = lambda: f32(rng.uniform(0.5, 1.5, (D,)))
+  p = {'token_embedder/embedding': normal((V, D), 1.0)}
+
+  def attention(prefix):
+    for name in ATTN:
+      shape = (H * K, D) if name == 'out' else (D, H * K)
+      std = {'query': 0.5 * D ** -0.5, 'key': 0.5 * D ** -0.5, 'value': D ** -0.5,
+             'out': (H * K) ** -0.5}[name]
+      p[f'{prefix}/{name}/kernel'] = normal(shape, std)
+
+  def mlp(prefix):
+    p[f'{prefix}/wi_0/kernel'] = normal((D, F), D ** -0.5)
+    p[f'{prefix}/wi_1/kernel'] = normal((D, F), D ** -0.5)
+    p[f'{prefix}/wo/kernel'] = normal((F, D), F ** -0.5)
+
+  p['encoder/relpos_bias/rel_embedding'] = normal((H, s['num_buckets']), 1.5)
+  for i in range(s['num_layers']):
+    e = f'encoder/layers_{i}'
+    p[f'{e}/pre_attention_layer_norm/scale'] = scale()
+    attention(f'{e}/attention')
+    p[f'{e}/pre_mlp_layer_norm/scale'] = scale()
+    mlp(f'{e}/mlp')
+  p['encoder/encoder_norm/scale'] = scale()
+  p['decoder/relpos_bias/rel_embedding'] = normal((H, s['num_buckets']), 1.5)
+  for i in range(s['num_decoder_layers']):
+    d = f'decoder/layers_{i}'
+    p[f'{d}/pre_self_attention_layer_norm/scale'] = scale()
+    attention(f'{d}/self_attention')
+    p[f'{d}/pre_cross_attention_layer_norm/scale'] = scale()
+    attention(f'{d}/encoder_decoder_attention')
+    p[f'{d}/pre_mlp_layer_norm/scale'] = scale()
+    mlp(f'{d}/mlp')
+  p['decoder/decoder_norm/scale'] = scale()
+  p['decoder/logits_dense/kernel'] = normal((D, V), D ** -0.5)
+  p['decoder/bos_embedding'] = normal((D,), 1.0)
+  p['decoder/class_projection/kernel'] = normal((D, C), D ** -0.5)
+  p['decoder/class_projection/bias'] = f32(rng.uniform(-1.0, 1.0, (C,)))
+  return p
+
+
+def hf_config(s, num_decoder_layers=None):
+  """T5.1.1 in HF terms: gated tanh-GELU, untied lm_head (no d**-0.5 output scaling), no dropout."""
+  cfg = T5Config(vocab_size=s['vocab_size'], d_model=s['d_model'], num_heads=s['num_heads'],
+                 d_kv=s['head_dim'], d_ff=s['d_ff'], num_layers=s['num_layers'],
+                 num_decoder_layers=num_decoder_layers or s['num_decoder_layers'],
+                 relative_attention_num_buckets=s['num_buckets'],
+                 relative_attention_max_distance=s['max_distance'],
+                 feed_forward_proj='gated-gelu', tie_word_embeddings=False, dropout_rate=0.0,
+                 layer_norm_epsilon=1e-6)
+  cfg._attn_implementation = 'eager'
+  assert cfg.dense_act_fn == 'gelu_new' and not cfg.scale_decoder_outputs, 'not T5.1.1 semantics'
+  return cfg
+
+
+def hf_state_dict(p, num_layers, num_decoder_layers, with_decoder, dtype=DTYPE):
+  """T5X flat params -> HF T5 state dict (Linear weights are T5X kernels transposed)."""
+  t = lambda x: torch.tensor(np.ascontiguousarray(x), dtype=dtype)
+  sd = {'shared.weight': t(p['token_embedder/embedding']),
+        'encoder.embed_tokens.weight': t(p['token_embedder/embedding']),
+        'encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight':
+            t(p['encoder/relpos_bias/rel_embedding'].T),
+        'encoder.final_layer_norm.weight': t(p['encoder/encoder_norm/scale'])}
+
+  def attention(hf, t5x):
+    for name in ATTN:
+      sd[f'{hf}.{HF_ATTN[name]}.weight'] = t(p[f'{t5x}/{name}/kernel'].T)
+
+  def mlp(hf, t5x):
+    for name in ('wi_0', 'wi_1', 'wo'):
+      sd[f'{hf}.DenseReluDense.{name}.weight'] = t(p[f'{t5x}/{name}/kernel'].T)
+
+  for i in range(num_layers):
+    hf, e = f'encoder.block.{i}.layer', f'encoder/layers_{i}'
+    sd[f'{hf}.0.layer_norm.weight'] = t(p[f'{e}/pre_attention_layer_norm/scale'])
+    attention(f'{hf}.0.SelfAttention', f'{e}/attention')
+    sd[f'{hf}.1.layer_norm.weight'] = t(p[f'{e}/pre_mlp_layer_norm/scale'])
+    mlp(f'{hf}.1', f'{e}/mlp')
+  if not with_decoder:
+    return sd
+  sd['decoder.embed_tokens.weight'] = t(p['token_embedder/embedding'])
+  sd['decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight'] = t(
+      p['decoder/relpos_bias/rel_embedding'].T)
+  sd['decoder.final_layer_norm.weight'] = t(p['decoder/decoder_norm/scale'])
+  sd['lm_head.weight'] = t(p['decoder/logits_dense/kernel'].T)
+  for i in range(num_decoder_layers):
+    hf, d = f'decoder.block.{i}.layer', f'decoder/layers_{i}'
+    sd[f'{hf}.0.layer_norm.weight'] = t(p[f'{d}/pre_self_attention_layer_norm/scale'])
+    attention(f'{hf}.0.SelfAttention', f'{d}/self_attention')
+    sd[f'{hf}.1.layer_norm.weight'] = t(p[f'{d}/pre_cross_attention_layer_norm/scale'])
+    attention(f'{hf}.1.EncDecAttention', f'{d}/encoder_decoder_attention')
+    sd[f'{hf}.2.layer_norm.weight'] = t(p[f'{d}/pre_mlp_layer_norm/scale'])
+    mlp(f'{hf}.2', f'{d}/mlp')
+  return sd
+
+
+def load_hf(model, sd):
+  """Loads `sd` and checks every HF tensor afterwards (HF 5.x force-ties lm_head to shared)."""
+  model = model.to(next(iter(sd.values())).dtype)
+  if 'lm_head.weight' in sd:  # untie first: T5.1.1 has a separate logits_dense
+    model.lm_head.weight = torch.nn.Parameter(torch.empty_like(sd['lm_head.weight']))
+  model.load_state_dict(sd, strict=True)
+  got = model.state_dict()
+  assert set(got) == set(sd), set(got) ^ set(sd)
+  for k, v in sd.items():
+    assert torch.equal(got[k], v), f'HF tensor {k} differs from what was loaded (tied weights?)'
+  return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# HF reference computations.
+# ----------------------------------------------------------------------------------------------
+def hf_encode(enc_model, ids):
+  """[B, L] int with 0 padding at the end -> [B, L, D] final-norm output (HF)."""
+  with torch.no_grad():
+    ids_t = torch.tensor(ids, dtype=torch.long)
+    return enc_model(input_ids=ids_t, attention_mask=(ids_t != 0).long()).last_hidden_state.numpy()
+
+
+def hf_pool(p, cfg, enc_out):
+  """EncT5 pooling block from HF modules for ONE example: enc_out [1, n, D] -> logits [C].
+
+  query = bos_embedding; q += CrossAttn(RMSNorm(q), enc_out) (decoder layer 0's cross-attention);
+  q += FFN(RMSNorm(q)) (decoder layer 0's MLP); decoder final RMSNorm; q @ W + b.
+  """
+  dec_cfg = hf_config(cfg)
+  dec_cfg.is_decoder = True
+  cross = T5LayerCrossAttention(dec_cfg, layer_idx=0).to(DTYPE)
+  ff = T5LayerFF(dec_cfg).to(DTYPE)
+  norm = T5LayerNorm(cfg['d_model'], eps=1e-6).to(DTYPE)
+  full = hf_state_dict(p, cfg['num_layers'], cfg['num_decoder_layers'], with_decoder=True)
+  cross.load_state_dict({k[len('decoder.block.0.layer.1.'):]: v for k, v in full.items()
+                         if k.startswith('decoder.block.0.layer.1.')}, strict=True)
+  ff.load_state_dict({k[len('decoder.block.0.layer.2.'):]: v for k, v in full.items()
+                      if k.startswith('decoder.block.0.layer.2.')}, strict=True)
+  norm.load_state_dict({'weight': full['decoder.final_layer_norm.weight']}, strict=True)
+  with torch.no_grad():
+    q = torch.tensor(p['decoder/bos_embedding'], dtype=DTYPE)[None, None, :]  # [1, 1, D]
+    q = cross.eval()(q, key_value_states=torch.tensor(enc_out, dtype=DTYPE))[0]
+    q = norm(ff.eval()(q))[0, 0].numpy()  # [D]
+  kernel = p['decoder/class_projection/kernel'].astype(np.float64)
+  return q @ kernel + p['decoder/class_projection/bias'].astype(np.float64)
+
+
+def hf_t5(p, s, num_decoder_layers, inputs, decoder_input_tokens, decoder_target_tokens):
+  """Full HF T5ForConditionalGeneration -> encoder output [B, L, D], decoder output [B, Ld, D],
+  vocab logits [B, Ld, V]."""
+  model = load_hf(T5ForConditionalGeneration(hf_config(s, num_decoder_layers)),
+                  hf_state_dict(p, s['num_layers'], num_decoder_layers, with_decoder=True))
+  ids = torch.tensor(inputs, dtype=torch.long)
+  dec_ids = torch.tensor(decoder_input_tokens, dtype=torch.long)
+  # NOTE: T5X masks decoder self-attention with causal & (decoder_target_tokens > 0); with padding
+  # only at the end this equals HF's causal mask on every real (target > 0) position.
+  dec_mask = torch.tensor(decoder_target_tokens > 0).long()
+  with torch.no_grad():
+    out = model(input_ids=ids, attention_mask=(ids != 0).long(), decoder_input_ids=dec_ids,
+                decoder_attention_mask=dec_mask, use_cache=False)
+    enc = out.encoder_last_hidden_state
+    dec = model.decoder(input_ids=dec_ids, attention_mask=dec_mask, encoder_hidden_states=enc,
+                        encoder_attention_mask=(ids != 0).long(), use_cache=False).last_hidden_state
+  logits, dec = out.logits.numpy(), dec.numpy()
+  np.testing.assert_allclose(logits, dec @ p['decoder/logits_dense/kernel'].astype(np.float64),
+                             atol=1e-9)
+  return enc.numpy(), dec, logits
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs.
+# ----------------------------------------------------------------------------------------------
+def example(rng, n, vocab_size):
+  """n real tokens: random ids in [2, V) followed by EOS (id 1)."""
+  return np.concatenate([rng.integers(2, vocab_size, n - 1), [EOS]]).astype(np.int32)
+
+
+def unpacked_batch(rng, lengths, vocab_size, length):
+  x = np.zeros((len(lengths), length), np.int32)
+  for b, n in enumerate(lengths):
+    x[b, :n] = example(rng, n, vocab_size)
+  return x
+
+
+def packed_batch(rng, rows, vocab_size, length, num_slots, num_classes):
+  """rows: list of per-row example lengths -> packed arrays + the examples in order."""
+  B = len(rows)
+  inputs, seg, pos = (np.zeros((B, length), np.int32) for _ in range(3))
+  targets = np.zeros((B, num_slots), np.int32)
+  examples = []  # (row, slot, start, tokens)
+  for b, lengths in enumerate(rows):
+    assert sum(lengths) <= length and len(lengths) <= num_slots
+    start = 0
+    for j, n in enumerate(lengths):
+      toks = example(rng, n, vocab_size)
+      inputs[b, start:start + n] = toks
+      seg[b, start:start + n] = j + 1
+      pos[b, start:start + n] = np.arange(n)
+      targets[b, j] = rng.integers(1, num_classes + 1)
+      examples.append((b, j, start, toks))
+      start += n
+  return inputs, seg, pos, targets, examples
+
+
+# ----------------------------------------------------------------------------------------------
+# Files.
+# ----------------------------------------------------------------------------------------------
+README_TINY = """golden_tiny.npz: HF transformers (torch, eager attention) on a random T5.1.1,
+computed in float64 from the stored float32 weights, stored as float32.
+Made by tools/make_golden.py; rerun with `python tools/make_golden.py`.
+Sizes in config_json (JSON string): vocab_size 300, d_model D=16, num_heads H=4, head_dim K=8
+(H*K=32 != D), d_ff F=24, num_layers 2, num_decoder_layers 2, num_buckets 32, max_distance 128,
+num_classes n=3 (head has C=n+1=4 outputs, class 0 = padding). L=160, B=4 unpacked, B=3 packed,
+T=4 slots, Ld=6 decoder length.
+param/<T5X path>: every weight in T5X layout (kernels [in, out], rel_embedding [H, 32], norm
+  scales random in [0.5, 1.5], relpos tables std 1.5). Full T5.1.1 tree (both decoder layers,
+  self-attention, decoder relpos, logits_dense [D, V]) plus EncT5's decoder/bos_embedding [D],
+  decoder/class_projection/kernel [D, C], decoder/class_projection/bias [C] (non-zero).
+inputs [4, L] int32: unpacked rows of 150, 37, 160 and 3 real tokens (ids >= 2, last real token
+  EOS=1), then 0 padding. Real tokens are inputs != 0.
+encoder_output [4, L, D]: HF T5EncoderModel final-norm output with attention_mask = inputs != 0.
+  Meaningful only where inputs != 0; padding positions hold 0.
+packed_inputs, packed_segment_ids, packed_positions [3, L] int32: packed rows (segments 1.., 0 =
+  padding, positions restart at 0). Row 0: 4 examples of 30, 45, 50, 35 tokens (ends exactly at
+  L, all slots used); row 1: one example of 140 tokens, 20 padding, 3 padding slots; row 2:
+  examples of 20, 1, 61 tokens, 78 padding, 1 padding slot.
+packed_targets [3, T] int32: class id 1..3 of segment j+1 in slot j; 0 on padding slots.
+packed_slot_valid [3, T] bool: slot j's segment j+1 exists in the row.
+packed_encoder_output [3, L, D]: each example run ALONE (unpacked, no padding) through HF
+  T5EncoderModel, placed at its packed positions. Meaningful only where packed_segment_ids > 0;
+  0 elsewhere.
+packed_logits [3, T, C]: per example, HF's own modules: q = bos_embedding;
+  T5LayerCrossAttention(layer_idx 0; decoder/layers_0 pre_cross_attention_layer_norm +
+  encoder_decoder_attention) over that example's HF encoder output; T5LayerFF(decoder/layers_0
+  pre_mlp_layer_norm + mlp); T5LayerNorm(decoder/decoder_norm); q @ class_projection/kernel +
+  bias. Meaningful only where packed_slot_valid; 0 elsewhere.
+decoder_target_tokens [4, Ld] int32: targets of rows of 3, 6, 1, 4 tokens (EOS-terminated),
+  0 padding. decoder_input_tokens [4, Ld]: targets shifted right with BOS 0.
+t5_decoder_output [4, Ld, D], t5_logits [4, Ld, V]: HF T5ForConditionalGeneration (2+2 layers,
+  untied lm_head = logits_dense, no output scaling) on inputs / decoder_input_tokens: decoder
+  final-norm output and vocabulary logits. Meaningful where decoder_target_tokens > 0 (decoder
+  self-attention mask = causal & targets > 0, cross-attention mask = inputs != 0).
+dec1_decoder_output, dec1_logits: the same with num_decoder_layers=1 (1decT5 baseline: decoder
+  layers_0 weights with self-attention, decoder relpos table, decoder_norm, logits_dense).
+"""
+
+README_FIXTURE = """golden_fixture_tiny.npz: HF transformers T5EncoderModel (torch, eager, computed
+in float64, stored as float32)
+loaded with the real T5X checkpoint fixtures/t5x_tiny_t5_1_1_legacy.msgpack (sha256 in
+fixture_sha256; weights NOT stored here: the test reads the fixture). Made by
+tools/make_golden.py; rerun with `python tools/make_golden.py`.
+config_json: vocab_size 32128, d_model 8, num_heads 4, head_dim 3, d_ff 16, num_layers 2,
+  num_decoder_layers 2, num_buckets 32, max_distance 128.
+inputs [3, 160] int32: unpacked rows of 140, 57 and 5 real tokens (ids in [2, 32128), last real
+  token EOS=1), 0 padding.
+encoder_output [3, 160, 8]: HF final-norm encoder output with attention_mask = inputs != 0;
+  meaningful only where inputs != 0 (padding positions hold 0).
+"""
+
+
+def make_tiny():
+  s = TINY
+  p = random_t5x_params(np.random.default_rng(20211015), s)
+  rng = np.random.default_rng(1234)
+  V, D = s['vocab_size'], s['d_model']
+
+  # Unpacked encoder golden.
+  inputs = unpacked_batch(rng, [150, 37, 160, 3], V, L)
+  enc_model = load_hf(T5EncoderModel(hf_config(s)),
+                      hf_state_dict(p, s['num_layers'], 0, with_decoder=False))
+  encoder_output = hf_encode(enc_model, inputs) * (inputs != 0)[..., None]
+
+  # Packed EncT5 golden: every example run on its own (own row, no padding, positions from 0).
+  T = 4
+  rows = [[30, 45, 50, 35], [140], [20, 1, 61]]
+  p_inputs, p_seg, p_pos, p_targets, examples = packed_batch(rng, rows, V, L, T, s['num_classes'])
+  p_enc = np.zeros((len(rows), L, D), np.float32)
+  p_logits = np.zeros((len(rows), T, s['num_classes'] + 1), np.float32)
+  p_valid = np.zeros((len(rows), T), bool)
+  for b, j, start, toks in examples:
+    enc = hf_encode(enc_model, toks[None, :])  # [1, n, D]
+    p_enc[b, start:start + len(toks)] = enc[0]
+    p_logits[b, j] = hf_pool(p, s, enc)
+    p_valid[b, j] = True
+  assert (p_valid == (p_targets > 0)).all()
+
+  # Baselines: full T5 and 1decT5 on the unpacked batch.
+  Ld = 6
+  targets = unpacked_batch(rng, [3, 6, 1, 4], V, Ld)
+  dec_inputs = np.zeros_like(targets)
+  dec_inputs[:, 1:] = targets[:, :-1]  # BOS = 0
+  t5_enc, t5_dec, t5_logits = hf_t5(p, s, 2, inputs, dec_inputs, targets)
+  d1_enc, d1_dec, d1_logits = hf_t5(p, s, 1, inputs, dec_inputs, targets)
+  for enc in (t5_enc, d1_enc):  # the full models' encoders are T5EncoderModel's
+    np.testing.assert_allclose(enc[inputs != 0], encoder_output[inputs != 0], atol=1e-6)
+  real = (targets > 0)[..., None]
+
+  out = {f'param/{k}': v for k, v in p.items()}
+  out.update(
+      config_json=np.array(json.dumps(s)), README=np.array(README_TINY),
+      inputs=inputs, encoder_output=encoder_output.astype(np.float32),
+      packed_inputs=p_inputs, packed_segment_ids=p_seg, packed_positions=p_pos,
+      packed_targets=p_targets, packed_slot_valid=p_valid,
+      packed_encoder_output=p_enc, packed_logits=p_logits,
+      decoder_input_tokens=dec_inputs, decoder_target_tokens=targets,
+      t5_decoder_output=(t5_dec * real).astype(np.float32),
+      t5_logits=(t5_logits * real).astype(np.float32),
+      dec1_decoder_output=(d1_dec * real).astype(np.float32),
+      dec1_logits=(d1_logits * real).astype(np.float32))
+  np.savez_compressed(OUT_TINY, **out)
+  return p, s, inputs, encoder_output
+
+
+def read_legacy_msgpack(path):
+  """Legacy T5X checkpoint (flax to_bytes): ext type 1 = [shape, dtype, bytes], 3 = scalar."""
+  def ext_hook(code, data):
+    if code in (1, 3):
+      shape, dtype, buf = msgpack.unpackb(data)
+      return np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(shape)
+    raise ValueError(f'{path}: unexpected msgpack ext type {code}')
+  with open(path, 'rb') as f:
+    return msgpack.unpackb(f.read(), ext_hook=ext_hook, strict_map_key=False)
+
+
+def flatten(tree, prefix=''):
+  out = {}
+  for k, v in tree.items():
+    path = f'{prefix}/{k}' if prefix else k
+    out.update(flatten(v, path) if isinstance(v, dict) else {path: v})
+  return out
+
+
+def make_fixture():
+  if not os.path.exists(FIXTURE):
+    raise SystemExit(f'fixture not found at {FIXTURE} (set ENCT5_SHARED)')
+  with open(FIXTURE, 'rb') as f:
+    sha = hashlib.sha256(f.read()).hexdigest()
+  p = flatten(read_legacy_msgpack(FIXTURE)['optimizer']['target'])
+  s = FIXTURE_SIZES
+  enc_model = load_hf(T5EncoderModel(hf_config(s)),
+                      hf_state_dict(p, s['num_layers'], 0, with_decoder=False))
+  inputs = unpacked_batch(np.random.default_rng(4321), [140, 57, 5], s['vocab_size'], L)
+  encoder_output = hf_encode(enc_model, inputs) * (inputs != 0)[..., None]
+  np.savez_compressed(OUT_FIXTURE, config_json=np.array(json.dumps(s)),
+                      README=np.array(README_FIXTURE), fixture_sha256=np.array(sha),
+                      inputs=inputs, encoder_output=encoder_output.astype(np.float32))
+  return encoder_output
+
+
+def float32_gap(p, s, inputs, encoder_output):
+  """How far HF in float32 is from the float64 golden (see NOTE in the module docstring)."""
+  enc32 = load_hf(T5EncoderModel(hf_config(s)),
+                  hf_state_dict(p, s['num_layers'], 0, False, dtype=torch.float32))
+  real = inputs != 0
+  return np.abs(hf_encode(enc32, inputs)[real] - encoder_output[real]).max()
+
+
+def main():
+  torch.manual_seed(0)
+  os.makedirs(os.path.dirname(OUT_TINY), exist_ok=True)
+  p, s, inputs, encoder_output = make_tiny()
+  print(f'wrote {OUT_TINY} ({os.path.getsize(OUT_TINY)} bytes); HF float32 encoder vs golden: '
+        f'max |diff| {float32_gap(p, s, inputs, encoder_output):.2e}')
+  make_fixture()
+  print(f'wrote {OUT_FIXTURE} ({os.path.getsize(OUT_FIXTURE)} bytes)')
+
+
+if __name__ == '__main__':
+  main()
