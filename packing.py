@@ -3,8 +3,18 @@
 A packed row carries `inputs`, `inputs_segment_ids` (1, 2, ... per example, 0 = padding),
 `inputs_positions` (restarting at 0 per example) and `targets`: slot j holds the label of
 segment j+1 and 0, the padding class, where the row has fewer examples.
+
+Rows are filled by best-fit decreasing: examples are taken longest first and each goes to
+the open row whose free space fits it most tightly. seqio's `trim_and_pack_dataset` packs
+greedily in arrival order (next-fit: a row closes as soon as an example does not fit); we
+keep that as a baseline and never return more rows than it would.
 """
+import logging
+
 import jax.numpy as jnp
+import numpy as np
+
+METHODS = ('best_fit', 'next_fit', 'unpacked')
 
 
 def self_attention_mask(segment_ids):
@@ -22,3 +32,233 @@ def pooling_mask(segment_ids, num_slots):
   """Query slot j attends only to the tokens of segment j+1: [B, L] -> [B, 1, T, L] bool."""
   slot_segment = jnp.arange(1, num_slots + 1, dtype=segment_ids.dtype)  # [T]
   return (slot_segment[None, :, None] == segment_ids[:, None, :])[:, None, :, :]
+
+
+# ---------------------------------------------------------------------------------------------
+# Assigning examples to rows. Each returns (row, slot, start) per example: the row it goes
+# to, its slot in that row (segment id - 1) and the offset of its first token.
+# ---------------------------------------------------------------------------------------------
+
+def _next_fit(lengths, max_length, max_slots):
+  """seqio's arrival-order greedy packing: one open row, closed when the next example fails."""
+  n = len(lengths)
+  row, slot, start = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+  r, used, count = -1, max_length, max_slots
+  for i, length in enumerate(lengths):
+    if used + length > max_length or count == max_slots:
+      r, used, count = r + 1, 0, 0
+    row[i], slot[i], start[i] = r, count, used
+    used += length
+    count += 1
+  return row, slot, start
+
+
+def _best_fit_decreasing(lengths, max_length, max_slots):
+  """Longest first; each example goes to the open row with the least free space that fits.
+
+  Open rows are kept in buckets by free space, with a bit mask of the non-empty buckets, so
+  "the smallest free space >= length" is one shift and one lowest-set-bit: O(1) per example.
+  """
+  n = len(lengths)
+  row, slot, start = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+  order = np.argsort(-np.asarray(lengths, np.int64), kind='stable')  # ties: input order
+  open_rows = [[] for _ in range(max_length + 1)]  # free space -> rows with that much free
+  nonempty = 0  # bit s set iff open_rows[s] is not empty
+  used, count = [], []  # per row: tokens and examples so far
+  for i in order.tolist():
+    length = lengths[i]
+    fits = nonempty >> length
+    if fits:
+      free = length + (fits & -fits).bit_length() - 1  # smallest free space >= length
+      r = open_rows[free].pop()
+      if not open_rows[free]:
+        nonempty ^= 1 << free
+    else:
+      r = len(used)
+      used.append(0)
+      count.append(0)
+    row[i], slot[i], start[i] = r, count[r], used[r]
+    used[r] += length
+    count[r] += 1
+    free = max_length - used[r]
+    if free > 0 and count[r] < max_slots:
+      if not open_rows[free]:
+        nonempty |= 1 << free
+      open_rows[free].append(r)
+  return row, slot, start
+
+
+def pack_examples(examples, max_input_length, max_target_length, *, method='best_fit',
+                  regression=False, ids=None):
+  """Packs tokenized examples into fixed-shape numpy rows (§3: "we pack multiple examples").
+
+  Args:
+    examples: sequence of (token_ids, label); token_ids already truncated and ending in EOS
+      (1 <= len <= max_input_length). label: a class id 1..n, a float score if `regression`,
+      or None for unlabeled (test) examples, stored as 0 / 0.0.
+    max_input_length: L, tokens per row.
+    max_target_length: T, examples (target slots) per row at most; the paper uses 62.
+    method: 'best_fit' (default; best-fit decreasing, never more rows than 'next_fit'),
+      'next_fit' (seqio's arrival-order greedy packing) or 'unpacked' (one example per row).
+    regression: float32 targets (STS-B) instead of int32 class ids.
+    ids: per-example ids to record (default 0, 1, ...), e.g. each example's row in its file.
+
+  Returns:
+    dict of numpy arrays: inputs, inputs_segment_ids, inputs_positions [R, L] int32;
+    targets [R, T] int32 (float32 if regression); example_ids [R, T] int32, -1 on empty slots.
+    Deterministic: the same examples give the same rows.
+  """
+  if method not in METHODS:
+    raise ValueError(f'unknown packing method {method!r}; expected one of {METHODS}')
+  if max_input_length < 1 or max_target_length < 1:
+    raise ValueError(f'max_input_length ({max_input_length}) and max_target_length '
+                     f'({max_target_length}) must be >= 1')
+  n = len(examples)
+  ids = np.arange(n) if ids is None else np.asarray(ids)
+  if ids.shape != (n,):
+    raise ValueError(f'ids has shape {ids.shape}; expected ({n},), one per example')
+  lengths = [len(tokens) for tokens, _ in examples]
+  labels = _labels(examples, ids, regression)
+  bad = np.flatnonzero((np.asarray(lengths) < 1) | (np.asarray(lengths) > max_input_length))
+  if len(bad):
+    raise ValueError(f'example {ids[bad[0]]} has {lengths[bad[0]]} tokens; packing needs 1 to '
+                     f'max_input_length={max_input_length} (truncate before packing)')
+
+  if method == 'unpacked':
+    row, slot, start = np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64)
+  else:
+    row, slot, start = _next_fit(lengths, max_input_length, max_target_length)
+    if method == 'best_fit':
+      best = _best_fit_decreasing(lengths, max_input_length, max_target_length)
+      if n and best[0].max() <= row.max():  # never worse than seqio by construction
+        row, slot, start = best
+  num_rows = int(row.max()) + 1 if n else 0
+
+  # Vectorized filling: token k of example i goes to flat index row*L + start + k.
+  lengths = np.asarray(lengths, np.int64)
+  tokens = np.fromiter((t for tokens, _ in examples for t in tokens), np.int32,
+                       count=int(lengths.sum()))
+  first = np.cumsum(lengths) - lengths  # where each example starts in `tokens`
+  offset_in_example = np.arange(len(tokens)) - np.repeat(first, lengths)
+  flat = np.repeat(row * max_input_length + start, lengths) + offset_in_example
+  shape = (num_rows, max_input_length)
+  packed = {name: np.zeros(shape, np.int32)
+            for name in ('inputs', 'inputs_segment_ids', 'inputs_positions')}
+  packed['inputs'].ravel()[flat] = tokens
+  packed['inputs_segment_ids'].ravel()[flat] = np.repeat(slot + 1, lengths)
+  packed['inputs_positions'].ravel()[flat] = offset_in_example
+  packed['targets'] = np.zeros((num_rows, max_target_length), labels.dtype)
+  packed['targets'][row, slot] = labels
+  packed['example_ids'] = np.full((num_rows, max_target_length), -1, np.int32)
+  packed['example_ids'][row, slot] = ids
+  if n:
+    logging.info('packed %d examples into %d rows of %d tokens (%s): efficiency %.4f',
+                 n, num_rows, max_input_length, method, efficiency(packed))
+  return packed
+
+
+def _labels(examples, ids, regression):
+  """Labels as a numpy vector; class ids must be 1..n (0 is the padding class)."""
+  dtype = np.float32 if regression else np.int32
+  labels = np.zeros(len(examples), dtype)
+  for i, (_, label) in enumerate(examples):
+    if label is None:
+      continue
+    if not regression and (isinstance(label, (bool, np.bool_)) or
+                           not isinstance(label, (int, np.integer)) or label < 1):
+      raise ValueError(f'example {ids[i]} has label {label!r}; expected a class id >= 1 '
+                       '(0 is the padding class) or None')
+    if regression and not np.isfinite(label):
+      raise ValueError(f'example {ids[i]} has regression label {label!r}; expected a finite '
+                       'number or None')
+    labels[i] = label
+  return labels
+
+
+def efficiency(packed):
+  """Real tokens / all tokens of the packed rows (1.0 = no padding)."""
+  segment_ids = packed['inputs_segment_ids']
+  return float((segment_ids > 0).sum() / max(segment_ids.size, 1))
+
+
+def stats(packed):
+  """Examples, rows, real tokens and efficiency of a packed set, for logs and notes."""
+  return {'examples': int((packed['example_ids'] >= 0).sum()),
+          'rows': len(packed['inputs']),
+          'tokens': int((packed['inputs_segment_ids'] > 0).sum()),
+          'efficiency': efficiency(packed)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches.
+# ---------------------------------------------------------------------------------------------
+
+def _take_rows(packed, rows):
+  return {name: array[rows] for name, array in packed.items()}
+
+
+def eval_batches(packed, batch_size):
+  """Batches of `batch_size` rows covering the packed set exactly once, in order.
+
+  The last batch is completed with empty rows: no tokens (segment 0), targets 0 and
+  example_ids -1, so they count as no example anywhere.
+  """
+  num_rows = len(packed['inputs'])
+  for begin in range(0, num_rows, batch_size):
+    batch = _take_rows(packed, np.arange(begin, min(begin + batch_size, num_rows)))
+    missing = batch_size - len(batch['inputs'])
+    if missing:
+      batch = {name: np.concatenate([array, np.full((missing,) + array.shape[1:],
+                                                    -1 if name == 'example_ids' else 0,
+                                                    array.dtype)])
+               for name, array in batch.items()}
+    yield batch
+
+
+def epoch_order(num_rows, seed, epoch):
+  """The order of the rows in epoch `epoch`: a permutation seeded by (seed, epoch)."""
+  return np.random.default_rng([seed, epoch]).permutation(num_rows)
+
+
+def train_batches(packed, batch_size, seed, start_step=0):
+  """Endless shuffled training batches; step s is the same whatever step you start from.
+
+  The rows of all epochs form one stream (epoch e in `epoch_order(R, seed, e)`), cut into
+  consecutive batches of `batch_size` rows, so a batch may span two epochs (as T5X's
+  shuffle-repeat-batch) and no row is dropped. Resuming at `start_step` gives exactly the
+  batches a run from step 0 would have seen from there on.
+  """
+  num_rows = len(packed['inputs'])
+  if num_rows == 0:
+    raise ValueError('train_batches: the packed set has no rows')
+  position = start_step * batch_size  # in the stream of rows
+  epoch, order = None, None
+  while True:
+    rows = np.empty(batch_size, np.int64)
+    for k in range(batch_size):
+      e, i = divmod(position + k, num_rows)
+      if e != epoch:
+        epoch, order = e, epoch_order(num_rows, seed, e)
+      rows[k] = order[i]
+    position += batch_size
+    yield _take_rows(packed, rows)
+
+
+def per_example(example_ids, values):
+  """Per-slot values back in example order: (ids ascending, the value of each id's slot).
+
+  example_ids [R, T] (-1 = empty slot); values [R', T, ...] with R' >= R (the padded tail of
+  `eval_batches` is ignored). E.g. `per_example(packed['example_ids'], packed['targets'])`.
+  """
+  values = np.asarray(values)
+  rows, slots = example_ids.shape
+  if len(values) < rows or values.shape[1] != slots:
+    raise ValueError(f'values of shape {values.shape} do not cover example_ids of shape '
+                     f'{example_ids.shape}')
+  real = example_ids >= 0
+  ids = example_ids[real]
+  order = np.argsort(ids, kind='stable')
+  ids = ids[order]
+  if np.any(ids[1:] == ids[:-1]):
+    raise ValueError(f'example id {ids[1:][ids[1:] == ids[:-1]][0]} occurs in two slots')
+  return ids, values[:rows][real][order]
