@@ -1,0 +1,614 @@
+"""T5X checkpoints, read and written with TensorStore; T5.1.1 mapped onto EncT5 (paper §4.2).
+
+A T5X checkpoint (`t5x/checkpoints.py`, VERSION 3) is a directory `checkpoint_<step>/`:
+
+  checkpoint                         msgpack index (flax serialization) of
+                                     {'version': 3, 'optimizer': {'target': params,
+                                      'state': {'step': int32, 'param_states': Adafactor state}}}
+  target.encoder.layers_0.mlp.wo.kernel/      one zarr array per parameter, and one per
+  state.param_states.<same path>.v/           unfactored Adafactor second moment
+
+In the index, every array written through TensorStore is replaced by the TensorStore spec that
+wrote it (zarr driver, dtype, kvstore path relative to the checkpoint directory, metadata with
+shape, chunks and compressor). Arrays that T5X does not partition stay inline as msgpack
+extension values: type 1 = ndarray, payload msgpack `[shape, dtype name, C-order bytes]`; type 3
+= numpy scalar, same payload. Older T5X files are one msgpack file with every array inline.
+
+Leaves are named by their '/'-joined path below 'optimizer', e.g.
+'target/encoder/layers_0/attention/query/kernel' or 'state/param_states/.../v_row'.
+Paths are local or 'gs://bucket/path' (TensorStore's gcs kvstore: no download step).
+"""
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+import ml_dtypes  # noqa: F401  (registers numpy's 'bfloat16' dtype name)
+import msgpack
+import numpy as np
+import tensorstore as ts
+
+import enct5
+
+INDEX_FILE = 'checkpoint'  # T5X's name for the msgpack index inside `checkpoint_<step>/`
+VERSION = 3  # T5X checkpoint VERSION: bfloat16 arrays are stored natively, not as uint16
+_EXT_NDARRAY, _EXT_NPSCALAR = 1, 3  # flax `_MsgpackExtType`
+_CHUNK_BYTES = 64 * 2**20  # T5X `_DESIRED_CHUNK_SIZE_BYTES`
+_STEP_DIR = re.compile(r'checkpoint_(\d+)')
+
+# EncT5 parameters that a T5.1.1 checkpoint does not have (§3): the learned query and the
+# classification head start random. Everything else in `enct5.param_specs` is loaded (§4.2).
+FRESH_PARAMS = ('decoder/bos_embedding', 'decoder/class_projection/kernel',
+                'decoder/class_projection/bias')
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that is missing, unreadable, or does not fit the model."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Nested dicts <-> {'a/b/c': leaf}.
+# ---------------------------------------------------------------------------------------------
+
+def _is_spec(x):
+  """A TensorStore spec in the index (T5X `_is_leaf`: a dict with a driver and a kvstore)."""
+  return isinstance(x, dict) and 'driver' in x and 'kvstore' in x
+
+
+def flatten(tree, prefix=''):
+  """{'a': {'b': x}} -> {'a/b': x}. Spec dicts and non-dicts are leaves."""
+  flat = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict) and not _is_spec(value):
+      flat.update(flatten(value, name + '/'))
+    else:
+      flat[name] = value
+  return flat
+
+
+def unflatten(flat):
+  """{'a/b': x} -> {'a': {'b': x}}."""
+  tree = {}
+  for name, value in flat.items():
+    *parents, leaf = name.split('/')
+    node = tree
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = value
+  return tree
+
+
+def _map_tree(fn, tree, prefix=''):
+  """fn(name, leaf) on every leaf, keeping the tree's structure (empty dicts included)."""
+  return {key: (_map_tree(fn, value, f'{prefix}{key}/')
+                if isinstance(value, dict) and not _is_spec(value)
+                else fn(f'{prefix}{key}', value))
+          for key, value in tree.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The msgpack index.
+# ---------------------------------------------------------------------------------------------
+
+def _ext_hook(code, data):
+  """flax's msgpack extensions: ndarray (1) and numpy scalar (3), both [shape, dtype, bytes].
+
+  Both come back as numpy arrays (a scalar as a rank-0 array), so every leaf is an ndarray.
+  """
+  if code not in (_EXT_NDARRAY, _EXT_NPSCALAR):
+    raise CheckpointError(f'unsupported msgpack extension type {code}')
+  shape, dtype, buffer = msgpack.unpackb(data, raw=False)
+  return np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape).copy()
+
+
+def _unchunk(tree):
+  """flax writes inline arrays over ~1 GiB as {'__msgpack_chunked_array__', 'shape', 'chunks'}
+  of flat pieces (`serialization._chunk`); put them back together."""
+  if not isinstance(tree, dict):
+    return tree
+  if '__msgpack_chunked_array__' in tree:
+    shape = [tree['shape'][str(i)] for i in range(len(tree['shape']))]
+    chunks = [tree['chunks'][str(i)] for i in range(len(tree['chunks']))]
+    return np.concatenate(chunks).reshape(shape)
+  return {key: _unchunk(value) for key, value in tree.items()}
+
+
+def _kvstore(path):
+  """TensorStore kvstore spec of a local path or 'gs://bucket/path'."""
+  match = re.fullmatch(r'gs://([^/]+)/?(.*)', path)
+  if match:
+    return {'driver': 'gcs', 'bucket': match[1], 'path': match[2]}
+  return {'driver': 'file', 'path': os.path.abspath(path) + ('/' if path.endswith('/') else '')}
+
+
+def _join(directory, name):
+  return (posixpath if directory.startswith('gs://') else os.path).join(directory, name)
+
+
+def _dirname(path):
+  return (posixpath if path.startswith('gs://') else os.path).dirname(path)
+
+
+def _read_bytes(path):
+  """The bytes of a local or gs:// file, or None when there is no such file."""
+  if path.startswith('gs://'):
+    directory, name = path.rsplit('/', 1)
+    result = ts.KvStore.open(_kvstore(directory + '/')).result().read(name).result()
+    return result.value if result.state == 'value' else None
+  if not os.path.isfile(path):
+    return None
+  with open(path, 'rb') as f:
+    return f.read()
+
+
+def absolute_spec(spec, checkpoint_dir):
+  """The TensorStore spec of an index leaf, its relative path joined to `checkpoint_dir`.
+
+  NOTE: as T5X `_update_ts_path_from_relative_to_absolute` and
+  `_maybe_update_ts_from_{gcs_to_file,file_to_gcs}`: the kvstore driver written in the index
+  ('file', 'gfile', or 'gcs' with the placeholder bucket 't5x-dummy-bucket') is replaced by
+  the one of the directory we read from; the path is in `kvstore` (tensorstore >= 0.1.14)
+  or at the top level (older specs, as T5X's gcs writer still produces).
+  """
+  kvstore = spec['kvstore']
+  if kvstore.get('driver') not in ('file', 'gfile', 'gcs'):
+    raise CheckpointError(f'unsupported kvstore driver in {spec}')
+  relative = kvstore.get('path', spec.get('path'))
+  if relative is None:
+    raise CheckpointError(f'no path in TensorStore spec {spec}')
+  if not relative.endswith('/'):
+    relative += '/'  # a zarr array is a directory of chunk files
+  out = {key: value for key, value in spec.items() if key != 'path'}
+  out['kvstore'] = _kvstore(_join(checkpoint_dir, relative))
+  return out
+
+
+def read_index(path):
+  """The decoded index of a checkpoint: the tree under 'optimizer' (T5X) or the whole tree.
+
+  `path` is a checkpoint directory (with its index file `checkpoint`), or a single-file
+  msgpack (legacy T5X format). Leaves are numpy arrays (inline) or TensorStore specs whose
+  paths are made absolute (read them with `read_t5x`).
+  """
+  path = path.rstrip('/')
+  index_path = _join(path, INDEX_FILE)
+  data = _read_bytes(index_path)
+  checkpoint_dir = path
+  if data is None:  # not a directory: a single-file checkpoint?
+    index_path, data = path, _read_bytes(path)
+    checkpoint_dir = _dirname(path)
+  if data is None:
+    raise CheckpointError(f'no T5X checkpoint at {path} (neither {index_path} nor a file)')
+  try:
+    tree = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+  except (ValueError, msgpack.UnpackException) as e:
+    raise CheckpointError(f'cannot decode the msgpack index {index_path}: {e}') from e
+  if not isinstance(tree, dict):
+    raise CheckpointError(f'{index_path} is not a checkpoint index (top level: {type(tree)})')
+  tree = _unchunk(tree.get('optimizer', tree))
+  return _map_tree(lambda _, leaf: absolute_spec(leaf, checkpoint_dir)
+                   if _is_spec(leaf) else leaf, tree)
+
+
+def leaf_shape(leaf):
+  """Shape of an index leaf, without reading it."""
+  if _is_spec(leaf):
+    return tuple(leaf['metadata']['shape'])
+  return np.shape(leaf)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading arrays through TensorStore.
+# ---------------------------------------------------------------------------------------------
+
+def _where(spec):
+  kvstore = spec['kvstore']
+  if kvstore['driver'] == 'gcs':
+    return f"gs://{kvstore['bucket']}/{kvstore['path']}"
+  return kvstore['path']
+
+
+def _open_all(specs):
+  """{name: spec} -> {name: TensorStore}, all opens in flight at once.
+
+  The `.zarray` of each array is checked against the index's metadata (shape, chunks, dtype).
+  NOTE: T5X's own test checkpoint has no `.zarray`: then the index's metadata is the array's
+  (`assume_metadata=True`). Missing chunks are an error, never silently zero
+  (`fill_missing_data_reads=False`).
+  """
+  def open_(spec, **kwargs):
+    return ts.open(dict(spec, fill_missing_data_reads=False), read=True, **kwargs)
+
+  futures = {name: open_(spec) for name, spec in specs.items()}
+  stores = {}
+  for name, future in futures.items():
+    try:
+      stores[name] = future.result()
+    except ValueError as e:
+      if not str(e).startswith('NOT_FOUND'):  # a .zarray that disagrees with the index
+        raise CheckpointError(f'array {name!r} at {_where(specs[name])} does not match the '
+                              f'checkpoint index: {e}') from e
+      stores[name] = _result(open_(specs[name], assume_metadata=True), name, specs[name])
+  return stores
+
+
+def _result(future, name, spec):
+  """future.result(), turning TensorStore's errors into a CheckpointError naming the array."""
+  try:
+    return future.result()
+  except ValueError as e:
+    raise CheckpointError(f'cannot read array {name!r} from {_where(spec)}: {e}') from e
+
+
+def _read_all(leaves):
+  """{name: index leaf} -> {name: numpy array}: inline arrays as they are, the others read
+  through TensorStore, all reads in flight at once."""
+  specs = {name: leaf for name, leaf in leaves.items() if _is_spec(leaf)}
+  stores = _open_all(specs)
+  futures = {name: store.read() for name, store in stores.items()}
+  return {name: _result(futures[name], name, leaf) if name in specs else leaf
+          for name, leaf in leaves.items()}
+
+
+def _selected(name, names):
+  return any(name == n or name.startswith(n.rstrip('/') + '/') for n in names)
+
+
+def read_t5x(path, names=None):
+  """A T5X checkpoint as a nested dict of numpy arrays, mirroring its tree.
+
+  For T5X's index {'version', 'optimizer': {'target', 'state'}} this is
+  {'target': params, 'state': {'step', 'param_states'}}. With `names` (leaf names or subtree
+  prefixes, e.g. ['target/encoder', 'state/step']) only those leaves are read; the others are
+  never opened. Arrays keep their stored dtype (float32, bfloat16, float64, int32, ...).
+  """
+  index = read_index(path)
+  if names is None:
+    arrays = _read_all(flatten(index))
+    return _map_tree(lambda name, _: arrays[name], index)
+  names = [names] if isinstance(names, str) else list(names)
+  flat = flatten(index)
+  missing = [n for n in names if not any(_selected(name, [n]) for name in flat)]
+  if missing:
+    raise CheckpointError(f'{path}: not in the checkpoint: {missing}')
+  return unflatten(_read_all({name: leaf for name, leaf in flat.items()
+                              if _selected(name, names)}))
+
+
+def _index_key(index):
+  """Hashable form of a tuple of slices (Python < 3.12 slices are unhashable)."""
+  return tuple((s.start, s.stop, s.step) for s in index)
+
+
+def _read_sharded(leaf, store, name, sharding, dtype):
+  """One global jax.Array laid out by `sharding`; this process reads only its devices'
+  slices (each distinct slice once), straight from the checkpoint."""
+  shape = leaf_shape(leaf)
+  device_index = sharding.addressable_devices_indices_map(shape)
+  slices = {}
+  for index in device_index.values():
+    key = _index_key(index)
+    if key not in slices:
+      part = leaf[index] if store is None else _result(store[index].read(), name, leaf)
+      slices[key] = np.asarray(part, dtype)
+  shards = [jax.device_put(slices[_index_key(index)], device)
+            for device, index in device_index.items()]
+  return jax.make_array_from_single_device_arrays(shape, sharding, shards)
+
+
+# ---------------------------------------------------------------------------------------------
+# T5.1.1 -> EncT5 (paper §4.2).
+# ---------------------------------------------------------------------------------------------
+
+def _config_from_flat(flat, path):
+  """Model sizes from the shapes of a flattened index."""
+  def shape(name):
+    if f'target/{name}' not in flat:
+      raise CheckpointError(f'{path}: {name!r} is missing: not a T5.1.1 checkpoint')
+    return leaf_shape(flat[f'target/{name}'])
+
+  def count_layers(stack):
+    return len({name.split('/')[2] for name in flat
+                if re.match(rf'target/{stack}/layers_\d+/', name)})
+
+  vocab_size, d_model = shape('token_embedder/embedding')  # [V, D]
+  num_heads, _ = shape('encoder/relpos_bias/rel_embedding')  # [H, buckets]
+  _, inner = shape('encoder/layers_0/attention/query/kernel')  # [D, H*K]
+  _, d_ff = shape('encoder/layers_0/mlp/wi_0/kernel')  # [D, F]
+  return dict(vocab_size=vocab_size, d_model=d_model, num_heads=num_heads,
+              head_dim=inner // num_heads, d_ff=d_ff, num_layers=count_layers('encoder'),
+              num_decoder_layers=count_layers('decoder'))
+
+
+def config_from_checkpoint(path):
+  """dict(vocab_size, d_model, num_heads, head_dim, d_ff, num_layers, num_decoder_layers),
+  from the index's shapes alone. Shapes give H*K, not K: H comes from the relative-position
+  table `encoder/relpos_bias/rel_embedding` [H, buckets]."""
+  return _config_from_flat(flatten(read_index(path)), path)
+
+
+def _check_config(flat, cfg, path):
+  ckpt = _config_from_flat(flat, path)
+  wrong = [f'{key} {getattr(cfg, key)} (config) vs {ckpt[key]} (checkpoint)'
+           for key in ('vocab_size', 'd_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers')
+           if getattr(cfg, key) != ckpt[key]]
+  if wrong:
+    raise CheckpointError(f'{path}: the config does not match the checkpoint: '
+                          + '; '.join(wrong))
+
+
+def adafactor_shapes(shape):
+  """Shapes of the Adafactor slots {'m', 'v', 'v_row', 'v_col'} of a parameter in T5X's layout.
+
+  NOTE: T5X `Adafactor.init_param_state` with `_factored_dims` (the rule of train.py's
+  `factored_dims`): factored iff the second-largest dim is >= 128; `v_row` drops the largest
+  dim, `v_col` the second largest (equal sizes: the earlier dim counts as smaller). Unused
+  slots, and `m` (no momentum), are (1,) placeholders.
+  """
+  shapes = {'m': (1,), 'v': tuple(shape), 'v_row': (1,), 'v_col': (1,)}
+  order = np.argsort(shape, kind='stable')
+  if len(shape) >= 2 and shape[order[-2]] >= 128:
+    row, col = int(order[-2]), int(order[-1])
+    shapes['v'] = (1,)
+    shapes['v_row'] = tuple(np.delete(shape, col).tolist())
+    shapes['v_col'] = tuple(np.delete(shape, row).tolist())
+  return shapes
+
+
+def _replicated(sharding):
+  return NamedSharding(sharding.mesh, PartitionSpec())
+
+
+def _default_opt_shardings(shardings, specs):
+  """Adafactor state placed as T5X does: an unfactored `v` like its parameter, the rest
+  (factored v_row/v_col, placeholders, step) replicated."""
+  flat = flatten(shardings)
+  replicated = _replicated(next(iter(flat.values())))
+  param_states = {}
+  for name, sharding in flat.items():
+    for slot, shape in adafactor_shapes(specs[name].shape).items():
+      unfactored_v = slot == 'v' and shape == specs[name].shape
+      param_states[f'{name}/{slot}'] = sharding if unfactored_v else replicated
+  return {'step': replicated, 'param_states': unflatten(param_states)}
+
+
+def _read_as(flat, names, placement):
+  """{name: array} for index leaves `names`, float32 (the step int32): numpy arrays, or with
+  `placement` ({name: Sharding}) global jax.Arrays of which this process reads only its part."""
+  dtype = lambda name: np.int32 if name == 'state/step' else np.float32
+  leaves = {name: flat[name] for name in names}
+  if placement is None:
+    return {name: np.asarray(x, dtype(name)) for name, x in _read_all(leaves).items()}
+  stores = _open_all({name: leaf for name, leaf in leaves.items() if _is_spec(leaf)})
+  return {name: _read_sharded(leaf, stores.get(name), name, placement[name], dtype(name))
+          for name, leaf in leaves.items()}
+
+
+def load_enct5_params(path, cfg, rng, *, with_optimizer_state=False, shardings=None,
+                      opt_shardings=None):
+  """EncT5 parameters from a T5.1.1 checkpoint (paper §4.2), optionally with Adafactor state.
+
+  Loaded: the token embedding, the whole encoder (with its relative-position table), the first
+  decoder layer's cross-attention and FFN with their norms, and the decoder's final norm. Never
+  read: the other decoder layers, the decoder's self-attention and relative-position table, and
+  the vocabulary projection `decoder/logits_dense`. `decoder/bos_embedding` and
+  `decoder/class_projection` are those of `enct5.init_params(rng, cfg)`.
+
+  Returns float32 params, or (params, opt_state) with `with_optimizer_state`: the checkpoint's
+  Adafactor slots for every loaded parameter (zeros for the fresh ones) and its step count, so
+  the second-moment decay continues from the checkpoint's step. Without `shardings`: numpy
+  arrays. With `shardings` (a Sharding per parameter, the params' tree) every process reads
+  only the slices of its own devices and gets global jax.Arrays; `opt_shardings` (opt_state's
+  tree; default: an unfactored `v` like its parameter, the rest replicated, as T5X) places the
+  state. Shardings must be NamedShardings when the optimizer state is loaded.
+  """
+  flat = flatten(read_index(path))
+  _check_config(flat, cfg, path)
+  specs = flatten(enct5.param_specs(cfg))
+  loaded = [name for name in specs if name not in FRESH_PARAMS]
+
+  # Every leaf to read, with its expected shape.
+  expected = {f'target/{name}': specs[name].shape for name in loaded}
+  if with_optimizer_state:
+    expected['state/step'] = ()
+    for name in loaded:
+      for slot, shape in adafactor_shapes(specs[name].shape).items():
+        expected[f'state/param_states/{name}/{slot}'] = shape
+  for name, shape in expected.items():
+    if name not in flat:
+      raise CheckpointError(f'{path}: {name!r} is missing from the checkpoint')
+    if tuple(leaf_shape(flat[name])) != tuple(shape):
+      raise CheckpointError(f'{path}: {name!r} has shape {tuple(leaf_shape(flat[name]))} '
+                            f'in the checkpoint, expected {tuple(shape)}')
+
+  # Where each array goes: {name in the checkpoint's tree: Sharding}, or None (numpy).
+  placement = None
+  if shardings is not None:
+    placement = {f'target/{name}': s for name, s in flatten(shardings).items()}
+    if with_optimizer_state:
+      opt_shardings = opt_shardings or _default_opt_shardings(shardings, specs)
+      placement.update({f'state/{name}': s for name, s in flatten(opt_shardings).items()})
+  arrays = _read_as(flat, expected, placement)
+
+  # NOTE: under jit, XLA drops the initializers of all parameters but the fresh ones, which get
+  # exactly the values `init_params(rng, cfg)` gives them.
+  init_fresh = lambda key: {f'target/{name}': flatten(enct5.init_params(key, cfg))[name]
+                            for name in FRESH_PARAMS}
+  if placement is None:
+    arrays.update({name: np.asarray(x) for name, x in jax.jit(init_fresh)(rng).items()})
+  else:
+    fresh_placement = {f'target/{name}': placement[f'target/{name}'] for name in FRESH_PARAMS}
+    arrays.update(jax.jit(init_fresh, out_shardings=fresh_placement)(rng))
+  if with_optimizer_state:
+    for name in FRESH_PARAMS:
+      for slot, shape in adafactor_shapes(specs[name].shape).items():
+        key = f'state/param_states/{name}/{slot}'
+        zeros = np.zeros(shape, np.float32)
+        arrays[key] = zeros if placement is None else jax.device_put(zeros, placement[key])
+
+  tree = unflatten(arrays)
+  return (tree['target'], tree['state']) if with_optimizer_state else tree['target']
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing checkpoints in T5X's layout.
+# ---------------------------------------------------------------------------------------------
+
+def _chunk_shape(shape, itemsize):
+  """Chunks that divide `shape` with at most 64 MiB each: shrink the largest dim to its next
+  smaller divisor until the chunk fits (as T5X `_choose_chunk_shape`)."""
+  chunks = list(shape)
+  while np.prod(chunks, dtype=np.int64) * itemsize > _CHUNK_BYTES:
+    dim = int(np.argmax(chunks))
+    chunks[dim] = max(d for d in range(1, chunks[dim]) if shape[dim] % d == 0)
+  return chunks
+
+
+def _inline(array):
+  """flax's msgpack ndarray extension (type 1): [shape, dtype name, C-order bytes]."""
+  payload = msgpack.packb([list(array.shape), array.dtype.name, array.tobytes('C')],
+                          use_bin_type=True)
+  return msgpack.ExtType(_EXT_NDARRAY, payload)
+
+
+def _host(x):
+  """A numpy copy of an array, gathering the shards of a global jax.Array if needed."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+def _fsync(path):
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _fsync_tree(root):
+  for directory, _, files in os.walk(root):
+    for name in files:
+      _fsync(os.path.join(directory, name))
+    _fsync(directory)
+
+
+def _write_checkpoint(checkpoint_dir, params, opt_state):
+  """Write arrays and the index into `checkpoint_dir`, an existing empty directory.
+
+  Through TensorStore (zarr, gzip): the parameters, and each unfactored `v` (`v` of a
+  parameter's shape). Inline in the index: factored `v_row`/`v_col`, placeholders, `m`, the
+  step. This is where T5X puts them: it writes through TensorStore the arrays it partitions.
+  """
+  leaves = {f'target/{name}': x for name, x in flatten(params).items()}
+  leaves.update({f'state/{name}': x for name, x in flatten(opt_state).items()})
+  leaves = {name: _host(x) for name, x in leaves.items()}
+
+  def via_tensorstore(name):
+    if name.startswith('target/'):
+      return True
+    if name.startswith('state/param_states/') and name.endswith('/v'):
+      param = 'target/' + name[len('state/param_states/'):-len('/v')]
+      return param in leaves and leaves[name].shape == leaves[param].shape
+    return False
+
+  index, writes = {}, []
+  for name, array in sorted(leaves.items()):
+    if not via_tensorstore(name):
+      index[name] = _inline(array)
+      continue
+    spec = {'driver': 'zarr', 'dtype': array.dtype.name,
+            'kvstore': {'driver': 'file', 'path': name.replace('/', '.') + '/'},
+            'metadata': {'chunks': _chunk_shape(array.shape, array.dtype.itemsize),
+                         'compressor': {'id': 'gzip', 'level': 1},
+                         'shape': list(array.shape)}}
+    index[name] = spec
+    store = ts.open(absolute_spec(spec, checkpoint_dir), create=True).result()
+    writes.append(store.write(array))
+  for write in writes:
+    write.result()
+  # The index goes last: without it nothing here is a checkpoint.
+  data = msgpack.packb({'version': VERSION, 'optimizer': unflatten(index)}, use_bin_type=True)
+  with open(os.path.join(checkpoint_dir, INDEX_FILE), 'wb') as f:
+    f.write(data)
+
+
+def save_checkpoint(directory, step, params, opt_state, *, keep=3):
+  """Write `directory/checkpoint_<step>/` in T5X's layout, atomically; keep the last `keep`.
+
+  Everything is written into a temporary sibling directory, fsynced, then renamed (T5X
+  `Checkpointer.save`): a crash leaves a `checkpoint_<step>.tmp-*` directory that
+  `latest_checkpoint` ignores, never a partial `checkpoint_<step>`. If that checkpoint exists
+  already it is kept as it is (as T5X). Local paths only. Sharded arrays are gathered (every
+  process must call this) and process 0 writes everything; a multi-host TensorStore write of
+  each process's own shards is not done here.
+  """
+  if directory.startswith('gs://'):
+    raise ValueError(f'save_checkpoint writes local directories only, got {directory}')
+  final_dir = os.path.join(directory, f'checkpoint_{int(step)}')
+  if os.path.exists(final_dir):
+    logging.warning('checkpoint %s exists already; not overwritten', final_dir)
+    return final_dir
+  leaves = {'params': params, 'opt_state': opt_state}
+  if jax.process_count() > 1:  # gathering global arrays is collective: every process joins
+    leaves = jax.tree.map(_host, leaves)
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f'checkpoint_{int(step)}.tmp-', dir=directory)
+    os.chmod(tmp_dir, 0o755)  # mkdtemp's 0o700 would outlive the rename
+    _write_checkpoint(tmp_dir, leaves['params'], leaves['opt_state'])
+    _fsync_tree(tmp_dir)
+    os.rename(tmp_dir, final_dir)
+    _fsync(directory)
+    _remove_old_checkpoints(directory, keep)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'save_checkpoint {final_dir}')
+  return final_dir
+
+
+def _complete_checkpoints(directory):
+  """[(step, path)] of the complete checkpoints in `directory`, oldest first."""
+  if not os.path.isdir(directory):
+    return []
+  found = []
+  for name in os.listdir(directory):
+    match = _STEP_DIR.fullmatch(name)
+    path = os.path.join(directory, name)
+    if match and os.path.isfile(os.path.join(path, INDEX_FILE)):
+      found.append((int(match[1]), path))
+  return sorted(found)
+
+
+def _remove_old_checkpoints(directory, keep):
+  """Delete all but the newest `keep` (None: keep all). Each is renamed away first, so a
+  crash mid-delete never leaves a partial `checkpoint_<step>`."""
+  if not keep:
+    return
+  for step, path in _complete_checkpoints(directory)[:-keep]:
+    doomed = tempfile.mkdtemp(prefix=f'checkpoint_{step}.deleting-', dir=directory)
+    os.rename(path, os.path.join(doomed, 'old'))
+    shutil.rmtree(doomed)
+
+
+def latest_checkpoint(directory):
+  """Path of the newest complete `checkpoint_<step>` in `directory` (with its index), or None."""
+  found = _complete_checkpoints(directory)
+  return found[-1][1] if found else None
+
+
+def restore_checkpoint(directory):
+  """(params, opt_state) of the newest complete checkpoint in `directory`, or None.
+
+  Exactly what `save_checkpoint` wrote (same dtypes, bit for bit), as numpy arrays.
+  """
+  path = latest_checkpoint(directory)
+  if path is None:
+    return None
+  tree = read_t5x(path)
+  return tree['target'], tree['state']
