@@ -286,9 +286,10 @@ def _index_key(index):
   return tuple((s.start, s.stop, s.step) for s in index)
 
 
-def _read_sharded(leaf, store, name, sharding, dtype):
-  """One global jax.Array laid out by `sharding`; this process reads only its devices'
-  slices (each distinct slice once), straight from the checkpoint."""
+def _read_sharded(leaf, store, name, sharding, dtype=None):
+  """One global jax.Array laid out by `sharding` (cast to `dtype`, default: as stored); this
+  process reads only its devices' slices (each distinct slice once), straight from the
+  checkpoint."""
   shape = leaf_shape(leaf)
   device_index = sharding.addressable_devices_indices_map(shape)
   slices = {}
@@ -296,7 +297,7 @@ def _read_sharded(leaf, store, name, sharding, dtype):
     key = _index_key(index)
     if key not in slices:
       part = leaf[index] if store is None else _result(store[index].read(), name, leaf)
-      slices[key] = np.asarray(part, dtype)
+      slices[key] = np.asarray(part, dtype)  # dtype None keeps the stored one
   shards = [jax.device_put(slices[_index_key(index)], device)
             for device, index in device_index.items()]
   return jax.make_array_from_single_device_arrays(shape, sharding, shards)
@@ -365,17 +366,26 @@ def _replicated(sharding):
   return NamedSharding(sharding.mesh, PartitionSpec())
 
 
-def _default_opt_shardings(shardings, specs):
+def _default_opt_shardings(shardings, shapes):
   """Adafactor state placed as T5X does: an unfactored `v` like its parameter, the rest
-  (factored v_row/v_col, placeholders, step) replicated."""
+  (factored v_row/v_col, placeholders, step) replicated. `shapes`: {param name: shape}."""
   flat = flatten(shardings)
   replicated = _replicated(next(iter(flat.values())))
   param_states = {}
   for name, sharding in flat.items():
-    for slot, shape in adafactor_shapes(specs[name].shape).items():
-      unfactored_v = slot == 'v' and shape == specs[name].shape
+    for slot, shape in adafactor_shapes(shapes[name]).items():
+      unfactored_v = slot == 'v' and shape == tuple(shapes[name])
       param_states[f'{name}/{slot}'] = sharding if unfactored_v else replicated
   return {'step': replicated, 'param_states': unflatten(param_states)}
+
+
+def _placement(shardings, opt_shardings, shapes, with_optimizer_state):
+  """{name in the checkpoint's tree: Sharding} from the params' (and opt_state's) shardings."""
+  placement = {f'target/{name}': s for name, s in flatten(shardings).items()}
+  if with_optimizer_state:
+    opt_shardings = opt_shardings or _default_opt_shardings(shardings, shapes)
+    placement.update({f'state/{name}': s for name, s in flatten(opt_shardings).items()})
+  return placement
 
 
 def _read_as(flat, names, placement):
@@ -427,16 +437,12 @@ def load_enct5_params(path, cfg, rng, *, with_optimizer_state=False, shardings=N
       raise CheckpointError(f'{path}: {name!r} has shape {tuple(leaf_shape(flat[name]))} '
                             f'in the checkpoint, expected {tuple(shape)}')
 
-  # Where each array goes: {name in the checkpoint's tree: Sharding}, or None (numpy).
-  placement = None
-  if shardings is not None:
-    placement = {f'target/{name}': s for name, s in flatten(shardings).items()}
-    if with_optimizer_state:
-      opt_shardings = opt_shardings or _default_opt_shardings(shardings, specs)
-      placement.update({f'state/{name}': s for name, s in flatten(opt_shardings).items()})
+  placement = None if shardings is None else _placement(
+      shardings, opt_shardings, {name: spec.shape for name, spec in specs.items()},
+      with_optimizer_state)
   arrays = _read_as(flat, expected, placement)
 
-  # NOTE: under jit, XLA drops the initializers of all parameters but the fresh ones, which get
+  # Under jit, XLA drops the initializers of all parameters but the fresh ones, which get
   # exactly the values `init_params(rng, cfg)` gives them.
   init_fresh = lambda key: {f'target/{name}': flatten(enct5.init_params(key, cfg))[name]
                             for name in FRESH_PARAMS}
@@ -602,13 +608,27 @@ def latest_checkpoint(directory):
   return found[-1][1] if found else None
 
 
-def restore_checkpoint(directory):
+def restore_checkpoint(directory, *, shardings=None, opt_shardings=None):
   """(params, opt_state) of the newest complete checkpoint in `directory`, or None.
 
-  Exactly what `save_checkpoint` wrote (same dtypes, bit for bit), as numpy arrays.
+  Exactly what `save_checkpoint` wrote (same dtypes, bit for bit): numpy arrays, or with
+  `shardings` (and `opt_shardings`, as in `load_enct5_params`) global jax.Arrays of which each
+  process reads only its own slices.
   """
   path = latest_checkpoint(directory)
   if path is None:
     return None
-  tree = read_t5x(path)
+  if shardings is None:
+    tree = read_t5x(path)
+  else:
+    flat = flatten(read_index(path))
+    shapes = {name[len('target/'):]: leaf_shape(leaf) for name, leaf in flat.items()
+              if name.startswith('target/')}
+    placement = _placement(shardings, opt_shardings, shapes, with_optimizer_state=True)
+    missing = sorted(set(flat) ^ set(placement))
+    if missing:
+      raise CheckpointError(f'{path}: the checkpoint and the shardings differ at {missing}')
+    stores = _open_all({name: leaf for name, leaf in flat.items() if _is_spec(leaf)})
+    tree = unflatten({name: _read_sharded(leaf, stores.get(name), name, placement[name])
+                      for name, leaf in flat.items()})
   return tree['target'], tree['state']
