@@ -1,4 +1,5 @@
 """Tests for load_ckpt.py against real T5X-written checkpoints (../shared/fixtures/SOURCES.md)."""
+import http.server
 import json
 import os
 import shutil
@@ -6,6 +7,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import urllib.parse
 
 import jax
 import ml_dtypes
@@ -170,6 +173,73 @@ def test_spec_paths_are_joined_to_the_checkpoint_directory(spec, directory, kvst
   out = load_ckpt.absolute_spec(spec, directory)
   assert out['kvstore'] == kvstore and 'path' not in out
   assert out['dtype'] == 'float32' and out['metadata'] == spec['metadata']
+
+
+class _FakeGcs(http.server.BaseHTTPRequestHandler):
+  """The one GCS JSON API call TensorStore's reads make: GET /storage/v1/b/<bucket>/o/<object>
+  ?alt=media. Serves <root>/<bucket>/<object>; records every object asked for."""
+  root, requested = None, []
+
+  def do_GET(self):
+    parts = urllib.parse.urlparse(self.path).path.split('/')  # '', storage, v1, b, B, o, O
+    name = urllib.parse.unquote('/'.join(parts[6:]))
+    self.requested.append(name)
+    path = os.path.join(self.root, parts[4], name)
+    data = open(path, 'rb').read() if parts[1:4] == ['storage', 'v1', 'b'] and \
+        os.path.isfile(path) else None
+    self.send_response(404 if data is None else 200)
+    self.send_header('Content-Length', str(len(data or b'')))
+    self.end_headers()
+    self.wfile.write(data or b'')
+
+  def log_message(self, *args):
+    pass
+
+
+_GS_CLIENT = textwrap.dedent('''
+    import json, sys, jax, numpy as np, enct5, load_ckpt
+    what, gs, local = sys.argv[1:4]
+    def same(a, b):
+      a, b = load_ckpt.flatten(a), load_ckpt.flatten(b)
+      return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype
+                                          for k in a)
+    if what == 'enct5':
+      cfg = enct5.get_config('tiny', **load_ckpt.config_from_checkpoint(gs))
+      ok = same(load_ckpt.load_enct5_params(gs, cfg, jax.random.PRNGKey(0)),
+                load_ckpt.load_enct5_params(local, cfg, jax.random.PRNGKey(0)))
+    else:
+      ok = same(load_ckpt.read_t5x(gs), load_ckpt.read_t5x(local))
+    print(json.dumps(ok))
+''')
+
+
+def test_gs_paths_through_tensorstore_gcs_kvstore():
+  """gs://bucket/... read by TensorStore's own gcs driver from a local fake GCS server
+  (TENSORSTORE_GCS_HTTP_URL; a subprocess, so the variable is seen at first use)."""
+  fixture(TINY), fixture(LEGACY)
+  _FakeGcs.root, _FakeGcs.requested = os.path.dirname(FIXTURES), []
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _FakeGcs)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  env = dict(os.environ, PYTHONPATH=REPO,
+             TENSORSTORE_GCS_HTTP_URL=f'http://127.0.0.1:{server.server_address[1]}')
+  bucket = 'gs://' + os.path.basename(FIXTURES)  # the fixtures directory plays the bucket
+
+  def run(what, name):
+    out = subprocess.run([sys.executable, '-c', _GS_CLIENT, what, f'{bucket}/{name}',
+                          fixture(TINY)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+  try:
+    assert run('enct5', TINY)
+    requested_by_enct5 = list(_FakeGcs.requested)
+    assert run('all', TINY) and run('all', LEGACY)
+  finally:
+    server.shutdown()
+  # EncT5 asks for the encoder but never for the vocabulary projection or other decoder blocks.
+  arrays = {name.split('/')[-2] for name in requested_by_enct5 if name.count('/') >= 3}
+  assert 'target.encoder.layers_1.mlp.wo.kernel' in arrays
+  assert not any('logits_dense' in a or 'self_attention' in a or 'decoder.layers_1' in a
+                 for a in arrays), arrays
 
 
 def test_unknown_kvstore_driver_is_an_error():
