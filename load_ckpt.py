@@ -184,7 +184,8 @@ def read_index(path):
     index_path, data = path, _read_bytes(path)
     checkpoint_dir = _dirname(path)
   if data is None:
-    raise CheckpointError(f'no T5X checkpoint at {path} (neither {index_path} nor a file)')
+    raise CheckpointError(f'no T5X checkpoint at {path}: no index {_join(path, INDEX_FILE)}, '
+                          'and not a single-file checkpoint')
   try:
     tree = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
   except (ValueError, msgpack.UnpackException) as e:
