@@ -184,3 +184,179 @@ def test_two_processes_reach_the_same_loss_as_one():
   assert multi['processes'] == 2 and multi['devices'] == 4, multi
   np.testing.assert_allclose(multi['losses'], single['losses'], rtol=1e-5)
   np.testing.assert_allclose(multi['checksum'], single['checksum'], rtol=1e-6)
+
+
+def _mini_checkpoint():
+  if not os.path.isdir(MINI_CKPT):
+    pytest.skip(f'T5X mini checkpoint not found at {MINI_CKPT} (set ENCT5_SHARED)')
+  import load_ckpt
+  return load_ckpt
+
+
+def test_adafactor_state_layout_equals_t5x_mini_checkpoint():
+  """Our Adafactor state for the T5X-trained mini T5.1.1 has exactly T5X's leaves and shapes,
+  and T5X's step after its 3 updates is 3, as ours after 3 updates."""
+  load_ckpt = _mini_checkpoint()
+  flat = load_ckpt.flatten(load_ckpt.read_index(MINI_CKPT))
+  params = {name[len('target/'):]: jnp.zeros(load_ckpt.leaf_shape(leaf))
+            for name, leaf in flat.items() if name.startswith('target/')}
+  ours = load_ckpt.flatten(train.adafactor_init(load_ckpt.unflatten(params)))
+  theirs = {name[len('state/'):]: load_ckpt.leaf_shape(leaf)
+            for name, leaf in flat.items() if name.startswith('state/')}
+  assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v) for k, v in theirs.items()}
+  assert ours['param_states/encoder/layers_0/mlp/wo/kernel/v_row'].shape == (128,)
+  assert ours['param_states/token_embedder/embedding/v_col'].shape == (32128,)
+  state = load_ckpt.read_t5x(MINI_CKPT, ['state/step'])
+  assert int(state['state']['step']) == 3
+  _, after3 = _run(np.ones(4), [np.ones(4)] * 3, 0.1)
+  assert int(after3['step']) == 3
+
+
+def test_adafactor_continues_t5x_state_at_its_step():
+  """The 4th update of a loaded T5X state decays with rho = 1 - 4^-0.8 (T5X's step 3)."""
+  load_ckpt = _mini_checkpoint()
+  names = ['target/encoder/layers_0/mlp/wo/kernel', 'target/encoder/encoder_norm/scale',
+           'state/param_states/encoder/layers_0/mlp/wo/kernel',
+           'state/param_states/encoder/encoder_norm/scale', 'state/step']
+  tree = load_ckpt.read_t5x(MINI_CKPT, names)
+  params = {'wo': tree['target']['encoder']['layers_0']['mlp']['wo']['kernel'],
+            'scale': tree['target']['encoder']['encoder_norm']['scale']}
+  states = tree['state']['param_states']['encoder']
+  opt_state = {'step': jnp.asarray(tree['state']['step']),
+               'param_states': {'wo': states['layers_0']['mlp']['wo']['kernel'],
+                                'scale': states['encoder_norm']['scale']}}
+  # Embedding rows never seen in T5X's batches keep v_col = eps1 (their gradient is 0).
+  v_col = load_ckpt.read_t5x(
+      MINI_CKPT, ['state/param_states/token_embedder/embedding/v_col'])
+  v_col = v_col['state']['param_states']['token_embedder']['embedding']['v_col']
+  assert np.sum(np.isclose(v_col, 1e-30, rtol=1e-3)) == 32128 - 364
+  rng = np.random.default_rng(0)
+  grads = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+  _, new = train.adafactor_update(grads, opt_state, params, 1e-3)
+  rho = 1.0 - 4.0 ** -0.8
+  g2 = {k: np.float64(g) ** 2 + 1e-30 for k, g in grads.items()}
+  old = opt_state['param_states']
+  np.testing.assert_allclose(new['param_states']['scale']['v'],
+                             rho * old['scale']['v'] + (1 - rho) * g2['scale'], rtol=1e-5)
+  # wo [F, D] = (256, 128): v_row [D] averages g^2 over F (dim 0), v_col [F] over D.
+  np.testing.assert_allclose(new['param_states']['wo']['v_row'],
+                             rho * old['wo']['v_row'] + (1 - rho) * g2['wo'].mean(0), rtol=1e-5)
+  np.testing.assert_allclose(new['param_states']['wo']['v_col'],
+                             rho * old['wo']['v_col'] + (1 - rho) * g2['wo'].mean(1), rtol=1e-5)
+  assert int(new['step']) == 4
+
+
+# --------------------------------------------------------------------------------- The loop
+
+TINY = ['--max_input_length=64', '--max_target_length=8', '--batch_size=4', '--log_every=1',
+        '--vocab_size=300', '--d_model=32', '--d_ff=64', '--num_heads=2', '--num_layers=1']
+
+
+def _main(*argv):
+  """train.py's main in this process, with these flags (the others at their defaults)."""
+  train.FLAGS.unparse_flags()
+  train.FLAGS(['train.py', *argv])
+  train.logging.set_verbosity(train.logging.INFO)  # as app.run does
+  train.main(['train.py'])
+
+
+def _params(checkpoint_dir):
+  import load_ckpt
+  return load_ckpt.read_t5x(load_ckpt.latest_checkpoint(checkpoint_dir))
+
+
+def test_resume_is_bit_identical(tmp_path, monkeypatch):
+  """A run interrupted after its step-3 checkpoint and re-run with the same command ends with
+  exactly the parameters and Adafactor state of an uninterrupted run (dropout on)."""
+  _main('--train_steps=6', '--eval_every=3', f'--output_dir={tmp_path}/a', *TINY)
+  command = ['--train_steps=6', '--eval_every=3', f'--output_dir={tmp_path}/b',
+             f'--vocab={tmp_path}/a/vocab/synthetic.model', *TINY]
+
+  def crash(record):
+    raise KeyboardInterrupt('interrupted after the step-3 checkpoint')
+  with monkeypatch.context() as m:
+    m.setattr(train, 'append_metrics', crash)
+    with pytest.raises(KeyboardInterrupt):
+      _main(*command)
+  assert sorted(os.listdir(tmp_path / 'b' / 'checkpoints')) == ['checkpoint_3']
+  _main(*command)
+  a, b = _params(tmp_path / 'a' / 'checkpoints'), _params(tmp_path / 'b' / 'checkpoints')
+  assert int(a['state']['step']) == int(b['state']['step']) == 6
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  records = [json.loads(line) for line in open(tmp_path / 'a' / 'metrics.jsonl')]
+  assert [r['step'] for r in records] == [3, 6]
+  assert set(records[0]['scores']) == {'synthetic/accuracy'}
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, caplog):
+  make_train_step = train.make_train_step
+
+  def poisoned(*args, **kwargs):
+    step_fn = make_train_step(*args, **kwargs)
+
+    def step(params, opt_state, batch):
+      params, opt_state, metrics = step_fn(params, opt_state, batch)
+      if int(opt_state['step']) >= 5:
+        metrics = dict(metrics, loss=jnp.float32(np.nan))
+      return params, opt_state, metrics
+    return step
+  monkeypatch.setattr(train, 'make_train_step', poisoned)
+  with pytest.raises(SystemExit):
+    _main('--train_steps=6', '--eval_every=3', f'--output_dir={tmp_path}', *TINY)
+  assert 'loss is nan at step 5' in caplog.text and 'checkpoint_3' in caplog.text
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['checkpoint_3']
+  assert int(_params(tmp_path / 'checkpoints')['state']['step']) == 3
+
+
+def _glue_sample(tmp_path, task_dir='SST-2', train_rows=64, dev_rows=32):
+  source = os.path.join(SHARED, 'glue', task_dir)
+  if not os.path.isdir(source):
+    pytest.skip(f'GLUE data not found at {source} (set ENCT5_SHARED)')
+  target = tmp_path / task_dir
+  target.mkdir()
+  for name, rows in (('train.tsv', train_rows), ('dev.tsv', dev_rows)):
+    with open(os.path.join(source, name)) as f:
+      lines = [next(f) for _ in range(rows + 1)]
+    (target / name).write_text(''.join(lines))
+  return target
+
+
+def test_fine_tune_t5x_mini_checkpoint_then_eval_and_predict(tmp_path, caplog):
+  """From T5X's own 3-step checkpoint (its Adafactor state and step loaded): 2 steps on 64
+  SST-2 examples; the saved checkpoint reads back with load_ckpt, continues T5X's step count,
+  and --mode=eval on it reproduces the score logged in training."""
+  load_ckpt = _mini_checkpoint()
+  data = _glue_sample(tmp_path)
+  out = tmp_path / 'out'
+  common = ['--task=sst2', f'--data_dir={data}', f'--output_dir={out}', '--batch_size=2',
+            '--max_input_length=64', '--max_target_length=8', '--vocab_size=200']
+  _main(f'--checkpoint={MINI_CKPT}', '--train_steps=2', '--eval_every=2', '--log_every=1',
+        *common)
+  saved = load_ckpt.latest_checkpoint(str(out / 'checkpoints'))
+  assert os.path.basename(saved) == 'checkpoint_5'  # T5X's step 3 + 2
+  tree = load_ckpt.read_t5x(saved)
+  assert int(tree['state']['step']) == 5
+  assert load_ckpt.config_from_checkpoint(saved)['d_model'] == 128
+  assert tree['target']['decoder']['class_projection']['kernel'].shape == (128, 3)
+  wo = tree['state']['param_states']['encoder']['layers_0']['mlp']['wo']['kernel']
+  assert wo['v_row'].shape == (128,) and wo['v_col'].shape == (256,) and wo['v'].shape == (1,)
+  mini = load_ckpt.read_t5x(MINI_CKPT, ['target/encoder/layers_0/mlp/wo/kernel'])
+  assert not np.array_equal(tree['target']['encoder']['layers_0']['mlp']['wo']['kernel'],
+                            mini['target']['encoder']['layers_0']['mlp']['wo']['kernel'])
+  record = json.loads((out / 'metrics.jsonl').read_text().splitlines()[-1])
+  assert record['t5x_step'] == 5 and set(record['scores']) == {'sst2/accuracy'}
+  assert os.path.isdir(out / 'best' / 'checkpoint_5')
+  caplog.clear()
+  caplog.set_level('INFO')
+  _main('--mode=eval', *common)  # OUTPUT_DIR/best, read back through load_ckpt
+  assert f'score {record["score"]:.2f}' in caplog.text
+  _main('--mode=predict', '--predict_split=validation', *common)
+  lines = (out / 'predictions' / 'SST-2.validation.tsv').read_text().splitlines()
+  assert lines[0] == 'index\tprediction' and len(lines) == 33
+  assert [int(l.split('\t')[0]) for l in lines[1:]] == list(range(32))
+  assert {l.split('\t')[1] for l in lines[1:]} <= {'0', '1'}
+  # --size is checked against the checkpoint's shape.
+  with pytest.raises(ValueError, match='does not match the flags: d_model 128'):
+    _main(f'--checkpoint={MINI_CKPT}', '--size=small', f'--output_dir={tmp_path}/other',
+          *common[:2], *common[3:])

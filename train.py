@@ -1,17 +1,114 @@
-"""Fine-tune EncT5 (Liu et al. 2021) with Adafactor: `python train.py --flags`.
+"""Fine-tune EncT5 (Liu et al. 2021) on a GLUE task: `python train.py --flags`.
 
-Reads top-down: Adafactor (T5X `t5x/adafactor.py`); sharding over a ('data', 'model') mesh
-(T5X's partitioning rules, `jax.jit` with `NamedSharding`); the train and eval steps.
+  python train.py                                    # demo: a tiny EncT5 learns a generated
+                                                     # task from scratch (~1 minute on a CPU)
+  python train.py --task=sst2 --data_dir=glue_data/SST-2 --size=tiny    # from random init
+  python train.py --task=mnli --data_dir=glue_data \\
+      --checkpoint=gs://t5-data/pretrained_models/t5x/t5_1_1_small/checkpoint_1000000 \\
+      --vocab=gs://t5-data/vocabs/cc_all.32000/sentencepiece.model --output_dir=runs/mnli
+  python train.py ... --mode=eval                    # metrics of OUTPUT_DIR/best
+  python train.py ... --mode=predict                 # GLUE submission TSVs
+
+Re-running the same command resumes from OUTPUT_DIR/checkpoints exactly. Many hosts: run the
+same command on each with --coordinator_address, --num_processes and --process_id.
+
+Reads top-down: flags; Adafactor (T5X `t5x/adafactor.py`); sharding over a ('data', 'model')
+mesh (T5X's partitioning rules, `jax.jit` with `NamedSharding`); the train and eval steps;
+data; checkpoints; evaluation; the loop; main.
 """
-import logging
+import json
+import logging as std_logging
+import os
+import tempfile
+import time
 
+from absl import app, flags, logging
 import numpy as np
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
+import tensorstore as ts
 
 import enct5
+import glue
+import load_ckpt
+import packing
 
+# ----------------------------------------------------------------------------------------------
+# Flags, by section, with the paper's defaults (§4.1: T5's fine-tuning recipe, Adafactor with a
+# constant learning rate 1e-3, packed rows of 512 tokens, best checkpoint on validation).
+# ----------------------------------------------------------------------------------------------
+
+# Task and data.
+flags.DEFINE_string('task', None, 'GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli or rte. '
+                    'Unset: the built-in demo task, generated into OUTPUT_DIR (no data needed).')
+flags.DEFINE_string('data_dir', None, 'GLUE data as download_glue_data.py lays it out: the root '
+                    '(holding SST-2/, MNLI/, ...) or one task folder such as glue_data/SST-2.')
+flags.DEFINE_string('vocab', None, 'SentencePiece model, local or gs:// (T5: gs://t5-data/vocabs/'
+                    'cc_all.32000/sentencepiece.model). Unset: a new one is trained on the task\'s '
+                    'training text into OUTPUT_DIR/vocab/ (for training from scratch).')
+flags.DEFINE_integer('vocab_size', 8000, 'Pieces (at most) of the SentencePiece model trained when '
+                     '--vocab is unset.')
+flags.DEFINE_integer('max_input_length', 512, 'Tokens per packed input row (L); longer examples '
+                     'are truncated, keeping their EOS.')
+flags.DEFINE_integer('max_target_length', 62, 'Example slots per packed row (T): at most this '
+                     'many examples share a row (paper: 62).')
+flags.DEFINE_bool('pack', True, 'Pack several examples per row (paper §3); --nopack: one '
+                  'example per row.')
+
+# Model.
+flags.DEFINE_string('checkpoint', None, 'T5.1.1 checkpoint in T5X format, local or gs:// (e.g. '
+                    'gs://t5-data/pretrained_models/t5x/t5_1_1_small/checkpoint_1000000): its '
+                    'encoder and first decoder layer are loaded with their Adafactor state '
+                    '(paper §4.2), and its shapes fix the model. Unset: random init. With '
+                    '--mode=eval/predict: the checkpoint to use (default OUTPUT_DIR/best).')
+flags.DEFINE_enum('size', None, list(enct5.SIZES), 'T5.1.1 size. With --checkpoint: checked '
+                  'against it. Without: the model to train from scratch (default tiny).')
+flags.DEFINE_integer('d_model', None, 'The model dim, instead of the size\'s; with a '
+                     'checkpoint: checked against it.')
+flags.DEFINE_integer('num_heads', None, 'The attention heads, instead of the size\'s; with a '
+                     'checkpoint: checked against it.')
+flags.DEFINE_integer('head_dim', None, 'The head dim, instead of the size\'s; with a '
+                     'checkpoint: checked against it.')
+flags.DEFINE_integer('d_ff', None, 'The FFN dim, instead of the size\'s; with a '
+                     'checkpoint: checked against it.')
+flags.DEFINE_integer('num_layers', None, 'The encoder layers, instead of the size\'s; with a '
+                     'checkpoint: checked against it.')
+flags.DEFINE_float('dropout_rate', 0.1, 'Dropout while training (T5 fine-tuning: 0.1).')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Activation dtype; parameters '
+                  'and Adafactor state stay float32.')
+
+# Training.
+flags.DEFINE_integer('batch_size', 128, 'Packed rows per global batch (T5: 128 rows of 512 '
+                     'tokens), split over the mesh\'s data axis and the processes.')
+flags.DEFINE_float('learning_rate', 1e-3, 'Adafactor\'s constant learning rate (paper §4.1).')
+flags.DEFINE_integer('train_steps', 262144, 'Fine-tuning steps (T5: 2^18), counted from the '
+                     'start of fine-tuning, not from the checkpoint\'s step.')
+flags.DEFINE_integer('eval_every', 1000, 'Evaluate on the validation split(s) and save a '
+                     'checkpoint every this many steps (and at the end).')
+flags.DEFINE_integer('log_every', 100, 'Steps per training log line.')
+flags.DEFINE_integer('keep_checkpoints', 2, 'Latest checkpoints kept in OUTPUT_DIR/checkpoints.')
+flags.DEFINE_integer('seed', 0, 'Seed of init, data order and dropout (a function of seed and '
+                     'step, so a resumed run is exact).')
+
+# Devices and hosts.
+flags.DEFINE_string('mesh', None, 'Device mesh DATAxMODEL, e.g. 4x2: batches split over DATA, '
+                    'parameters partitioned over MODEL. Default: all devices on DATA.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for several hosts.')
+flags.DEFINE_integer('num_processes', 1, 'Processes (hosts) running this same command.')
+flags.DEFINE_integer('process_id', 0, 'This process\'s index, 0..num_processes-1.')
+
+# Run.
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'train: fine-tune (resuming '
+                  'from OUTPUT_DIR). eval: the task\'s metrics on the validation split(s). '
+                  'predict: GLUE submission TSVs (index, prediction) in OUTPUT_DIR/predictions.')
+flags.DEFINE_string('predict_split', 'test', 'Split that --mode=predict labels (test: all the '
+                    'task\'s test files, e.g. MNLI-m and MNLI-mm).')
+flags.DEFINE_string('output_dir', None, 'Checkpoints, best checkpoint, metrics.jsonl, the '
+                    'trained vocabulary, predictions. Default: runs/TASK (demo: a new temp dir).')
+
+FLAGS = flags.FLAGS
 
 # ----------------------------------------------------------------------------------------------
 # Adafactor (Shazeer & Stern 2018), exactly as T5X `adafactor.Adafactor` with its defaults, the
@@ -58,7 +155,7 @@ def _init_param_state(param, min_dim_size_to_factor):
 
 
 def adafactor_init(params, *, min_dim_size_to_factor=MIN_DIM_SIZE_TO_FACTOR):
-  """Optimizer state in T5X's layout: {'step': int32 0, 'param_states': {... {m, v, v_row, v_col}}}."""
+  """Optimizer state in T5X's layout: {'step': 0, 'param_states': {...: {m, v, v_row, v_col}}}."""
   param_states = jax.tree.map(lambda p: _init_param_state(p, min_dim_size_to_factor), params)
   return {'step': jnp.zeros((), jnp.int32), 'param_states': param_states}
 
@@ -283,3 +380,490 @@ def init_train_state(cfg, shardings, rng):
                    out_shardings=shardings.params)(rng)
   opt_state = jax.jit(adafactor_init, out_shardings=shardings.opt_state)(params)
   return params, opt_state
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: a GLUE task (glue.py: TSV -> T5 text -> SentencePiece -> packed rows), or the demo task.
+# ----------------------------------------------------------------------------------------------
+
+MODEL_KEYS = ('inputs', 'inputs_segment_ids', 'inputs_positions', 'targets')
+
+# The demo task: made-up words; the label says whether a sentence has more "good" than "bad"
+# cue words. It goes through exactly the GLUE road (TSV files, T5 text, SentencePiece).
+DEMO_TASK = glue.Task(name='synthetic', dir_name='synthetic',
+                      features=(('sentence', 'sentence'),), label_column='label',
+                      label_names=('negative', 'positive'), raw_labels=('0', '1'),
+                      metric_names=('accuracy',), eval_names={'validation': 'synthetic'})
+
+
+def get_task(name):
+  return DEMO_TASK if name == DEMO_TASK.name else glue.get_task(name)
+
+
+def write_demo_task(directory, seed, num_train=20000, num_validation=1000):
+  """GLUE-style train.tsv / dev.tsv of the demo task in `directory`; chance is 50%."""
+  rng = np.random.default_rng(seed)
+  syllables = [c + v for c in 'bdfgklmnprstvz' for v in 'aeiou']
+  words = set()
+  while len(words) < 600:
+    words.add(''.join(rng.choice(syllables, rng.integers(1, 4))))
+  words = rng.permutation(sorted(words)).tolist()
+  good, bad, neutral = words[:12], words[12:24], words[24:]
+  os.makedirs(directory, exist_ok=True)
+  for split, count in (('train', num_train), ('validation', num_validation)):
+    lines = ['sentence\tlabel']
+    for _ in range(count):
+      num_good, num_bad = rng.choice(4, 2, replace=False)  # never a tie
+      sentence = (rng.choice(good, num_good).tolist() + rng.choice(bad, num_bad).tolist() +
+                  rng.choice(neutral, rng.integers(4, 16)).tolist())
+      lines.append(f'{" ".join(rng.permutation(sentence))}\t{int(num_good > num_bad)}')
+    with open(os.path.join(directory, DEMO_TASK.files[split]), 'w') as f:
+      f.write('\n'.join(lines) + '\n')
+
+
+def task_dir(task, data_dir):
+  """`data_dir` is the GLUE root (holding SST-2/, ...) or the task's own folder."""
+  own = os.path.join(data_dir, task.dir_name)
+  if os.path.isdir(own):
+    return own
+  if any(os.path.isfile(os.path.join(data_dir, f)) for f in task.files.values()):
+    return data_dir
+  raise FileNotFoundError(f'--data_dir={data_dir}: found neither {own}/ nor the {task.name} '
+                          f'files {sorted(set(task.files.values()))} in it')
+
+
+def read_split(task, directory, split):
+  if split not in task.files:
+    raise ValueError(f'task {task.name} has no split {split!r}; it has {sorted(task.files)}')
+  return glue.read_tsv(task, os.path.join(directory, task.files[split]),
+                       labeled=not split.startswith('test'))
+
+
+def pack_split(task, examples, vocab, path):
+  """Tokenized and packed rows (one example per row, one slot, with --nopack)."""
+  tokenized, _ = glue.tokenize(vocab, examples, FLAGS.max_input_length, path=path)
+  return packing.pack_examples(
+      tokenized, FLAGS.max_input_length, FLAGS.max_target_length if FLAGS.pack else 1,
+      method='best_fit' if FLAGS.pack else 'unpacked', regression=task.is_regression,
+      ids=[example.idx for example in examples])
+
+
+def _local_copy(path, directory):
+  """A gs:// file copied into `directory` (SentencePiece reads local files only)."""
+  if not path.startswith('gs://'):
+    return path
+  bucket, _, key = path[len('gs://'):].partition('/')
+  parent, _, name = key.rpartition('/')
+  store = ts.KvStore.open({'driver': 'gcs', 'bucket': bucket, 'path': parent + '/'}).result()
+  result = store.read(name).result()
+  if result.state != 'value':
+    raise FileNotFoundError(f'--vocab {path} not found')
+  os.makedirs(directory, exist_ok=True)
+  local = os.path.join(directory, name)
+  with open(local, 'wb') as f:
+    f.write(result.value)
+  return local
+
+
+def get_vocab(task, train_examples, *, must_exist=False):
+  """--vocab, or the SentencePiece model trained earlier into output_dir/vocab/, or one trained
+  now on the task's training text (every process gets process 0's model)."""
+  vocab_dir = os.path.join(FLAGS.output_dir, 'vocab')
+  if FLAGS.vocab:
+    return glue.load_vocab(_local_copy(FLAGS.vocab, vocab_dir))
+  path = os.path.join(vocab_dir, f'{task.name}.model')
+  if os.path.isfile(path):
+    logging.info('no --vocab: using the SentencePiece model trained earlier, %s', path)
+    return glue.load_vocab(path)
+  if must_exist:
+    raise FileNotFoundError(f'no --vocab and no trained vocabulary at {path}')
+  proto = b''
+  if jax.process_index() == 0:
+    logging.info('no --vocab: training a SentencePiece model (up to %d pieces) on the %d '
+                 'training texts of %s into %s', FLAGS.vocab_size, len(train_examples),
+                 task.name, path)
+    os.makedirs(vocab_dir, exist_ok=True)
+    glue.train_vocab([example.text for example in train_examples], path[:-len('.model')],
+                     FLAGS.vocab_size)
+    with open(path, 'rb') as f:
+      proto = f.read()
+  if jax.process_count() > 1:  # the same vocabulary everywhere, even without a shared disk
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(proto))))
+    data = np.frombuffer(proto, np.uint8) if proto else np.zeros(size, np.uint8)
+    proto = np.asarray(multihost_utils.broadcast_one_to_all(data)).tobytes()
+    if jax.process_index() > 0 and not os.path.isfile(path):
+      os.makedirs(vocab_dir, exist_ok=True)
+      with open(f'{path}.tmp-{jax.process_index()}', 'wb') as f:
+        f.write(proto)
+      os.replace(f'{path}.tmp-{jax.process_index()}', path)
+  return glue.load_vocab(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model's shape: from the checkpoint when there is one, else from --size (+ overrides).
+# ----------------------------------------------------------------------------------------------
+
+SHAPE_FLAGS = ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers')
+
+
+def model_config(task, vocab, checkpoint):
+  """EncT5Config for `task`; `checkpoint` (T5.1.1 or EncT5, or None) fixes the shape."""
+  options = dict(num_classes=task.num_classes, dropout_rate=FLAGS.dropout_rate, dtype=FLAGS.dtype)
+  overrides = {name: FLAGS[name].value for name in SHAPE_FLAGS if FLAGS[name].value is not None}
+  if checkpoint:
+    # The checkpoint fixes the shape; --size and the shape flags, if given, must agree.
+    shape = load_ckpt.config_from_checkpoint(checkpoint)
+    asked = {k: (v, f'--size={FLAGS.size}') for k, v in enct5.SIZES[FLAGS.size].items()
+             if k in SHAPE_FLAGS} if FLAGS.size else {}
+    asked.update({k: (v, f'--{k}') for k, v in overrides.items()})
+    wrong = [f'{k} {shape[k]} (checkpoint) vs {v} ({flag})'
+             for k, (v, flag) in asked.items() if shape[k] != v]
+    if wrong:
+      raise ValueError(f'the checkpoint {checkpoint} does not match the flags: '
+                       + '; '.join(wrong))
+    cfg = enct5.get_config(FLAGS.size or 'small', **shape, **options)
+  else:
+    # A from-scratch vocabulary of N pieces: N rounded up to a multiple of 128, as T5's 32128.
+    vocab_size = -(-vocab.GetPieceSize() // 128) * 128
+    cfg = enct5.get_config(FLAGS.size or 'tiny', vocab_size=vocab_size, num_decoder_layers=1,
+                           **overrides, **options)
+  glue.check_vocab_fits(vocab, cfg.vocab_size)
+  return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints (load_ckpt.py writes T5X's layout): output_dir/checkpoints holds the latest,
+# output_dir/best the best by the task's metric (paper §4.1).
+# ----------------------------------------------------------------------------------------------
+
+def _place(tree, shardings):
+  """Host numpy arrays (the same on every process) -> global arrays laid out by `shardings`."""
+  return jax.tree.map(lambda x, s: jax.make_array_from_callback(np.shape(x), s,
+                                                                lambda index: x[index]),
+                      tree, shardings)
+
+
+def is_enct5_checkpoint(path):
+  return 'target/decoder/class_projection/kernel' in load_ckpt.flatten(load_ckpt.read_index(path))
+
+
+def checkpoint_step(path):
+  """The Adafactor step stored in a checkpoint (0 if it has no optimizer state)."""
+  if 'state/step' not in load_ckpt.flatten(load_ckpt.read_index(path)):
+    return 0
+  return int(load_ckpt.read_t5x(path, ['state/step'])['state']['step'])
+
+
+def load_params(path, cfg, shardings, *, with_optimizer_state):
+  """Params (and Adafactor state) from an EncT5 checkpoint of ours or a T5.1.1 checkpoint."""
+  if is_enct5_checkpoint(path):
+    tree = load_ckpt.read_t5x(path, ['target', 'state'] if with_optimizer_state else ['target'])
+    got = tree['target']['decoder']['class_projection']['bias'].shape
+    if got != (cfg.num_outputs,):
+      raise ValueError(f'{path}: its head has {got[0]} outputs; task needs {cfg.num_outputs}')
+    params = _place(tree['target'], shardings.params)
+    return (params, _place(tree['state'], shardings.opt_state)) if with_optimizer_state else params
+  rng = jax.random.PRNGKey(FLAGS.seed)
+  if not with_optimizer_state:
+    logging.warning('%s is a T5.1.1 checkpoint: the EncT5 head is untrained', path)
+    return load_ckpt.load_enct5_params(path, cfg, rng, shardings=shardings.params)
+  if 'state/step' not in load_ckpt.flatten(load_ckpt.read_index(path)):
+    logging.info('%s has no optimizer state: Adafactor starts from zeros', path)
+    params = load_ckpt.load_enct5_params(path, cfg, rng, shardings=shardings.params)
+    return params, jax.jit(adafactor_init, out_shardings=shardings.opt_state)(params)
+  return load_ckpt.load_enct5_params(path, cfg, rng, with_optimizer_state=True,
+                                     shardings=shardings.params,
+                                     opt_shardings=shardings.opt_state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation and prediction: packed inference, the padding class ignored (enct5.predict).
+# ----------------------------------------------------------------------------------------------
+
+def infer(eval_step, params, packed, cfg, shardings):
+  """Per-example predictions of a packed split -> (example ids ascending, predictions)."""
+  outputs = []
+  for batch in packing.eval_batches(packed, FLAGS.batch_size):
+    logits = eval_step(params, global_batch({k: batch[k] for k in MODEL_KEYS}, shardings.batch))
+    outputs.append(np.asarray(enct5.predict(np.asarray(logits), cfg)))
+  return packing.per_example(packed['example_ids'], np.concatenate(outputs))
+
+
+def evaluate(eval_step, params, task, eval_sets, cfg, shardings):
+  """The task's GLUE metrics on its validation split(s) -> {'<eval name>/<metric>': value}."""
+  scores = {}
+  for split, (examples, packed) in eval_sets.items():
+    ids, predictions = infer(eval_step, params, packed, cfg, shardings)
+    labels = {example.idx: example.label for example in examples}
+    scores.update(glue.compute_metrics(task, split, [labels[i] for i in ids], predictions))
+  return scores
+
+
+def prediction_file(task, split):
+  """GLUE submission names: SST-2.tsv, MNLI-m.tsv, MNLI-mm.tsv, ...; other splits get theirs."""
+  if split == 'test':
+    return f'{task.dir_name}.tsv'
+  if split in ('test_matched', 'test_mismatched'):
+    return f'{task.dir_name}-{"m" if split == "test_matched" else "mm"}.tsv'
+  return f'{task.dir_name}.{split}.tsv'
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------------------------
+
+def _duration(seconds):
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else \
+      f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+class NonFiniteLoss(FloatingPointError):
+  pass
+
+
+def fine_tune(task, directory, mesh):
+  """Fine-tune; evaluate every --eval_every steps; keep the latest and the best checkpoint."""
+  train_examples = read_split(task, directory, 'train')
+  vocab = get_vocab(task, train_examples)
+  ckpt_dir = os.path.join(FLAGS.output_dir, 'checkpoints')
+  best_dir = os.path.join(FLAGS.output_dir, 'best')
+  latest = load_ckpt.latest_checkpoint(ckpt_dir)
+  cfg = model_config(task, vocab, latest or FLAGS.checkpoint)
+  shardings = Shardings(cfg, mesh)
+  logging.info('EncT5 %s: %s parameters; mesh %s', cfg, f'{enct5.count_params(cfg):,}',
+               dict(mesh.shape))
+
+  # Data: the training split packed once; rows shuffled per epoch by (seed, epoch), so the
+  # batch of step s is the same whether or not the run was interrupted (packing.train_batches).
+  packed = pack_split(task, train_examples, vocab, task.files['train'])
+  eval_sets = {}
+  for split in task.eval_names:
+    examples = read_split(task, directory, split)
+    eval_sets[split] = (examples, pack_split(task, examples, vocab, task.files[split]))
+  info = packing.stats(packed)
+  logging.info('train: %d examples in %d rows of %d tokens (packing efficiency %.3f); '
+               '%.1f steps per epoch', info['examples'], info['rows'], FLAGS.max_input_length,
+               info['efficiency'], info['rows'] / FLAGS.batch_size)
+
+  # State: resume from the latest checkpoint, else the --checkpoint, else random init.
+  base_step = checkpoint_step(FLAGS.checkpoint) if FLAGS.checkpoint else 0
+  if latest:
+    params, opt_state = load_ckpt.restore_checkpoint(ckpt_dir, shardings=shardings.params,
+                                                     opt_shardings=shardings.opt_state)
+    logging.info('resuming from %s', latest)
+  elif FLAGS.checkpoint:
+    params, opt_state = load_params(FLAGS.checkpoint, cfg, shardings, with_optimizer_state=True)
+    logging.info('fine-tuning %s from Adafactor step %d', FLAGS.checkpoint, base_step)
+  else:
+    params, opt_state = init_train_state(cfg, shardings, jax.random.PRNGKey(FLAGS.seed))
+    logging.info('random init (seed %d)', FLAGS.seed)
+  start = int(jax.device_get(opt_state['step'])) - base_step
+  history = read_metrics()
+  best = max((r for r in history if r['step'] <= start), key=lambda r: r['score'], default=None)
+  if start >= FLAGS.train_steps:
+    logging.info('already trained %d of --train_steps=%d steps; nothing to do', start,
+                 FLAGS.train_steps)
+    return cfg, best
+
+  train_step = make_train_step(cfg, shardings, FLAGS.learning_rate, FLAGS.seed)
+  eval_step = make_eval_step(cfg, shardings)
+  batches = packing.train_batches(packed, FLAGS.batch_size, FLAGS.seed, start_step=start)
+  run_start = interval_start = time.time()
+  eval_time = 0.0
+  interval = dict(loss_sum=0.0, examples=0, tokens=0, slots=0)
+  since_eval = dict(loss_sum=0.0, examples=0)
+  for step in range(start + 1, FLAGS.train_steps + 1):
+    batch = next(batches)
+    params, opt_state, metrics = train_step(
+        params, opt_state, global_batch({k: batch[k] for k in MODEL_KEYS}, shardings.batch))
+    loss = float(metrics['loss'])
+    if not np.isfinite(loss):
+      good = load_ckpt.latest_checkpoint(ckpt_dir)
+      raise NonFiniteLoss(
+          f'loss is {loss} at step {step}: stopping. The last good checkpoint, '
+          f'{good or "(none saved yet)"}, is left as it is; try a lower --learning_rate, '
+          '--dtype=float32 or another --seed.')
+    for acc in (interval, since_eval):
+      acc['loss_sum'] += float(metrics['loss_sum'])
+      acc['examples'] += int(metrics['num_examples'])
+    interval['tokens'] += int((batch['inputs_segment_ids'] > 0).sum())
+    interval['slots'] += batch['inputs'].size
+    last = step == FLAGS.train_steps
+    if step % FLAGS.log_every == 0 or last:
+      now = time.time()
+      seconds = now - interval_start
+      per_step = (now - run_start - eval_time) / (step - start)
+      logging.info('step %d/%d | loss %.4f | %.0f examples/s | %.0f tokens/s | packing %.2f '
+                   '| ETA %s', step, FLAGS.train_steps,
+                   interval['loss_sum'] / max(interval['examples'], 1),
+                   interval['examples'] / seconds, interval['tokens'] / seconds,
+                   interval['tokens'] / interval['slots'],
+                   _duration(per_step * (FLAGS.train_steps - step)))
+      interval = dict(loss_sum=0.0, examples=0, tokens=0, slots=0)
+      interval_start = now
+    if step % FLAGS.eval_every == 0 or last:
+      eval_start = time.time()
+      t5x_step = int(jax.device_get(opt_state['step']))
+      load_ckpt.save_checkpoint(ckpt_dir, t5x_step, params, opt_state,
+                                keep=FLAGS.keep_checkpoints)
+      scores = evaluate(eval_step, params, task, eval_sets, cfg, shardings)
+      score = glue.task_score(task, scores)
+      train_loss = since_eval['loss_sum'] / max(since_eval['examples'], 1)
+      since_eval = dict(loss_sum=0.0, examples=0)
+      record = dict(step=step, t5x_step=t5x_step, train_loss=train_loss, scores=scores,
+                    score=score, elapsed_s=round(time.time() - run_start, 1))
+      if best is None or score > best['score']:
+        load_ckpt.save_checkpoint(best_dir, t5x_step, params, opt_state, keep=1)
+        best = record
+      append_metrics(record)
+      logging.info('eval step %d | %s | best %.2f at step %d', step,
+                   ' '.join(f'{k} {v:.2f}' for k, v in scores.items()), best['score'],
+                   best['step'])
+      eval_time += time.time() - eval_start
+      interval_start += time.time() - eval_start
+  return cfg, best
+
+
+def read_metrics():
+  path = os.path.join(FLAGS.output_dir, 'metrics.jsonl')
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def append_metrics(record):
+  if jax.process_index() == 0:
+    with open(os.path.join(FLAGS.output_dir, 'metrics.jsonl'), 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def inference_checkpoint():
+  """--checkpoint, else the best, else the latest checkpoint in --output_dir."""
+  path = (FLAGS.checkpoint or load_ckpt.latest_checkpoint(os.path.join(FLAGS.output_dir, 'best'))
+          or load_ckpt.latest_checkpoint(os.path.join(FLAGS.output_dir, 'checkpoints')))
+  if not path:
+    raise FileNotFoundError(f'--mode={FLAGS.mode}: no --checkpoint and no checkpoint in '
+                            f'{FLAGS.output_dir}/best or {FLAGS.output_dir}/checkpoints')
+  return path
+
+
+def evaluate_or_predict(task, directory, mesh):
+  """--mode=eval: the task's metrics on its validation split(s). --mode=predict: GLUE
+  submission TSVs (index, prediction) for --predict_split into output_dir/predictions."""
+  path = inference_checkpoint()
+  vocab = get_vocab(task, None, must_exist=True)
+  cfg = model_config(task, vocab, path)
+  shardings = Shardings(cfg, mesh)
+  params = load_params(path, cfg, shardings, with_optimizer_state=False)
+  eval_step = make_eval_step(cfg, shardings)
+  logging.info('%s with %s', FLAGS.mode, path)
+  if FLAGS.mode == 'eval':
+    eval_sets = {}
+    for split in task.eval_names:
+      examples = read_split(task, directory, split)
+      eval_sets[split] = (examples, pack_split(task, examples, vocab, task.files[split]))
+    scores = evaluate(eval_step, params, task, eval_sets, cfg, shardings)
+    logging.info('eval %s | %s | score %.2f', path,
+                 ' '.join(f'{k} {v:.2f}' for k, v in scores.items()),
+                 glue.task_score(task, scores))
+    return scores
+  splits = ([s for s in task.files if s.startswith('test')] if FLAGS.predict_split == 'test'
+            else [FLAGS.predict_split])
+  out_dir = os.path.join(FLAGS.output_dir, 'predictions')
+  written = []
+  for split in splits:
+    examples = read_split(task, directory, split)
+    ids, predictions = infer(eval_step, params, pack_split(task, examples, vocab,
+                                                           task.files[split]), cfg, shardings)
+    if jax.process_index() == 0:
+      os.makedirs(out_dir, exist_ok=True)
+      out = os.path.join(out_dir, prediction_file(task, split))
+      with open(out, 'w') as f:
+        f.write('index\tprediction\n')
+        f.writelines(f'{i}\t{task.raw_label(p)}\n' for i, p in zip(ids, predictions))
+      logging.info('wrote %d predictions to %s', len(ids), out)
+      written.append(out)
+  return written
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+
+# Plain `python train.py`: a tiny model, short rows, a few hundred steps (flags given on the
+# command line still win).
+DEMO_FLAGS = dict(size='tiny', vocab_size=1000, max_input_length=128, max_target_length=16,
+                  batch_size=16, train_steps=300, eval_every=100, log_every=25)
+GLUE_PLACES = (os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'glue'),
+               'glue_data')
+
+
+def _demo_setup():
+  for name, value in DEMO_FLAGS.items():
+    if not FLAGS[name].present:
+      FLAGS[name].value = value
+  if FLAGS.data_dir:
+    raise app.UsageError('--data_dir needs --task (one of %s)' % ', '.join(sorted(glue.TASKS)))
+  if FLAGS.output_dir is None:
+    FLAGS.output_dir = tempfile.mkdtemp(prefix='enct5_demo_')
+  logging.info('no --task: the demo. A generated task (sentences of made-up words; is there more '
+               '"good" than "bad" cue words?), a SentencePiece model trained on it, a tiny '
+               'EncT5 trained from scratch, in %s', FLAGS.output_dir)
+  for place in GLUE_PLACES:
+    if os.path.isdir(place):
+      logging.info('GLUE data found at %s: fine-tune on it with e.g. `python train.py '
+                   '--task=sst2 --data_dir=%s --size=tiny`', os.path.normpath(place),
+                   os.path.normpath(os.path.join(place, 'SST-2')))
+  directory = os.path.join(FLAGS.output_dir, 'data', DEMO_TASK.dir_name)
+  if jax.process_index() == 0 and not os.path.isdir(directory):
+    write_demo_task(directory, FLAGS.seed)
+  return directory
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}; flags are --name=value')
+  logging.get_absl_handler().setFormatter(
+      std_logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+  std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
+  initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if jax.process_index() > 0:
+    logging.set_verbosity(logging.WARNING)
+  demo = FLAGS.task is None
+  if demo:
+    directory = _demo_setup()
+  else:
+    if FLAGS.data_dir is None:
+      found = [p for p in GLUE_PLACES if os.path.isdir(p)]
+      hint = f' (GLUE data found: --data_dir={os.path.normpath(found[0])})' if found else ''
+      raise app.UsageError(f'--task={FLAGS.task} needs --data_dir{hint}')
+    directory = task_dir(get_task(FLAGS.task), FLAGS.data_dir)
+    if FLAGS.output_dir is None:
+      FLAGS.output_dir = os.path.join('runs', FLAGS.task)
+  task = get_task(DEMO_TASK.name if demo else FLAGS.task)
+  mesh = make_mesh(FLAGS.mesh)
+  if FLAGS.batch_size % mesh.shape['data']:
+    raise app.UsageError(f'--batch_size={FLAGS.batch_size} must be a multiple of the mesh\'s '
+                         f'data axis ({mesh.shape["data"]})')
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
+  if FLAGS.mode != 'train':
+    evaluate_or_predict(task, directory, mesh)
+    return
+  try:
+    _, best = fine_tune(task, directory, mesh)
+  except NonFiniteLoss as e:
+    logging.error('%s', e)
+    raise SystemExit(1)
+  curve = [r for r in read_metrics()]
+  if curve:
+    logging.info('learning curve (validation %s): %s', ', '.join(task.metric_keys),
+                 ', '.join(f'step {r["step"]}: {r["score"]:.1f}' for r in curve))
+    logging.info('best %.2f at step %d: %s/best', best['score'], best['step'], FLAGS.output_dir)
+  if demo and curve:
+    logging.info('final validation accuracy %.1f%% (chance: 50%%)', curve[-1]['score'])
+
+
+if __name__ == '__main__':
+  app.run(main)

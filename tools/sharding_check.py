@@ -41,13 +41,15 @@ def run(cfg, mesh, params0, batches):
   step = train.make_train_step(cfg, shardings, 1e-3, seed=0)
   losses = []
   for batch in batches:
-    params, opt_state, metrics = step(params, opt_state, train.global_batch(batch, shardings.batch))
+    batch = train.global_batch(batch, shardings.batch)
+    params, opt_state, metrics = step(params, opt_state, batch)
     losses.append(float(metrics['loss']))
-  logits = train.make_eval_step(cfg, shardings)(params, train.global_batch(batches[0], shardings.batch))
+  eval_step = train.make_eval_step(cfg, shardings)
+  logits = eval_step(params, train.global_batch(batches[0], shardings.batch))
+  wo_state = opt_state['param_states']['encoder']['layers_0']['mlp']['wo']['kernel']
   specs = {'embedding': str(params['token_embedder']['embedding'].sharding.spec),
            'wo': str(params['encoder']['layers_0']['mlp']['wo']['kernel'].sharding.spec),
-           'wo_v_col': str(opt_state['param_states']['encoder']['layers_0']['mlp']['wo']['kernel']['v_col']
-                           .sharding.spec),
+           'wo_v_col': str(wo_state['v_col'].sharding.spec),
            'rel_embedding': str(params['encoder']['relpos_bias']['rel_embedding'].sharding.spec)}
   return losses, jax.device_get(params), np.asarray(logits), jax.device_get(opt_state), specs
 
