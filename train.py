@@ -409,7 +409,6 @@ def write_demo_task(directory, seed, num_train=20000, num_validation=1000):
     words.add(''.join(rng.choice(syllables, rng.integers(1, 4))))
   words = rng.permutation(sorted(words)).tolist()
   good, bad, neutral = words[:12], words[12:24], words[24:]
-  os.makedirs(directory, exist_ok=True)
   for split, count in (('train', num_train), ('validation', num_validation)):
     lines = ['sentence\tlabel']
     for _ in range(count):
@@ -417,8 +416,8 @@ def write_demo_task(directory, seed, num_train=20000, num_validation=1000):
       sentence = (rng.choice(good, num_good).tolist() + rng.choice(bad, num_bad).tolist() +
                   rng.choice(neutral, rng.integers(4, 16)).tolist())
       lines.append(f'{" ".join(rng.permutation(sentence))}\t{int(num_good > num_bad)}')
-    with open(os.path.join(directory, DEMO_TASK.files[split]), 'w') as f:
-      f.write('\n'.join(lines) + '\n')
+    _write_atomically(os.path.join(directory, DEMO_TASK.files[split]),
+                      ('\n'.join(lines) + '\n').encode())
 
 
 def task_dir(task, data_dir):
@@ -435,8 +434,10 @@ def task_dir(task, data_dir):
 def read_split(task, directory, split):
   if split not in task.files:
     raise ValueError(f'task {task.name} has no split {split!r}; it has {sorted(task.files)}')
-  return glue.read_tsv(task, os.path.join(directory, task.files[split]),
-                       labeled=not split.startswith('test'))
+  path = os.path.join(directory, task.files[split])
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} not found (the {split} split of {task.name})')
+  return glue.read_tsv(task, path, labeled=not split.startswith('test'))
 
 
 def pack_split(task, examples, vocab, path):
@@ -467,36 +468,49 @@ def _local_copy(path, directory):
 
 def get_vocab(task, train_examples, *, must_exist=False):
   """--vocab, or the SentencePiece model trained earlier into output_dir/vocab/, or one trained
-  now on the task's training text (every process gets process 0's model)."""
+  now on the task's training text. Every process uses process 0's model file."""
   vocab_dir = os.path.join(FLAGS.output_dir, 'vocab')
   if FLAGS.vocab:
     return glue.load_vocab(_local_copy(FLAGS.vocab, vocab_dir))
   path = os.path.join(vocab_dir, f'{task.name}.model')
-  if os.path.isfile(path):
-    logging.info('no --vocab: using the SentencePiece model trained earlier, %s', path)
-    return glue.load_vocab(path)
-  if must_exist:
-    raise FileNotFoundError(f'no --vocab and no trained vocabulary at {path}')
-  proto = b''
   if jax.process_index() == 0:
-    logging.info('no --vocab: training a SentencePiece model (up to %d pieces) on the %d '
-                 'training texts of %s into %s', FLAGS.vocab_size, len(train_examples),
-                 task.name, path)
-    os.makedirs(vocab_dir, exist_ok=True)
-    glue.train_vocab([example.text for example in train_examples], path[:-len('.model')],
-                     FLAGS.vocab_size)
-    with open(path, 'rb') as f:
-      proto = f.read()
-  if jax.process_count() > 1:  # the same vocabulary everywhere, even without a shared disk
-    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(proto))))
-    data = np.frombuffer(proto, np.uint8) if proto else np.zeros(size, np.uint8)
-    proto = np.asarray(multihost_utils.broadcast_one_to_all(data)).tobytes()
-    if jax.process_index() > 0 and not os.path.isfile(path):
+    if os.path.isfile(path):
+      logging.info('no --vocab: using the SentencePiece model trained earlier, %s', path)
+    elif not must_exist:
+      logging.info('no --vocab: training a SentencePiece model (up to %d pieces) on the %d '
+                   'training texts of %s into %s', FLAGS.vocab_size, len(train_examples),
+                   task.name, path)
       os.makedirs(vocab_dir, exist_ok=True)
-      with open(f'{path}.tmp-{jax.process_index()}', 'wb') as f:
-        f.write(proto)
-      os.replace(f'{path}.tmp-{jax.process_index()}', path)
+      glue.train_vocab([example.text for example in train_examples], path[:-len('.model')],
+                       FLAGS.vocab_size)
+  if jax.process_count() > 1:
+    _share_file(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'no --vocab and no trained vocabulary at {path}')
   return glue.load_vocab(path)
+
+
+def _share_file(path):
+  """Process 0's copy of a file written on every process (no shared disk needed)."""
+  data = b''
+  if jax.process_index() == 0 and os.path.isfile(path):
+    with open(path, 'rb') as f:
+      data = f.read()
+  size = int(multihost_utils.broadcast_one_to_all(np.int64(len(data))))
+  if not size:
+    return
+  buffer = np.frombuffer(data, np.uint8) if data else np.zeros(size, np.uint8)
+  data = np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes()
+  if jax.process_index() > 0:
+    _write_atomically(path, data)
+
+
+def _write_atomically(path, data):
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = f'{path}.tmp-{jax.process_index()}'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+  os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -817,7 +831,8 @@ def _demo_setup():
                    '--task=sst2 --data_dir=%s --size=tiny`', os.path.normpath(place),
                    os.path.normpath(os.path.join(place, 'SST-2')))
   directory = os.path.join(FLAGS.output_dir, 'data', DEMO_TASK.dir_name)
-  if jax.process_index() == 0 and not os.path.isdir(directory):
+  # Every process writes the same files (same seed), atomically; dev.tsv is written last.
+  if not os.path.isfile(os.path.join(directory, DEMO_TASK.files['validation'])):
     write_demo_task(directory, FLAGS.seed)
   return directory
 
