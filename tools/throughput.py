@@ -3,8 +3,9 @@
   python tools/throughput.py --size=small --batch_size=8 --length=512
 
 Times the jitted train step of train.py (forward, backward, Adafactor) on full packed rows
-(8 examples of length/8 tokens each, dropout on), after one warm-up step; FLOPs from XLA's
-cost analysis of the compiled step. The peak is the best float32 [N, N] @ [N, N] rate.
+(8 examples of length/8 tokens each, dropout on), after one warm-up step (best and median of
+--steps); FLOPs from XLA's cost analysis of the compiled step. The peak is the best float32
+[2048, 2048] @ [2048, 2048] rate, measured before and after the steps.
 Prints one JSON line.
 """
 import argparse
@@ -54,7 +55,7 @@ def main():
   parser.add_argument('--size', default='small')
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--length', type=int, default=512)
-  parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--steps', type=int, default=5)
   args = parser.parse_args()
   cfg = enct5.get_config(args.size, num_classes=2)
   shardings = train.Shardings(cfg, train.make_mesh('1x1', jax.devices()[:1]))
@@ -62,6 +63,7 @@ def main():
   batch = train.global_batch(packed_batch(cfg, args.batch_size, args.length), shardings.batch)
   step = train.make_train_step(cfg, shardings, 1e-3, seed=0)
   flops = step.lower(params, opt_state, batch).compile().cost_analysis()['flops']
+  peak_before = matmul_peak()
   params, opt_state, metrics = step(params, opt_state, batch)  # warm-up (compiles)
   jax.block_until_ready(metrics)
   times = []
@@ -71,10 +73,11 @@ def main():
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   seconds = min(times)
-  peak = matmul_peak()
+  peak = max(peak_before, matmul_peak())  # the machine is shared: the best of both
   tokens = args.batch_size * args.length
   print(json.dumps({'size': args.size, 'batch': f'{args.batch_size}x{args.length}',
                     'step_s': [round(t, 3) for t in times], 'tokens_per_s': tokens / seconds,
+                    'median_tokens_per_s': tokens / float(np.median(times)),
                     'step_gflop': flops / 1e9, 'achieved_gflops': flops / seconds / 1e9,
                     'matmul_peak_gflops': peak / 1e9, 'share_of_peak': flops / seconds / peak,
                     'devices': str(jax.devices()), 'cpus': os.cpu_count()}))
