@@ -2,15 +2,27 @@
 
   python train.py                                    # demo: a tiny EncT5 learns a generated
                                                      # task from scratch (~1 minute on a CPU)
-  python train.py --task=sst2 --data_dir=glue_data/SST-2 --size=tiny    # from random init
-  python train.py --task=mnli --data_dir=glue_data \\
-      --checkpoint=gs://t5-data/pretrained_models/t5x/t5_1_1_small/checkpoint_1000000 \\
+  python train.py --task=sst2 --data_dir=glue_data/SST-2 --size=tiny --max_input_length=128 \
+      --max_target_length=32 --batch_size=32 --train_steps=3000 --eval_every=250
+      # from random init with its own SentencePiece model: 79.8% dev accuracy, 10 min, 2 cores
+  python train.py --task=mnli --data_dir=glue_data \
+      --checkpoint=gs://t5-data/pretrained_models/t5x/t5_1_1_small/checkpoint_1000000 \
       --vocab=gs://t5-data/vocabs/cc_all.32000/sentencepiece.model --output_dir=runs/mnli
   python train.py ... --mode=eval                    # metrics of OUTPUT_DIR/best
   python train.py ... --mode=predict                 # GLUE submission TSVs
 
 Re-running the same command resumes from OUTPUT_DIR/checkpoints exactly. Many hosts: run the
 same command on each with --coordinator_address, --num_processes and --process_id.
+
+Flags by section (each explained below, in alphabetical order):
+  task and data      --task --data_dir --vocab --vocab_size --max_input_length
+                     --max_target_length --pack
+  model              --checkpoint --size --d_model --num_heads --head_dim --d_ff --num_layers
+                     --dropout_rate --dtype
+  training           --batch_size --learning_rate --train_steps --eval_every --log_every
+                     --keep_checkpoints --seed
+  devices and hosts  --mesh --coordinator_address --num_processes --process_id
+  run                --mode --predict_split --output_dir
 
 Reads top-down: flags; Adafactor (T5X `t5x/adafactor.py`); sharding over a ('data', 'model')
 mesh (T5X's partitioning rules, `jax.jit` with `NamedSharding`); the train and eval steps;
