@@ -1,0 +1,581 @@
+"""Measures the paper's efficiency claims on this machine, printing one table.
+
+EncT5 (Liu et al. 2021) claims under half of T5's parameters (Figure 2) and training more than
+1.3x faster (§4.3). Everything below is measured side by side in one run; each time is the
+median of several rounds after warm-up, a round running each contender once in turn, so
+background load hits all of them alike; the spread is min..max over the rounds. Other jobs on
+the machine still move the numbers: the table ends with the load average.
+
+  python bench.py --quick          # under 3 minutes on a 2-core CPU
+  python bench.py                  # more rounds, bigger batches, all of SST-2 dev
+  python bench.py --compare-hf     # also EncT5 built from Hugging Face's PyTorch T5 modules
+
+Sections: params, train (EncT5 vs T5 vs 1decT5 step, tokens/s, FLOP/s vs matmul peak, memory),
+infer (packed vs unpacked), ckpt (load time and bytes), hf (--compare-hf).
+"""
+import argparse
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import enct5
+import load_ckpt
+import packing
+import train
+
+SHARED = os.environ.get('ENCT5_SHARED',
+                        os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared'))
+SECTIONS = ('params', 'train', 'infer', 'ckpt', 'hf')
+LEARNING_RATE = 1e-3  # the paper's constant rate (§4.1)
+LABEL_TOKENS = 2  # T5 writes a GLUE label as text: ~2 SentencePiece tokens, then EOS
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing and the table.
+# ---------------------------------------------------------------------------------------------
+
+def round_robin(fns, rounds, warmup=1):
+  """({name: [wall seconds]}, {name: [CPU seconds of this process]}), one entry per round;
+  each round runs every fn once, in turn, after `warmup` rounds."""
+  for _ in range(warmup):
+    for fn in fns.values():
+      jax.block_until_ready(fn())
+  wall, cpu = {name: [] for name in fns}, {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      start, start_cpu = time.perf_counter(), time.process_time()
+      jax.block_until_ready(fn())
+      wall[name].append(time.perf_counter() - start)
+      cpu[name].append(time.process_time() - start_cpu)
+  return wall, cpu
+
+
+def med(xs):
+  return statistics.median(xs)
+
+
+def spread(xs, fmt='{:.3f}'):
+  return f'{fmt.format(min(xs))}..{fmt.format(max(xs))} (n={len(xs)})'
+
+
+class Table:
+  """Rows of (section, item, value, spread, note), printed once at the end."""
+
+  def __init__(self):
+    self.rows = []
+
+  def add(self, section, item, value, spread_='', note=''):
+    self.rows.append((section, item, value, spread_, note))
+    print(f'  [{section}] {item}: {value} {spread_} {note}', flush=True)
+
+  def print(self):
+    header = ('section', 'item', 'value', 'spread (min..max)', 'note')
+    widths = [max(len(str(r[i])) for r in self.rows + [header]) for i in range(4)]
+    line = lambda r: ' | '.join(str(c).ljust(w) for c, w in zip(r[:4], widths)) + ' | ' + r[4]
+    print('\n' + line(header))
+    print('-+-'.join('-' * w for w in widths) + '-+-' + '-' * 20)
+    for row in self.rows:
+      print(line(row))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: packed rows with SST-2's length distribution.
+# ---------------------------------------------------------------------------------------------
+
+def sst2_lengths(split, num, rng):
+  """Token counts of `num` SST-2 examples (sampled without replacement from `split`).
+
+  NOTE: no T5 SentencePiece model ships with this repo, so lengths are estimated from word
+  counts: ceil(1.2 * words) + 6 (the 'sst2 sentence:' prefix and EOS). Without the data,
+  a log-normal with SST-2 train's mean is used and the table says so.
+  """
+  path = os.path.join(SHARED, 'glue', 'SST-2', f'{split}.tsv')
+  if os.path.exists(path):
+    with open(path) as f:
+      words = np.array([len(line.split('\t')[0].split()) for line in f.read().splitlines()[1:]])
+    source = f'SST-2 {split} word counts'
+  else:
+    words = np.maximum(1, rng.lognormal(np.log(7.5), 0.7, 10000).astype(int))
+    source = f'synthetic (SST-2 not found at {path})'
+  words = rng.choice(words, size=min(num, len(words)), replace=False)
+  return np.ceil(1.2 * words).astype(int) + 6, source
+
+
+def random_examples(lengths, cfg, rng):
+  """(tokens ending in EOS, class label 1..2) per length; ids are random (speed only)."""
+  return [(np.append(rng.randint(2, cfg.vocab_size, n - 1), enct5.EOS_ID), int(rng.randint(1, 3)))
+          for n in lengths]
+
+
+def pack(examples, length, method='best_fit'):
+  """packing.pack_examples with the paper's 62 target slots (§4.1)."""
+  packed = packing.pack_examples(examples, length, 62, method=method)
+  return {k: packed[k] for k in ('inputs', 'inputs_segment_ids', 'inputs_positions', 'targets')}
+
+
+def take_rows(packed, rows):
+  """Rows `rows` of a packed set, target slots trimmed to the most of them any row uses: the
+  tightest T for EncT5, and for T5 (whose target length follows T)."""
+  packed = {k: v[rows] for k, v in packed.items()}
+  used = int((packed['targets'] > 0).sum(axis=1).max())
+  return dict(packed, targets=packed['targets'][:, :used])
+
+
+def t5_targets(rows):
+  """T5X-style packed targets for the same rows: each example's label as LABEL_TOKENS tokens
+  plus EOS, packed in slot order, so Ld = (LABEL_TOKENS + 1) * T: the tightest fixed length."""
+  per = LABEL_TOKENS + 1
+  batch, slots = rows['targets'].shape
+  label = np.arange(LABEL_TOKENS) + 100  # any ids; only shapes matter for speed
+  tokens = np.tile(np.append(label, enct5.EOS_ID), slots)[None].repeat(batch, 0)
+  segments = np.repeat(np.arange(1, slots + 1), per)[None].repeat(batch, 0)
+  real = np.repeat(rows['targets'] > 0, per, axis=1)
+  targets = np.where(real, tokens, 0).astype(np.int32)
+  inputs = np.where(np.arange(slots * per)[None] % per == 0, 0, np.roll(targets, 1, axis=1))
+  return {'inputs': rows['inputs'], 'inputs_segment_ids': rows['inputs_segment_ids'],
+          'decoder_input_tokens': inputs.astype(np.int32), 'decoder_target_tokens': targets,
+          'decoder_segment_ids': np.where(real, segments, 0).astype(np.int32)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections.
+# ---------------------------------------------------------------------------------------------
+
+def bench_params(table):
+  """Figure 2: EncT5 keeps under half of T5's parameters."""
+  for size in ('small', 'base', 'large', 'xl', 'xxl'):
+    cfg = enct5.get_config(size)
+    counts = {m: enct5.count_params(cfg, m) for m in ('t5', '1dect5', 'enct5')}
+    table.add('params', f'{size}: T5 / 1decT5 / EncT5',
+              ' / '.join(f'{counts[m] / 1e6:,.1f}M' for m in ('t5', '1dect5', 'enct5')),
+              note=f'EncT5 = {counts["enct5"] / counts["t5"]:.1%} of T5')
+
+
+def make_train_step(cfg, model):
+  """jit(grad of the model's loss + train.adafactor_update), params and state donated.
+
+  Same for all three models: dropout 0.1 from a key folded with the step, as train.py.
+  """
+  def loss(params, batch, rng):
+    if model == 'enct5':
+      return enct5.loss_fn(params, cfg, batch, rng=rng)[0]
+    return enct5.t5_loss_fn(params, cfg, batch, model=model, rng=rng)[0]
+
+  def step(params, opt_state, batch):
+    rng = jax.random.fold_in(jax.random.PRNGKey(0), opt_state['step'])
+    value, grads = jax.value_and_grad(loss)(params, batch, rng)
+    params, opt_state = train.adafactor_update(grads, opt_state, params, LEARNING_RATE)
+    return params, opt_state, value
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+class Trainer:
+  """A compiled train step and its (donated, hence replaced) state: call to take one step."""
+
+  def __init__(self, cfg, model, batch):
+    self.params = enct5.init_params(jax.random.PRNGKey(0), cfg, model)
+    self.opt_state = train.adafactor_init(self.params)
+    self.batch = jax.device_put(batch)
+    self.compiled = make_train_step(cfg, model).lower(self.params, self.opt_state,
+                                                      self.batch).compile()
+
+  def __call__(self):
+    self.params, self.opt_state, loss = self.compiled(self.params, self.opt_state, self.batch)
+    return loss
+
+  def flops(self):
+    analysis = self.compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis.get('flops', float('nan')))
+
+  def memory(self):
+    """(arguments, temporaries) in bytes from XLA's buffer assignment."""
+    stats = self.compiled.memory_analysis()
+    return stats.argument_size_in_bytes, stats.temp_size_in_bytes
+
+
+def enct5_train_flops(cfg, batch, length, slots):
+  """Matmul FLOPs of one EncT5 train step, analytically: 3x the forward (backward = 2x).
+
+  Forward per row: each encoder layer's q/k/v/out projections (4 * 2LD(HK)), scores and
+  context (2 * 2L^2(HK)), FFN (3 * 2LDF); the pooling block's cross-attention (k/v over L,
+  q/out over T, 2 * 2TL(HK)), FFN over T, the projection.
+  """
+  d, hk, f = cfg.d_model, cfg.num_heads * cfg.head_dim, cfg.d_ff
+  layer = 4 * 2 * length * d * hk + 2 * 2 * length * length * hk + 3 * 2 * length * d * f
+  pool = (2 * 2 * length * d * hk + 2 * 2 * slots * d * hk + 2 * 2 * slots * length * hk
+          + 3 * 2 * slots * d * f + 2 * slots * d * cfg.num_outputs)
+  return 3 * batch * (cfg.num_layers * layer + pool)
+
+
+def adafactor_fn(cfg):
+  """One jitted Adafactor update of the EncT5 tree alone (gradients fixed): the optimizer's
+  share of a train step. It streams every parameter through memory a few times."""
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+  grads = jax.tree.map(lambda x: x * 1e-3, params)
+  state = {'params': params, 'opt_state': train.adafactor_init(params)}
+  update = jax.jit(lambda g, o, p: train.adafactor_update(g, o, p, LEARNING_RATE),
+                   donate_argnums=(1, 2)).lower(grads, state['opt_state'], params).compile()
+
+  def step():
+    state['params'], state['opt_state'] = update(grads, state['opt_state'], state['params'])
+    return state['params']
+  return step
+
+
+def stream_fn(num_floats):
+  """x * a + b over `num_floats` float32: one read and one write of that many parameters."""
+  x = jnp.ones((num_floats,), jnp.float32)
+  axpy = jax.jit(lambda x: x * 1.0001 + 1e-7).lower(x).compile()
+  return lambda: axpy(x)
+
+
+def matmul_peak_fn(n):
+  """A float32 [n, n] @ [n, n] matmul: 2n^3 FLOPs, this machine's practical peak."""
+  a = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(2), (n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+  return (lambda: matmul(a, b)), 2.0 * n ** 3
+
+
+def bench_train(table, args, rng):
+  """EncT5 vs T5 vs 1decT5 train step on the same packed batch (§4.3: EncT5 >= 1.3x faster).
+
+  Fair by construction: the same packed input rows (same examples, same tokens); each model's
+  own loss (T5X's summed token cross-entropy + z-loss for T5 and 1decT5, the per-example mean
+  for EncT5); dropout 0.1; the same jitted grad + train.adafactor_update with donated buffers.
+  T5 gets its targets packed as T5X packs them, as tight as they can be: each example's label
+  is LABEL_TOKENS tokens + EOS, so Ld = 3T for T examples a row; EncT5 has T slots.
+  """
+  lengths, source = sst2_lengths('train', 4000, rng)
+  peak_fn, peak_flops = matmul_peak_fn(args.matmul_size)
+  table.add('train', 'setup', 'same rows', note='same packed inputs; T5 targets packed as '
+            'T5X does, 2 label tokens + EOS per example (Ld = 3T); EncT5 T slots; dropout 0.1; '
+            'jit(grad + train.adafactor_update), donated params and state')
+  for size, num_rows in (('tiny', args.tiny_rows), ('small', args.small_rows)):
+    cfg = enct5.get_config(size, dropout_rate=0.1)
+    # NOTE: best-fit decreasing fills its first rows with the longest examples: a batch is
+    # rows drawn at random from all of them, as a shuffled epoch would give.
+    packed = pack(random_examples(lengths, cfg, rng), args.length)
+    rows = take_rows(packed, np.sort(rng.choice(len(packed['inputs']), num_rows, replace=False)))
+    slots = rows['targets'].shape[1]
+    t5_batch = t5_targets(rows)
+    num_examples = int((rows['targets'] > 0).sum())
+    real_tokens = int((rows['inputs_segment_ids'] > 0).sum())
+    compile_start = time.perf_counter()
+    trainers = {'EncT5': Trainer(cfg, 'enct5', rows), 'T5': Trainer(cfg, 't5', t5_batch),
+                '1decT5': Trainer(cfg, '1dect5', t5_batch)}
+    compile_s = time.perf_counter() - compile_start
+    num_params = enct5.count_params(cfg)
+    times, cpu = round_robin({**trainers, 'matmul': peak_fn, 'adafactor': adafactor_fn(cfg),
+                               'stream': stream_fn(num_params)}, args.rounds)
+    shape = (f'{num_rows}x{args.length} packed, {num_examples} examples, '
+              f'{real_tokens / (num_rows * args.length):.0%} real tokens; EncT5 T={slots} '
+              f'slots, T5 Ld={t5_batch["decoder_target_tokens"].shape[1]} = '
+              f'{LABEL_TOKENS + 1}T; lengths: {source}; compile {compile_s:.0f}s')
+    for name in trainers:
+      table.add('train', f'{size}: {name} step', f'{med(times[name]):.3f}s',
+                spread(times[name]), f'{med(cpu[name]):.2f} CPU-s per step'
+                + (f'; {shape}' if name == 'EncT5' else ''))
+    for name in ('T5', '1decT5'):
+      ratios = [a / b for a, b in zip(times[name], times['EncT5'])]
+      table.add('train', f'{size}: {name} / EncT5 step time',
+                f'{med(times[name]) / med(times["EncT5"]):.2f}x', spread(ratios, '{:.2f}'),
+                'per-round ratios' + ('; paper: T5 / EncT5 >= 1.3x' if name == 'T5' else ''))
+    step_s = med(times['EncT5'])
+    table.add('train', f'{size}: EncT5 Adafactor update alone', f'{med(times["adafactor"]):.3f}s',
+              spread(times['adafactor']),
+              f'{med(times["adafactor"]) / med(times["EncT5"]):.0%} of the EncT5 step, '
+              f'{num_params / 1e6:.1f}M params; memory-bound: reading and writing them once '
+              f'(x*a+b) takes {med(times["stream"]):.3f}s')
+    table.add('train', f'{size}: EncT5 tokens/s', f'{num_rows * args.length / step_s:,.0f}',
+              note=f'{real_tokens / step_s:,.0f} real (non-padding) tokens/s')
+    xla_flops = trainers['EncT5'].flops()
+    model_flops = enct5_train_flops(cfg, num_rows, args.length, slots)
+    achieved = [model_flops / t for t in times['EncT5']]
+    peaks = [peak_flops / t for t in times['matmul']]
+    table.add('train', f'{size}: EncT5 achieved FLOP/s', f'{med(achieved) / 1e9:.1f} GFLOP/s',
+              spread([a / 1e9 for a in achieved], '{:.1f}'),
+              f'analytic matmul FLOPs {model_flops / 1e9:.2f}G per step (XLA cost_analysis: '
+              f'{xla_flops / 1e9:.2f}G)')
+    table.add('train', f'{size}: share of matmul peak', f'{med(achieved) / med(peaks):.0%}',
+              note=f'best rounds: {max(achieved) / max(peaks):.0%}; peak = {args.matmul_size}^2 '
+                   f'float32 matmul in the same rounds: median {med(peaks) / 1e9:.0f}, best '
+                   f'{max(peaks) / 1e9:.0f} GFLOP/s')
+    memory = {name: trainer.memory() for name, trainer in trainers.items()}
+    for name, (arguments, temp) in memory.items():
+      total = arguments + temp
+      table.add('train', f'{size}: {name} step memory', f'{total / 2**20:,.0f} MiB',
+                note=f'arguments {arguments / 2**20:,.0f} + temporaries {temp / 2**20:,.0f} MiB '
+                     f'(XLA memory_analysis); '
+                     f'{total / sum(memory["EncT5"]):.2f}x EncT5')
+    del trainers
+
+
+def bench_infer(table, args, rng):
+  """EncT5 inference on SST-2 dev-like lengths: packed rows vs one example per row."""
+  cfg = enct5.get_config(args.infer_size)
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+  lengths, source = sst2_lengths('dev', args.infer_examples, rng)
+  examples = random_examples(lengths, cfg, rng)
+  unpacked_length = int(math.ceil(max(lengths) / 8) * 8)  # the longest example, rounded up
+  batches = {}
+  for name, length, method, rows_per_batch in (
+      ('packed', args.length, 'best_fit', args.infer_rows),
+      ('unpacked', unpacked_length, 'unpacked', args.infer_rows * args.length // unpacked_length)):
+    rows = take_rows(pack(examples, length, method), slice(None))
+    num = len(rows['inputs'])
+    pad = -num % rows_per_batch  # empty rows: every batch has the same shape
+    rows = {k: np.pad(v, ((0, pad), (0, 0))) for k, v in rows.items()}
+    batches[name] = [jax.device_put({k: v[i:i + rows_per_batch] for k, v in rows.items()})
+                     for i in range(0, num + pad, rows_per_batch)]
+    table.add('infer', f'{name} batches', f'{len(batches[name])} x {rows_per_batch}x{length}',
+              note=f'T={rows["targets"].shape[1]}; '
+                   f'{(rows["inputs_segment_ids"] > 0).mean():.0%} real tokens')
+  apply = jax.jit(lambda p, b: enct5.apply(p, cfg, b))
+
+  def run(name):
+    return lambda: [apply(params, b) for b in batches[name]]
+
+  times, _ = round_robin({name: run(name) for name in batches}, args.rounds)
+  for name in batches:
+    rates = [len(examples) / t for t in times[name]]
+    table.add('infer', f'{args.infer_size}: EncT5 {name} examples/s', f'{med(rates):,.0f}',
+              spread(rates, '{:,.0f}'), f'{len(examples)} examples, lengths: {source}')
+  ratios = [u / p for p, u in zip(times['packed'], times['unpacked'])]
+  table.add('infer', 'packed speedup', f'{med(times["unpacked"]) / med(times["packed"]):.2f}x',
+            spread(ratios, '{:.2f}'), f'unpacked rows padded to {unpacked_length} (longest)')
+
+
+def tree_bytes(tree):
+  return sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))
+
+
+def bench_checkpoint(table, args):
+  """Load a T5.1.1-small-shaped T5X checkpoint (full T5 tree + Adafactor state) as EncT5
+  (only the kept parameters) and in full."""
+  cfg = enct5.get_config('small')
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg, 't5')
+  opt_state = train.adafactor_init(params)
+  with tempfile.TemporaryDirectory(prefix='enct5_bench_') as directory:
+    start = time.perf_counter()
+    path = load_ckpt.save_checkpoint(directory, 0, params, opt_state)
+    write_s = time.perf_counter() - start
+    del params, opt_state
+    disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
+               for f in files)
+    kept = [name for name in load_ckpt.flatten(enct5.param_specs(cfg))
+            if name not in load_ckpt.FRESH_PARAMS]
+    loads = {
+        'EncT5': lambda: load_ckpt.load_enct5_params(path, cfg, jax.random.PRNGKey(0),
+                                                     with_optimizer_state=True),
+        'EncT5 leaves, read only': lambda: load_ckpt.read_t5x(
+            path, [f'target/{n}' for n in kept] + [f'state/param_states/{n}' for n in kept]),
+        'T5 (full tree)': lambda: load_ckpt.read_t5x(path)}
+    loaded_bytes = {name: tree_bytes(fn()) for name, fn in loads.items()}
+    times, _ = round_robin(loads, args.rounds, warmup=0)
+  notes = {'EncT5': 'load_ckpt.load_enct5_params(with_optimizer_state=True)',
+           'EncT5 leaves, read only': 'read_t5x of the same leaves: the I/O part of the above '
+                                      '(most of the rest: load_ckpt compiles its jit(init_fresh) '
+                                      'anew at every call)',
+           'T5 (full tree)': 'read_t5x of everything'}
+  for name in loads:
+    table.add('ckpt', f'small: load {name}', f'{med(times[name]):.2f}s',
+              spread(times[name], '{:.2f}'),
+              f'{loaded_bytes[name] / 2**20:,.0f} MiB of params + Adafactor state; {notes[name]}')
+  table.add('ckpt', 'small: checkpoint on disk', f'{disk / 2**20:,.0f} MiB',
+            note=f'written in {write_s:.1f}s to a temp dir; loads read it from the page cache')
+
+
+HF_DIFFERENCES = (
+    "transformers' Adafactor(lr=1e-3, scale_parameter=True, relative_step=False, beta1=None, "
+    'decay_rate=-0.8, clip_threshold=1.0, eps=(1e-30, 1e-3)) is T5X\'s update except that it '
+    'factors every matrix (T5X only when the second-largest dim >= 128: the relpos table and '
+    'the head differ); its dropout masks are not shared along the length axis')
+
+
+class HFTrainer:
+  """EncT5 from Hugging Face's PyTorch T5 modules: T5EncoderModel, then a learned query through
+  T5LayerCrossAttention and T5LayerFF, final T5LayerNorm, dropout, a linear head; call to take
+  one train step (cross-entropy, backward, transformers' Adafactor)."""
+
+  def __init__(self, cfg, inputs, targets):
+    import torch  # optional: only with --compare-hf
+    from transformers import T5Config, T5EncoderModel
+    from transformers.models.t5 import modeling_t5
+    from transformers.optimization import Adafactor
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.head_dim,
+                      d_ff=cfg.d_ff, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                      relative_attention_num_buckets=cfg.num_buckets,
+                      relative_attention_max_distance=cfg.max_distance,
+                      dropout_rate=cfg.dropout_rate, feed_forward_proj='gated-gelu',
+                      tie_word_embeddings=False)
+    encoder = T5EncoderModel(config)
+    self.attention = encoder.config._attn_implementation
+    modules = torch.nn.ModuleDict({
+        'encoder': encoder,
+        'cross': modeling_t5.T5LayerCrossAttention(encoder.config, layer_idx=0),
+        'ff': modeling_t5.T5LayerFF(config),
+        'norm': modeling_t5.T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon),
+        'head': torch.nn.Linear(config.d_model, cfg.num_outputs)})
+    modules.bos = torch.nn.Parameter(torch.randn(config.d_model))
+    self.modules, self.dropout = modules.train(), torch.nn.Dropout(cfg.dropout_rate)
+    self.ids = torch.tensor(inputs, dtype=torch.long)
+    self.mask = (self.ids != 0).long()
+    self.targets = torch.tensor(targets, dtype=torch.long)
+    self.optimizer = Adafactor(modules.parameters(), lr=LEARNING_RATE, scale_parameter=True,
+                               relative_step=False, warmup_init=False, beta1=None)
+    self.torch = torch
+
+  def __call__(self):
+    m = self.modules
+    encoded = m['encoder'](input_ids=self.ids, attention_mask=self.mask).last_hidden_state
+    query = self.dropout(m.bos.expand(self.ids.shape[0], 1, -1))  # [B, 1, D]
+    cross_mask = (1.0 - self.mask[:, None, None, :].float()) * -1e10  # additive, [B, 1, 1, L]
+    query = m['cross'](query, encoded, attention_mask=cross_mask)[0]
+    pooled = self.dropout(m['norm'](m['ff'](query)))
+    loss = self.torch.nn.functional.cross_entropy(m['head'](pooled[:, 0]), self.targets)
+    loss.backward()
+    self.optimizer.step()
+    self.optimizer.zero_grad(set_to_none=True)
+
+
+def _hf_worker(conn, cfg, inputs, targets):
+  """Child process: one HFTrainer; each request runs one step and answers (wall, CPU) seconds."""
+  trainer = HFTrainer(cfg, inputs, targets)
+  conn.send(trainer.attention)
+  while conn.recv():
+    wall, cpu = time.perf_counter(), time.process_time()
+    trainer()
+    conn.send((time.perf_counter() - wall, time.process_time() - cpu))
+
+
+def bench_hf(table, args):
+  """Ours vs the same EncT5 built from Hugging Face PyTorch T5 modules: one train step each.
+
+  NOTE: PyTorch runs in its own process (steps still alternate, never overlap): in one process
+  XLA's and PyTorch's thread pools interfere and PyTorch's steps slow down many times over.
+  """
+  try:
+    import torch
+    import transformers
+  except ImportError as e:
+    table.add('hf', 'skipped', '-', note=f'torch/transformers not importable: {e}')
+    return
+  batch, length = 8, 128
+  cfg = enct5.get_config('small', dropout_rate=0.1)
+  rng = np.random.RandomState(0)
+  inputs = rng.randint(2, cfg.vocab_size, (batch, length)).astype(np.int32)
+  targets = rng.randint(1, cfg.num_outputs, (batch, 1)).astype(np.int32)
+  ours = Trainer(cfg, 'enct5', {'inputs': inputs, 'inputs_segment_ids': np.ones_like(inputs),
+                                'targets': targets})
+  context = multiprocessing.get_context('spawn')
+  conn, child_conn = context.Pipe()
+  worker = context.Process(target=_hf_worker, args=(child_conn, cfg, inputs, targets[:, 0]),
+                           daemon=True)
+  worker.start()
+  attention = conn.recv()
+
+  def ours_step():
+    wall, cpu = time.perf_counter(), time.process_time()
+    jax.block_until_ready(ours())
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+  def hf_step():
+    conn.send(True)
+    return conn.recv()
+
+  times = {'ours': [], 'hf': []}
+  for i in range(args.rounds + 2):  # two warm-up rounds: PyTorch's first steps are slow
+    for name, step in (('ours', ours_step), ('hf', hf_step)):
+      measured = step()
+      if i >= 2:
+        times[name].append(measured)
+  conn.send(False)
+  worker.join()
+  wall = {name: [w for w, _ in ts] for name, ts in times.items()}
+  cpu = {name: med([c for _, c in ts]) for name, ts in times.items()}
+  note = (f'{batch}x{length} unpacked, dropout 0.1, Adafactor; {cpu["ours"]:.2f} CPU-s per step')
+  table.add('hf', 'small: ours (JAX) step', f'{med(wall["ours"]):.3f}s', spread(wall['ours']),
+            note)
+  table.add('hf', 'small: HF PyTorch step', f'{med(wall["hf"]):.3f}s', spread(wall['hf']),
+            f'torch {torch.__version__} ({torch.get_num_threads()} threads, {attention} '
+            f'attention), transformers {transformers.__version__}; {cpu["hf"]:.2f} CPU-s per '
+            f'step (OpenMP spin-waits count); {HF_DIFFERENCES}')
+  ratios = [h / o for o, h in zip(wall['ours'], wall['hf'])]
+  table.add('hf', 'small: HF / ours step time',
+            f'{med(wall["hf"]) / med(wall["ours"]):.2f}x', spread(ratios, '{:.2f}'),
+            'target >= 1.3x. Under load from other jobs PyTorch slows far more than XLA: '
+            'compare with the load average below')
+
+
+def cpu_model():
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--quick', action='store_true', help='fewer rounds, smaller batches')
+  parser.add_argument('--compare-hf', action='store_true',
+                      help='also time EncT5 built from Hugging Face PyTorch T5 modules')
+  parser.add_argument('--sections', default='params,train,infer,ckpt',
+                      help=f'comma-separated, of {SECTIONS} (hf is added by --compare-hf)')
+  parser.add_argument('--rounds', type=int, help='timed rounds after warm-up (default 3 quick, 7)')
+  parser.add_argument('--length', type=int, default=128, help='L, tokens per packed row')
+  args = parser.parse_args()
+  sections = [s for s in args.sections.split(',') if s] + (['hf'] if args.compare_hf else [])
+  unknown = set(sections) - set(SECTIONS)
+  if unknown:
+    parser.error(f'unknown sections {sorted(unknown)}; expected some of {SECTIONS}')
+  quick = args.quick
+  args.rounds = args.rounds or (3 if quick else 7)
+  args.tiny_rows = 8 if quick else 16
+  args.small_rows = 4 if quick else 8
+  args.matmul_size = 2048 if quick else 3072
+  args.infer_size = 'small'
+  args.infer_examples = 128 if quick else 872
+  args.infer_rows = 8
+
+  start = time.perf_counter()
+  load_start = os.getloadavg()
+  table = Table()
+  rng = np.random.RandomState(0)
+  print(f'bench.py: {cpu_model()}, {os.cpu_count()} CPUs, '
+        f'jax {jax.__version__} on {jax.devices()[0].platform}, '
+        f'load average {load_start[0]:.1f}', flush=True)
+  if 'params' in sections:
+    bench_params(table)
+  if 'train' in sections:
+    bench_train(table, args, rng)
+  if 'infer' in sections:
+    bench_infer(table, args, rng)
+  if 'ckpt' in sections:
+    bench_checkpoint(table, args)
+  if 'hf' in sections:
+    bench_hf(table, args)
+  load_end = os.getloadavg()
+  table.add('machine', 'host', f'{cpu_model()}, {os.cpu_count()} CPUs',
+            note=f'jax {jax.__version__}; 1-min load average {load_start[0]:.1f} at start, '
+                 f'{load_end[0]:.1f} at end (> CPUs: other jobs shared the cores)')
+  table.add('machine', 'wall time', f'{time.perf_counter() - start:.0f}s',
+            note='--quick' if quick else '')
+  table.print()
+
+
+if __name__ == '__main__':
+  main()
