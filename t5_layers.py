@@ -92,9 +92,43 @@ def relative_position_bias(rel_embedding, query_length, key_length, bidirectiona
   return rel_embedding[:, buckets][None]  # [1, H, q, k]
 
 
+@jax.custom_vjp
+def _matmul(x, kernel):
+  return x @ kernel
+
+
+def _matmul_fwd(x, kernel):
+  return x @ kernel, (x, kernel)
+
+
+def _matmul_bwd(residuals, d_out):
+  """The weight gradient as a plain [in, N] @ [N, out] GEMM (N = all tokens).
+
+  NOTE (speed, XLA:CPU only): JAX's default transpose of `x @ kernel` contracts the leading
+  token axis of both operands; XLA:CPU then transposes the wider operand inside a fused,
+  unvectorized loop that recomputes its producer (gated GELU, dropout mask): ~17% of an
+  EncT5-small train step. Transposing the narrower of x and d_out explicitly (and, for
+  d_out, the kernel-sized result back) keeps every dot on the fast GEMM path. Same numbers.
+  """
+  x, kernel = residuals
+  x2 = x.reshape(-1, x.shape[-1])  # [N, in]
+  d2 = d_out.reshape(-1, d_out.shape[-1])  # [N, out]
+  if x2.shape[1] <= d2.shape[1]:
+    d_kernel = x2.T @ d2  # [in, N] @ [N, out]
+  else:
+    d_kernel = (d2.T @ x2).T  # ([out, N] @ [N, in])^T
+  return d_out @ kernel.T, d_kernel
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 def dense(x, kernel):
   """x @ kernel in the activation dtype; kernels are stored [in, out] in float32."""
-  return x @ kernel.astype(x.dtype)
+  kernel = kernel.astype(x.dtype)
+  if jax.default_backend() == 'cpu':
+    return _matmul(x, kernel)
+  return x @ kernel
 
 
 def multi_head_attention(params, cfg, inputs_q, inputs_kv, mask, bias=None, rng=None):

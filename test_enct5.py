@@ -295,3 +295,13 @@ def test_apply_jits_with_static_config():
   jitted = jax.jit(enct5.apply, static_argnums=1)
   np.testing.assert_allclose(jitted(params, cfg, batch), enct5.apply(params, cfg, batch),
                              atol=1e-6)
+
+
+@pytest.mark.parametrize('d_in, d_out', [(4, 6), (6, 4)])  # both branches of the weight grad
+def test_dense_gradient_equals_plain_matmul(d_in, d_out):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, d_in))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (d_in, d_out))
+  loss = lambda x, k: jnp.sum(jnp.sin(t5_layers.dense(x, k)))
+  plain = lambda x, k: jnp.sum(jnp.sin(x @ k))
+  for got, expected in zip(jax.grad(loss, (0, 1))(x, kernel), jax.grad(plain, (0, 1))(x, kernel)):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
