@@ -4,6 +4,9 @@ A packed row carries `inputs`, `inputs_segment_ids` (1, 2, ... per example, 0 = 
 `inputs_positions` (restarting at 0 per example) and `targets`: slot j holds the label of
 segment j+1 and 0, the padding class, where the row has fewer examples.
 
+For the T5 and 1decT5 baselines (§4.3), `pack_seq2seq_examples` also writes each example's
+target tokens into a decoder row, segment by segment, as T5X's packed feature converter does.
+
 Rows are filled by best-fit decreasing: examples are taken longest first and each goes to
 the open row whose free space fits it most tightly. seqio's `trim_and_pack_dataset` packs
 greedily in arrival order (next-fit: a row closes as soon as an example does not fit); we
@@ -88,6 +91,36 @@ def _best_fit_decreasing(lengths, max_length, max_slots):
   return row, slot, start
 
 
+def _assign_rows(lengths, max_length, max_slots, method):
+  """(row, slot, start) per example by `method` (see `pack_examples`)."""
+  n = len(lengths)
+  if method == 'unpacked':
+    return np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64)
+  row, slot, start = _next_fit(lengths, max_length, max_slots)
+  if method == 'best_fit':
+    best = _best_fit_decreasing(lengths, max_length, max_slots)
+    if n and best[0].max() <= row.max():  # never worse than seqio by construction
+      row, slot, start = best
+  return row, slot, start
+
+
+def _place(sequences, row, slot, start, shape):
+  """Token sequences written into zero rows of `shape` -> (tokens, segment ids (slot + 1),
+  positions (restarting at 0 per sequence)), int32 arrays of `shape`."""
+  # Vectorized filling: token k of sequence i goes to flat index row*length + start + k.
+  lengths = np.fromiter(map(len, sequences), np.int64, count=len(sequences))
+  tokens = np.fromiter((t for sequence in sequences for t in sequence), np.int32,
+                       count=int(lengths.sum()))
+  first = np.cumsum(lengths) - lengths  # where each sequence starts in `tokens`
+  offset_in_sequence = np.arange(len(tokens)) - np.repeat(first, lengths)
+  flat = np.repeat(row * shape[1] + start, lengths) + offset_in_sequence
+  placed = tuple(np.zeros(shape, np.int32) for _ in range(3))
+  placed[0].ravel()[flat] = tokens
+  placed[1].ravel()[flat] = np.repeat(slot + 1, lengths)
+  placed[2].ravel()[flat] = offset_in_sequence
+  return placed
+
+
 def pack_examples(examples, max_input_length, max_target_length, *, method='best_fit',
                   regression=False, ids=None):
   """Packs tokenized examples into fixed-shape numpy rows (§3: "we pack multiple examples").
@@ -119,34 +152,13 @@ def pack_examples(examples, max_input_length, max_target_length, *, method='best
     raise ValueError(f'ids has shape {ids.shape}; expected ({n},), one per example')
   lengths = [len(tokens) for tokens, _ in examples]
   labels = _labels(examples, ids, regression)
-  bad = np.flatnonzero((np.asarray(lengths) < 1) | (np.asarray(lengths) > max_input_length))
-  if len(bad):
-    raise ValueError(f'example {ids[bad[0]]} has {lengths[bad[0]]} tokens; packing needs 1 to '
-                     f'max_input_length={max_input_length} (truncate before packing)')
+  _check_lengths(lengths, max_input_length, ids, 'tokens', 'max_input_length')
 
-  if method == 'unpacked':
-    row, slot, start = np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64)
-  else:
-    row, slot, start = _next_fit(lengths, max_input_length, max_target_length)
-    if method == 'best_fit':
-      best = _best_fit_decreasing(lengths, max_input_length, max_target_length)
-      if n and best[0].max() <= row.max():  # never worse than seqio by construction
-        row, slot, start = best
+  row, slot, start = _assign_rows(lengths, max_input_length, max_target_length, method)
   num_rows = int(row.max()) + 1 if n else 0
-
-  # Vectorized filling: token k of example i goes to flat index row*L + start + k.
-  lengths = np.asarray(lengths, np.int64)
-  tokens = np.fromiter((t for tokens, _ in examples for t in tokens), np.int32,
-                       count=int(lengths.sum()))
-  first = np.cumsum(lengths) - lengths  # where each example starts in `tokens`
-  offset_in_example = np.arange(len(tokens)) - np.repeat(first, lengths)
-  flat = np.repeat(row * max_input_length + start, lengths) + offset_in_example
-  shape = (num_rows, max_input_length)
-  packed = {name: np.zeros(shape, np.int32)
-            for name in ('inputs', 'inputs_segment_ids', 'inputs_positions')}
-  packed['inputs'].ravel()[flat] = tokens
-  packed['inputs_segment_ids'].ravel()[flat] = np.repeat(slot + 1, lengths)
-  packed['inputs_positions'].ravel()[flat] = offset_in_example
+  packed = dict(zip(('inputs', 'inputs_segment_ids', 'inputs_positions'),
+                    _place([tokens for tokens, _ in examples], row, slot, start,
+                           (num_rows, max_input_length))))
   packed['targets'] = np.zeros((num_rows, max_target_length), labels.dtype)
   packed['targets'][row, slot] = labels
   packed['example_ids'] = np.full((num_rows, max_target_length), -1, np.int32)
@@ -155,6 +167,80 @@ def pack_examples(examples, max_input_length, max_target_length, *, method='best
     logging.info('packed %d examples into %d rows of %d tokens (%s): efficiency %.4f',
                  n, num_rows, max_input_length, method, efficiency(packed))
   return packed
+
+
+def pack_seq2seq_examples(examples, max_input_length, max_target_length, *, method='best_fit',
+                          ids=None):
+  """Packs (input ids, target ids) pairs for the T5 and 1decT5 baselines (paper §4.3).
+
+  The layout of T5X's `EncDecFeatureConverter` with packing: each example's target (its label
+  as T5 text, tokenized, ending in EOS) goes to the decoder row of the input row it is in,
+  segments in the same order.
+
+  Args:
+    examples: sequence of (input ids, target ids), both ending in EOS, 1 <= len <=
+      max_input_length (max_target_length).
+    max_input_length: L, input tokens per row.
+    max_target_length: Ld, decoder tokens per row (T5X's `targets` feature length).
+    method, ids: as in `pack_examples`.
+
+  Returns:
+    dict of numpy int32 arrays: inputs, inputs_segment_ids, inputs_positions [R, L];
+    decoder_target_tokens, decoder_input_tokens, decoder_segment_ids, decoder_positions
+    [R, Ld]; example_ids [R, S], -1 on empty slots, with S = Ld // (longest target).
+    decoder_input_tokens are the targets shifted right by one within each segment, BOS 0
+    first (seqio `make_autoregressive_inputs` with `sequence_id`): targets [3, 8, 1, 9, 1]
+    in segments [1, 1, 1, 2, 2] give decoder inputs [0, 3, 8, 0, 9].
+
+  NOTE: rows are assigned as in `pack_examples`, by input length, with at most
+  S = Ld // (longest target) examples per row so that every row's targets fit; seqio's
+  `trim_and_pack_dataset` instead closes a row as soon as either feature is full.
+  """
+  if method not in METHODS:
+    raise ValueError(f'unknown packing method {method!r}; expected one of {METHODS}')
+  n = len(examples)
+  ids = np.arange(n) if ids is None else np.asarray(ids)
+  if ids.shape != (n,):
+    raise ValueError(f'ids has shape {ids.shape}; expected ({n},), one per example')
+  input_lengths = [len(tokens) for tokens, _ in examples]
+  target_lengths = np.array([len(target) for _, target in examples], np.int64)
+  _check_lengths(input_lengths, max_input_length, ids, 'tokens', 'max_input_length')
+  _check_lengths(target_lengths, max_target_length, ids, 'target tokens', 'max_target_length')
+  max_slots = max_target_length // max(target_lengths, default=1)
+
+  row, slot, start = _assign_rows(input_lengths, max_input_length, max_slots, method)
+  num_rows = int(row.max()) + 1 if n else 0
+  # Each target starts after the targets of the row's earlier slots.
+  order = np.lexsort((slot, row))
+  before = np.cumsum(target_lengths[order]) - target_lengths[order]
+  row_begins = np.searchsorted(row[order], row[order])  # the row's first slot, in `order`
+  target_start = np.empty(n, np.int64)
+  target_start[order] = before - before[row_begins]
+
+  packed = dict(zip(('inputs', 'inputs_segment_ids', 'inputs_positions'),
+                    _place([tokens for tokens, _ in examples], row, slot, start,
+                           (num_rows, max_input_length))))
+  targets, segment_ids, positions = _place([target for _, target in examples], row, slot,
+                                           target_start, (num_rows, max_target_length))
+  packed['decoder_target_tokens'] = targets
+  packed['decoder_input_tokens'] = np.where(positions > 0, np.roll(targets, 1, axis=1),
+                                            0).astype(np.int32)
+  packed['decoder_segment_ids'] = segment_ids
+  packed['decoder_positions'] = positions
+  packed['example_ids'] = np.full((num_rows, max_slots), -1, np.int32)
+  packed['example_ids'][row, slot] = ids
+  if n:
+    logging.info('packed %d examples into %d rows of %d tokens, %d target tokens (%s): '
+                 'efficiency %.4f', n, num_rows, max_input_length, max_target_length, method,
+                 efficiency(packed))
+  return packed
+
+
+def _check_lengths(lengths, max_length, ids, what, flag):
+  bad = np.flatnonzero((np.asarray(lengths) < 1) | (np.asarray(lengths) > max_length))
+  if len(bad):
+    raise ValueError(f'example {ids[bad[0]]} has {lengths[bad[0]]} {what}; packing needs 1 to '
+                     f'{flag}={max_length} (truncate before packing)')
 
 
 def _labels(examples, ids, regression):

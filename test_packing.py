@@ -281,6 +281,79 @@ def test_packed_logits_equal_unpacked():
 
 
 # ---------------------------------------------------------------------------------------------
+# Packing for the T5 and 1decT5 baselines (paper §4.3): decoder targets per segment.
+# ---------------------------------------------------------------------------------------------
+
+def test_seq2seq_packing_by_hand():
+  """seqio's own example (`make_autoregressive_inputs`): targets [3, 8, 1 | 9, 1 | 5, 4, 1]
+  give decoder inputs [0, 3, 8 | 0, 9 | 0, 5, 4], BOS 0 at each segment's start."""
+  examples = [([5, 6, 1], [3, 8, 1]), ([7, 1], [9, 1]), ([4, 4, 4, 1], [5, 4, 1])]
+  packed = packing.pack_seq2seq_examples(examples, 10, 10, method='next_fit', ids=[7, 8, 9])
+  np.testing.assert_array_equal(packed['inputs'], [[5, 6, 1, 7, 1, 4, 4, 4, 1, 0]])
+  np.testing.assert_array_equal(packed['inputs_segment_ids'], [[1, 1, 1, 2, 2, 3, 3, 3, 3, 0]])
+  np.testing.assert_array_equal(packed['inputs_positions'], [[0, 1, 2, 0, 1, 0, 1, 2, 3, 0]])
+  np.testing.assert_array_equal(packed['decoder_target_tokens'], [[3, 8, 1, 9, 1, 5, 4, 1, 0, 0]])
+  np.testing.assert_array_equal(packed['decoder_input_tokens'], [[0, 3, 8, 0, 9, 0, 5, 4, 0, 0]])
+  np.testing.assert_array_equal(packed['decoder_segment_ids'], [[1, 1, 1, 2, 2, 3, 3, 3, 0, 0]])
+  np.testing.assert_array_equal(packed['decoder_positions'], [[0, 1, 2, 0, 1, 0, 1, 2, 0, 0]])
+  np.testing.assert_array_equal(packed['example_ids'], [[7, 8, 9]])  # 10 // 3 = 3 slots
+  # Best fit takes the longest input first; each target follows its input's segment.
+  packed = packing.pack_seq2seq_examples(examples, 10, 10)
+  np.testing.assert_array_equal(packed['inputs_segment_ids'], [[1, 1, 1, 1, 2, 2, 2, 3, 3, 0]])
+  np.testing.assert_array_equal(packed['decoder_target_tokens'], [[5, 4, 1, 3, 8, 1, 9, 1, 0, 0]])
+  np.testing.assert_array_equal(packed['decoder_input_tokens'], [[0, 5, 4, 0, 3, 8, 0, 9, 0, 0]])
+  np.testing.assert_array_equal(packed['decoder_segment_ids'], [[1, 1, 1, 2, 2, 2, 3, 3, 0, 0]])
+  np.testing.assert_array_equal(packed['example_ids'], [[2, 0, 1]])
+  # Decoder rows of 5 tokens hold 5 // 3 = 1 example: three rows, one example each.
+  packed = packing.pack_seq2seq_examples(examples, 10, 5)
+  np.testing.assert_array_equal(packed['decoder_target_tokens'], [[5, 4, 1, 0, 0],
+                                                                  [3, 8, 1, 0, 0],
+                                                                  [9, 1, 0, 0, 0]])
+  np.testing.assert_array_equal(packed['decoder_input_tokens'], [[0, 5, 4, 0, 0],
+                                                                 [0, 3, 8, 0, 0],
+                                                                 [0, 9, 0, 0, 0]])
+  np.testing.assert_array_equal(packed['example_ids'], [[2], [0], [1]])
+  with pytest.raises(ValueError, match='example 1 has 3 target tokens'):
+    packing.pack_seq2seq_examples([([5, 1], [1]), ([6, 1], [2, 3, 1])], 10, 2)
+
+
+@pytest.mark.parametrize('model', ['t5', '1dect5'])
+def test_seq2seq_packed_logits_equal_unpacked(model):
+  """T5's teacher-forced logits of each example's target are the same packed and alone."""
+  cfg = enct5.get_config('tiny', vocab_size=64, d_model=16, num_heads=2, head_dim=8, d_ff=32,
+                         num_layers=2, num_decoder_layers=2)
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg, model)
+  rng = np.random.default_rng(0)
+  examples = [(rng.integers(3, 64, n).tolist()[:-1] + [1], rng.integers(3, 64, m).tolist() + [1])
+              for n, m in zip(rng.integers(1, 13, 40), rng.integers(1, 4, 40))]
+  apply = jax.jit(lambda batch: enct5.t5_apply(params, cfg, batch, model=model))
+  keys = ('inputs', 'inputs_segment_ids', 'decoder_input_tokens', 'decoder_target_tokens',
+          'decoder_segment_ids')
+
+  def logits_per_example(packed):
+    """{example id: logits [its target length, V]}."""
+    logits = np.asarray(apply({k: packed[k] for k in keys}))
+    assert np.isfinite(logits).all()
+    out = {}
+    for r, row in enumerate(packed['example_ids']):
+      for slot, i in enumerate(row):
+        if i >= 0:
+          out[i] = logits[r][packed['decoder_segment_ids'][r] == slot + 1]
+    return out
+
+  expected = logits_per_example(packing.pack_seq2seq_examples(examples, 24, 8,
+                                                              method='unpacked'))
+  packed = packing.pack_seq2seq_examples(examples, 24, 8)
+  assert (packed['example_ids'] >= 0).sum(axis=1).max() == 2  # 8 // 4 slots
+  assert len(packed['inputs']) < len(examples)
+  got = logits_per_example(packed)
+  assert sorted(got) == list(range(len(examples)))
+  for i in range(len(examples)):
+    assert got[i].shape == (len(examples[i][1]), cfg.vocab_size)
+    np.testing.assert_allclose(got[i], expected[i], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
 # GLUE files.
 # ---------------------------------------------------------------------------------------------
 
