@@ -401,15 +401,20 @@ def _read_as(flat, names, placement):
           for name, leaf in leaves.items()}
 
 
-def load_enct5_params(path, cfg, rng, *, with_optimizer_state=False, shardings=None,
-                      opt_shardings=None):
-  """EncT5 parameters from a T5.1.1 checkpoint (paper §4.2), optionally with Adafactor state.
+def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, shardings=None,
+                opt_shardings=None):
+  """Parameters of `model` ('enct5', 't5' or '1dect5') from a T5.1.1 checkpoint, optionally
+  with Adafactor state.
 
-  Loaded: the token embedding, the whole encoder (with its relative-position table), the first
-  decoder layer's cross-attention and FFN with their norms, and the decoder's final norm. Never
-  read: the other decoder layers, the decoder's self-attention and relative-position table, and
-  the vocabulary projection `decoder/logits_dense`. `decoder/bos_embedding` and
-  `decoder/class_projection` are those of `enct5.init_params(rng, cfg)`.
+  'enct5' (paper §4.2): the token embedding, the whole encoder (with its relative-position
+  table), the first decoder layer's cross-attention and FFN with their norms, and the decoder's
+  final norm. Never read: the other decoder layers, the decoder's self-attention and
+  relative-position table, and the vocabulary projection `decoder/logits_dense`.
+  `decoder/bos_embedding` and `decoder/class_projection` are those of
+  `enct5.init_params(rng, cfg)`.
+  't5': the whole tree (`enct5.param_specs(cfg, 't5')`), nothing fresh. '1dect5' (§4.3): the
+  same with only decoder layer 0 (self-attention included), the decoder's relative-position
+  table, final norm and `logits_dense`; the other decoder layers are never read.
 
   Returns float32 params, or (params, opt_state) with `with_optimizer_state`: the checkpoint's
   Adafactor slots for every loaded parameter (zeros for the fresh ones) and its step count, so
@@ -421,8 +426,9 @@ def load_enct5_params(path, cfg, rng, *, with_optimizer_state=False, shardings=N
   """
   flat = flatten(read_index(path))
   _check_config(flat, cfg, path)
-  specs = flatten(enct5.param_specs(cfg))
-  loaded = [name for name in specs if name not in FRESH_PARAMS]
+  specs = flatten(enct5.param_specs(cfg, model))
+  fresh = FRESH_PARAMS if model == 'enct5' else ()
+  loaded = [name for name in specs if name not in fresh]
 
   # Every leaf to read, with its expected shape.
   expected = {f'target/{name}': specs[name].shape for name in loaded}
@@ -446,14 +452,14 @@ def load_enct5_params(path, cfg, rng, *, with_optimizer_state=False, shardings=N
   # Under jit, XLA drops the initializers of all parameters but the fresh ones, which get
   # exactly the values `init_params(rng, cfg)` gives them.
   init_fresh = lambda key: {f'target/{name}': flatten(enct5.init_params(key, cfg))[name]
-                            for name in FRESH_PARAMS}
-  if placement is None:
+                            for name in fresh}
+  if fresh and placement is None:
     arrays.update({name: np.asarray(x) for name, x in jax.jit(init_fresh)(rng).items()})
-  else:
-    fresh_placement = {f'target/{name}': placement[f'target/{name}'] for name in FRESH_PARAMS}
+  elif fresh:
+    fresh_placement = {f'target/{name}': placement[f'target/{name}'] for name in fresh}
     arrays.update(jax.jit(init_fresh, out_shardings=fresh_placement)(rng))
   if with_optimizer_state:
-    for name in FRESH_PARAMS:
+    for name in fresh:
       for slot, shape in adafactor_shapes(specs[name].shape).items():
         key = f'state/param_states/{name}/{slot}'
         zeros = np.zeros(shape, np.float32)
@@ -461,6 +467,13 @@ def load_enct5_params(path, cfg, rng, *, with_optimizer_state=False, shardings=N
 
   tree = unflatten(arrays)
   return (tree['target'], tree['state']) if with_optimizer_state else tree['target']
+
+
+def load_enct5_params(path, cfg, rng, *, with_optimizer_state=False, shardings=None,
+                      opt_shardings=None):
+  """EncT5 parameters from a T5.1.1 checkpoint (paper §4.2): `load_params` with 'enct5'."""
+  return load_params(path, cfg, rng, model='enct5', with_optimizer_state=with_optimizer_state,
+                     shardings=shardings, opt_shardings=opt_shardings)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -340,6 +340,45 @@ def test_loaded_adafactor_state_and_step_reach_the_optimizer(mini_loaded):
   np.testing.assert_allclose(pick(new_state['param_states'])['v_row'], expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize('model, decoder_layers', [('t5', 2), ('1dect5', 1)])
+def test_baseline_params_from_trained_checkpoint(model, decoder_layers):
+  """T5 and 1decT5 (paper §4.3) read their whole tree, with its Adafactor state, as T5X wrote it;
+  1decT5 keeps decoder layer 0 with its self-attention, the relpos table, norm and logits."""
+  path = fixture(MINI)
+  cfg = config_of(path)
+  params, opt_state = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(0), model=model,
+                                            with_optimizer_state=True)
+  raw = load_ckpt.read_t5x(path)
+  flat, raw_params = load_ckpt.flatten(params), load_ckpt.flatten(raw['target'])
+  assert sorted(flat) == sorted(load_ckpt.flatten(enct5.param_specs(cfg, model)))
+  for name, x in flat.items():
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(x, raw_params[name], err_msg=name)
+  assert {n.split('/')[1] for n in flat if n.startswith('decoder/layers_')} == {
+      f'layers_{i}' for i in range(decoder_layers)}
+  for name in ('decoder/layers_0/self_attention/query/kernel', 'decoder/logits_dense/kernel',
+               'decoder/relpos_bias/rel_embedding', 'decoder/decoder_norm/scale'):
+    assert name in flat, name
+  assert int(opt_state['step']) == 3
+  reference = train.adafactor_init(params)
+  assert jax.tree.map(np.shape, reference) == jax.tree.map(np.shape, opt_state)
+  raw_states = load_ckpt.flatten(raw['state']['param_states'])
+  for name, x in load_ckpt.flatten(opt_state['param_states']).items():
+    np.testing.assert_array_equal(x, raw_states[name], err_msg=name)
+
+
+def test_1dect5_never_reads_later_decoder_layers(tmp_path):
+  path = writable_copy(tmp_path, TINY)
+  for name in os.listdir(path):
+    if name.startswith('target.decoder.layers_1'):
+      shutil.rmtree(os.path.join(path, name))
+  cfg = config_of(path)
+  params = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(0), model='1dect5')
+  assert 'layers_1' not in params['decoder'] and 'logits_dense' in params['decoder']
+  with pytest.raises(CheckpointError, match='layers_1'):
+    load_ckpt.load_params(path, cfg, jax.random.PRNGKey(0), model='t5')
+
+
 def test_encode_matches_golden_values_from_the_tensorstore_checkpoint():
   """Golden encoder outputs of Hugging Face T5 (tools/make_golden.py) for the tiny fixture."""
   golden_path = os.path.join(REPO, 'testdata', 'golden_fixture_tiny.npz')
