@@ -18,6 +18,7 @@ Leaves are named by their '/'-joined path below 'optimizer', e.g.
 'target/encoder/layers_0/attention/query/kernel' or 'state/param_states/.../v_row'.
 Paths are local or 'gs://bucket/path' (TensorStore's gcs kvstore: no download step).
 """
+import functools
 import os
 import posixpath
 import re
@@ -401,6 +402,14 @@ def _read_as(flat, names, placement):
           for name, leaf in leaves.items()}
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _init_fresh(rng, cfg):
+  """The parameters that EncT5 adds to T5 (FRESH_PARAMS), exactly as `init_params(rng, cfg)`
+  makes them; under jit, XLA drops the initializers of all the others."""
+  params = flatten(enct5.init_params(rng, cfg))
+  return {f'target/{name}': params[name] for name in FRESH_PARAMS}
+
+
 def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, shardings=None,
                 opt_shardings=None):
   """Parameters of `model` ('enct5', 't5' or '1dect5') from a T5.1.1 checkpoint, optionally
@@ -449,15 +458,10 @@ def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, sh
       with_optimizer_state)
   arrays = _read_as(flat, expected, placement)
 
-  # Under jit, XLA drops the initializers of all parameters but the fresh ones, which get
-  # exactly the values `init_params(rng, cfg)` gives them.
-  init_fresh = lambda key: {f'target/{name}': flatten(enct5.init_params(key, cfg))[name]
-                            for name in fresh}
-  if fresh and placement is None:
-    arrays.update({name: np.asarray(x) for name, x in jax.jit(init_fresh)(rng).items()})
-  elif fresh:
-    fresh_placement = {f'target/{name}': placement[f'target/{name}'] for name in fresh}
-    arrays.update(jax.jit(init_fresh, out_shardings=fresh_placement)(rng))
+  if fresh:
+    for name, value in _init_fresh(rng, cfg).items():
+      value = np.asarray(value)
+      arrays[name] = value if placement is None else jax.device_put(value, placement[name])
   if with_optimizer_state:
     for name in fresh:
       for slot, shape in adafactor_shapes(specs[name].shape).items():
