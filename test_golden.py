@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import enct5
+import load_ckpt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.environ.get('ENCT5_SHARED', os.path.join(HERE, '..', 'shared'))
@@ -31,26 +32,6 @@ ENCT5_PATHS = ('token_embedder/', 'encoder/', 'decoder/layers_0/pre_cross_attent
                'decoder/layers_0/encoder_decoder_attention/', 'decoder/layers_0/pre_mlp_layer_norm/',
                'decoder/layers_0/mlp/', 'decoder/decoder_norm/', 'decoder/bos_embedding',
                'decoder/class_projection/')
-
-
-def _unflatten(flat):
-  """{'a/b/c': x} -> {'a': {'b': {'c': x}}}."""
-  tree = {}
-  for path, value in flat.items():
-    *parents, leaf = path.split('/')
-    node = tree
-    for name in parents:
-      node = node.setdefault(name, {})
-    node[leaf] = value
-  return tree
-
-
-def _flatten(tree, prefix=''):
-  out = {}
-  for name, value in tree.items():
-    path = f'{prefix}/{name}' if prefix else name
-    out.update(_flatten(value, path) if isinstance(value, dict) else {path: value})
-  return out
 
 
 def _config(sizes, num_classes):
@@ -74,15 +55,15 @@ def golden():
   sizes = json.loads(str(g['config_json']))
   cfg = _config(sizes, sizes['num_classes'])
   flat = {k[len('param/'):]: v for k, v in g.items() if k.startswith('param/')}
-  params = _unflatten({k: v for k, v in flat.items() if k.startswith(ENCT5_PATHS)})
+  params = load_ckpt.unflatten({k: v for k, v in flat.items() if k.startswith(ENCT5_PATHS)})
   return g, cfg, params
 
 
 def test_golden_param_tree_is_enct5_tree(golden):
   _, cfg, params = golden
-  specs = _flatten(enct5.param_specs(cfg))
+  specs = load_ckpt.flatten(enct5.param_specs(cfg))
   ours = {k: tuple(v.shape) for k, v in specs.items()}
-  theirs = {k: v.shape for k, v in _flatten(params).items()}
+  theirs = {k: v.shape for k, v in load_ckpt.flatten(params).items()}
   assert ours == theirs
 
 
@@ -135,13 +116,13 @@ def test_encoder_on_real_t5x_checkpoint_matches_hf():
   tree, data = _read_legacy_t5x(LEGACY_FIXTURE)
   assert hashlib.sha256(data).hexdigest() == str(g['fixture_sha256']), (
       f'{LEGACY_FIXTURE} is not the file the golden was made from')
-  target = _flatten(tree['optimizer']['target'])
+  target = load_ckpt.flatten(tree['optimizer']['target'])
   cfg = _config(json.loads(str(g['config_json'])), num_classes=2)
-  params = _flatten(enct5.init_params(jax.random.PRNGKey(0), cfg))
+  params = load_ckpt.flatten(enct5.init_params(jax.random.PRNGKey(0), cfg))
   for path in params:  # every EncT5 parameter the checkpoint has; the new ones stay random
     if path in target:
       assert params[path].shape == target[path].shape, path
       params[path] = target[path]
   assert all(p in target for p in params if p.startswith(('token_embedder/', 'encoder/')))
-  out = enct5.encode(_unflatten(params), cfg, g['inputs'])
+  out = enct5.encode(load_ckpt.unflatten(params), cfg, g['inputs'])
   _assert_close(out, g['encoder_output'], g['inputs'] != 0, 'encoder output on T5X fixture')
