@@ -1,4 +1,5 @@
-"""Tests for train.py: Adafactor against hand-worked updates and T5X's state, sharding, resume."""
+"""Tests for train.py: Adafactor against hand-worked updates and T5X's state, sharding, resume,
+and the T5 and 1decT5 baselines (labels as text, greedy decoding mapped back to labels)."""
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+import glue
 import train
 
 SHARED = os.environ.get('ENCT5_SHARED', os.path.join(os.path.dirname(__file__), '..', 'shared'))
@@ -360,3 +362,107 @@ def test_fine_tune_t5x_mini_checkpoint_then_eval_and_predict(tmp_path, caplog):
   with pytest.raises(ValueError, match='does not match the flags: d_model 128'):
     _main(f'--checkpoint={MINI_CKPT}', '--size=small', f'--output_dir={tmp_path}/other',
           *common[:2], *common[3:])
+
+
+# ------------------------------------------------------------ The T5 and 1decT5 baselines
+
+def test_label_text_as_t5():
+  """T5's target strings (`preprocessors.glue` with `glue_utils` label names; STS-B:
+  `preprocessors.stsb`, round(5x) / 5 half to even, one decimal)."""
+  names = {'cola': ['unacceptable', 'acceptable'], 'sst2': ['negative', 'positive'],
+           'mrpc': ['not_equivalent', 'equivalent'], 'qqp': ['not_duplicate', 'duplicate'],
+           'mnli': ['entailment', 'neutral', 'contradiction'],
+           'qnli': ['entailment', 'not_entailment'], 'rte': ['entailment', 'not_entailment']}
+  for name, texts in names.items():
+    task = glue.get_task(name)
+    assert [train.label_text(task, i + 1) for i in range(len(texts))] == texts
+    assert train.label_texts(task) == texts
+  stsb = glue.get_task('stsb')
+  for score, text in [(0.0, '0.0'), (1.8, '1.8'), (2.5, '2.4'), (3.5, '3.6'), (3.13, '3.2'),
+                      (4.9, '4.8'), (5.0, '5.0')]:
+    assert train.label_text(stsb, score) == text, score
+  assert train.label_texts(stsb) == [f'{i / 5:.1f}' for i in range(26)]
+
+
+@pytest.fixture(scope='module')
+def label_vocab(tmp_path_factory):
+  """A small SentencePiece model that spells SST-2's and STS-B's labels (and has no '_')."""
+  texts = (['a good movie', 'not a bad film', 'negative positive', 'the end'] * 50 +
+           [f'{i / 5:.1f}' for i in range(26)] * 10)
+  return glue.train_vocab(texts, str(tmp_path_factory.mktemp('vocab') / 'labels'), 80)
+
+
+def _rows(rows):
+  """Token lists as one [B, width] array, zero-padded as greedy decoding leaves them."""
+  width = max(map(len, rows))
+  return np.array([row + [0] * (width - len(row)) for row in rows])
+
+
+def test_decoded_strings_map_back_to_labels(label_vocab):
+  """T5's postprocessors: the text before EOS is a label's class id, else -1 (counted wrong);
+  STS-B: a float, else -1.0."""
+  sst2 = glue.get_task('sst2')
+  labels = train.LabelText(sst2, label_vocab)
+  encode = lambda text: label_vocab.encode(text) + [glue.EOS_ID]
+  assert labels.tokens([2, 1]) == [encode('positive'), encode('negative')]
+  assert labels.decode_length == max(len(encode('positive')), len(encode('negative')))
+  rows = [encode('positive'), encode('negative'), encode('neutral'), encode('positive positive'),
+          encode('positive')[:-1] + [label_vocab.GetPieceSize() + 3],  # id past the vocab
+          encode('negative') + encode('bad')]  # after EOS: ignored
+  predictions = labels.parse(_rows(rows))
+  np.testing.assert_array_equal(predictions, [2, 1, -1, -1, -1, 1])
+
+  # Unknown strings count as wrong: accuracy, and F1 as T5's `f1_score_with_invalid`.
+  gold = [2, 1, 1, 2, 2, 1]
+  assert glue.compute_metrics(sst2, 'validation', gold, train.unknown_as_wrong(
+      sst2, gold, predictions))['sst2/accuracy'] == pytest.approx(300 / 6)
+  mrpc = glue.get_task('mrpc')
+  scores = glue.compute_metrics(mrpc, 'validation', gold,
+                                train.unknown_as_wrong(mrpc, gold, predictions))
+  # Positives (class 2): gold at 0, 3, 4; predicted 2 at 0 and, as the opposite of gold 1, at 2.
+  assert scores['mrpc/f1'] == pytest.approx(100 * 2 * 1 / (3 + 2))
+  assert scores['mrpc/accuracy'] == pytest.approx(300 / 6)
+
+  stsb = glue.get_task('stsb')
+  scores = train.LabelText(stsb, label_vocab)
+  assert scores.tokens([2.5]) == [encode('2.4')]
+  values = scores.parse(_rows([encode('3.4'), encode('5.0'), encode('end')]))
+  np.testing.assert_allclose(values, [3.4, 5.0, -1.0], rtol=1e-6)
+  with pytest.raises(ValueError, match="cannot spell the rte label 'not_entailment'"):
+    train.LabelText(glue.get_task('rte'), label_vocab)
+
+
+@pytest.mark.parametrize('model, decoder_layers', [('t5', 2), ('1dect5', 1)])
+def test_seq2seq_model_trains_evaluates_and_predicts(tmp_path, caplog, model, decoder_layers):
+  """--model=t5|1dect5 through train.py on 64 SST-2 examples: the loss goes down, the decoded
+  strings become labels (accuracy far above the 0 of unknown strings), the checkpoint is a
+  T5.1.1 tree, and the eval/predict modes read it back."""
+  import load_ckpt
+  data = _glue_sample(tmp_path)
+  out = tmp_path / 'out'
+  common = [f'--model={model}', '--task=sst2', f'--data_dir={data}', f'--output_dir={out}',
+            '--batch_size=4', '--max_input_length=64', '--max_target_length=8',
+            '--vocab_size=200', '--d_model=32', '--d_ff=64', '--num_heads=2', '--num_layers=2']
+  _main('--train_steps=16', '--eval_every=8', '--log_every=4', '--learning_rate=0.01', *common)
+  records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records] == [8, 16]
+  assert all(set(r['scores']) == {'sst2/accuracy'} for r in records)
+  assert np.isfinite(records[0]['train_loss'])
+  assert records[1]['train_loss'] < 0.7 * records[0]['train_loss']
+  assert records[1]['score'] > 40
+  decoder = load_ckpt.read_t5x(load_ckpt.latest_checkpoint(str(out / 'checkpoints')))[
+      'target']['decoder']
+  assert sorted(k for k in decoder if k.startswith('layers_')) == [
+      f'layers_{i}' for i in range(decoder_layers)]
+  assert 'self_attention' in decoder['layers_0'] and 'logits_dense' in decoder
+  assert 'class_projection' not in decoder
+
+  caplog.clear()
+  caplog.set_level('INFO')
+  _main('--mode=eval', *common)  # OUTPUT_DIR/best: the first record with the best score
+  best = records[1] if records[1]['score'] > records[0]['score'] else records[0]
+  assert f'score {best["score"]:.2f}' in caplog.text
+  _main('--mode=predict', '--predict_split=validation', *common)
+  lines = (out / 'predictions' / 'SST-2.validation.tsv').read_text().splitlines()
+  assert lines[0] == 'index\tprediction' and len(lines) == 33
+  assert {line.split('\t')[1] for line in lines[1:]} <= {'0', '1'}

@@ -1,4 +1,5 @@
-"""Fine-tune EncT5 (Liu et al. 2021) on a GLUE task: `python train.py --flags`.
+"""Fine-tune EncT5 (Liu et al. 2021), or the paper's T5 and 1decT5 baselines, on a GLUE task:
+`python train.py --flags`.
 
   python train.py                                    # demo: a tiny EncT5 learns a generated
                                                      # task from scratch (~1 minute on a CPU)
@@ -10,6 +11,8 @@
       --vocab=gs://t5-data/vocabs/cc_all.32000/sentencepiece.model --output_dir=runs/mnli
   python train.py ... --mode=eval                    # metrics of OUTPUT_DIR/best
   python train.py ... --mode=predict                 # GLUE submission TSVs
+  python train.py ... --model=t5                     # the T5 baseline (paper §4.3): labels as
+                                                     # text, predictions decoded greedily
 
 Re-running the same command resumes from OUTPUT_DIR/checkpoints exactly. Many hosts: run the
 same command on each with --coordinator_address, --num_processes and --process_id.
@@ -17,22 +20,24 @@ same command on each with --coordinator_address, --num_processes and --process_i
 Flags by section (each explained below, in alphabetical order):
   task and data      --task --data_dir --vocab --vocab_size --max_input_length
                      --max_target_length --pack
-  model              --checkpoint --size --d_model --num_heads --head_dim --d_ff --num_layers
-                     --dropout_rate --dtype
+  model              --model --checkpoint --size --d_model --num_heads --head_dim --d_ff
+                     --num_layers --dropout_rate --dtype
   training           --batch_size --learning_rate --train_steps --eval_every --log_every
                      --keep_checkpoints --seed
   devices and hosts  --mesh --coordinator_address --num_processes --process_id
   run                --mode --predict_split --output_dir
 
 Reads top-down: flags; Adafactor (T5X `t5x/adafactor.py`); sharding over a ('data', 'model')
-mesh (T5X's partitioning rules, `jax.jit` with `NamedSharding`); the train and eval steps;
-data; checkpoints; evaluation; the loop; main.
+mesh (T5X's partitioning rules, `jax.jit` with `NamedSharding`); the models (all that differs
+between EncT5, T5 and 1decT5); the train and eval steps; data; checkpoints; evaluation; the
+loop; main.
 """
 import json
 import logging as std_logging
 import os
 import tempfile
 import time
+from typing import Callable, NamedTuple
 
 from absl import app, flags, logging
 import numpy as np
@@ -65,15 +70,23 @@ flags.DEFINE_integer('vocab_size', 8000, 'Pieces (at most) of the SentencePiece 
 flags.DEFINE_integer('max_input_length', 512, 'Tokens per packed input row (L); longer examples '
                      'are truncated, keeping their EOS.')
 flags.DEFINE_integer('max_target_length', 62, 'Example slots per packed row (T): at most this '
-                     'many examples share a row (paper: 62).')
+                     'many examples share a row (paper: 62). --model=t5/1dect5: decoder tokens '
+                     'per packed row (T5X\'s targets length), each example taking its label\'s '
+                     'tokens and EOS.')
 flags.DEFINE_bool('pack', True, 'Pack several examples per row (paper §3); --nopack: one '
                   'example per row.')
 
 # Model.
+flags.DEFINE_enum('model', 'enct5', ['enct5', 't5', '1dect5'], 'enct5: the T5 encoder, the '
+                  'pooling block and a class head (paper §3). t5: the full T5.1.1 '
+                  'encoder-decoder, labels as T5 text, predictions decoded greedily and mapped '
+                  'back to labels (§4.3 baseline). 1dect5: the same with only the first decoder '
+                  'layer (§4.3).')
 flags.DEFINE_string('checkpoint', None, 'T5.1.1 checkpoint in T5X format, local or gs:// (e.g. '
                     'gs://t5-data/pretrained_models/t5x/t5_1_1_small/checkpoint_1000000): its '
                     'encoder and first decoder layer are loaded with their Adafactor state '
-                    '(paper §4.2), and its shapes fix the model. Unset: random init. With '
+                    '(paper §4.2; --model=t5: all of it; 1dect5: all but decoder layers 1 and '
+                    'up), and its shapes fix the model. Unset: random init. With '
                     '--mode=eval/predict: the checkpoint to use (default OUTPUT_DIR/best).')
 flags.DEFINE_enum('size', None, list(enct5.SIZES), 'T5.1.1 size. With --checkpoint: checked '
                   'against it. Without: the model to train from scratch (default tiny).')
@@ -353,6 +366,64 @@ def _process_rows(sharding, shape):
 
 
 # ----------------------------------------------------------------------------------------------
+# The models: EncT5 and the paper's baselines T5 and 1decT5 (§4.3). All that differs between
+# them is in `MODELS`; the rest of this file is shared.
+# ----------------------------------------------------------------------------------------------
+
+class Model(NamedTuple):
+  name: str
+  labels_as_text: bool  # targets are the labels as T5 text (LabelText), decoded at evaluation
+  train_keys: tuple     # the batch arrays the train step reads
+  eval_keys: tuple      # ... and the eval step
+  loss: Callable        # (params, cfg, batch, rng) -> (loss, {'loss_sum', 'num_examples'})
+  outputs: Callable     # (params, cfg, batch, decode_length) -> the eval step's outputs
+  predictions: Callable  # (outputs, cfg, LabelText) -> per-slot predictions, numpy [B, slots]
+
+
+def _enct5_loss(params, cfg, batch, rng):
+  return enct5.loss_fn(params, cfg, batch, rng=rng)
+
+
+def _enct5_outputs(params, cfg, batch, decode_length):
+  return enct5.apply(params, cfg, batch)  # logits [B, T, n+1] (regression [B, T])
+
+
+def _enct5_predictions(logits, cfg, labels):
+  return np.asarray(enct5.predict(logits, cfg))  # class ids 1..n (or scores) [B, T]
+
+
+def _seq2seq_model(name, model):
+  """T5 or 1decT5: teacher-forced training on packed rows, greedy decoding of one example per
+  row, the decoded text mapped back to a label."""
+  def loss(params, cfg, batch, rng):
+    """T5X's loss (summed token cross-entropy + z-loss) to differentiate; for the logs, its sum
+    per example (each example is one decoder segment)."""
+    loss, aux = enct5.t5_loss_fn(params, cfg, batch, model=model, rng=rng)
+    num_examples = jnp.sum(jnp.max(batch['decoder_segment_ids'], axis=1))
+    return loss, {'loss_sum': aux['loss_sum'], 'num_examples': num_examples}
+
+  def outputs(params, cfg, batch, decode_length):
+    return enct5.t5_greedy_decode(params, cfg, batch['inputs'], batch['inputs_segment_ids'],
+                                  max_length=decode_length, model=model)  # [B, decode_length]
+
+  return Model(name=name, labels_as_text=True,
+               train_keys=('inputs', 'inputs_segment_ids', 'decoder_input_tokens',
+                           'decoder_target_tokens', 'decoder_segment_ids'),
+               eval_keys=('inputs', 'inputs_segment_ids'), loss=loss, outputs=outputs,
+               predictions=lambda tokens, cfg, labels: labels.parse(tokens)[:, None])
+
+
+_ENCT5_KEYS = ('inputs', 'inputs_segment_ids', 'inputs_positions', 'targets')
+MODELS = {
+    'enct5': Model(name='EncT5', labels_as_text=False, train_keys=_ENCT5_KEYS,
+                   eval_keys=_ENCT5_KEYS, loss=_enct5_loss, outputs=_enct5_outputs,
+                   predictions=_enct5_predictions),
+    't5': _seq2seq_model('T5', 't5'),
+    '1dect5': _seq2seq_model('1decT5', '1dect5'),
+}
+
+
+# ----------------------------------------------------------------------------------------------
 # The train and eval steps: one jit each, parameters and optimizer state donated.
 # ----------------------------------------------------------------------------------------------
 
@@ -361,13 +432,16 @@ def dropout_rng(seed, step):
   return jax.random.fold_in(jax.random.PRNGKey(seed), step)
 
 
-def make_train_step(cfg, shardings, learning_rate, seed):
-  """jit((params, opt_state, batch) -> (params, opt_state, metrics)): grad of
-  `enct5.loss_fn` (mean per example), then Adafactor. Dropout key from (seed, Adafactor step).
+def make_train_step(cfg, shardings, learning_rate, seed, model='enct5'):
+  """jit((params, opt_state, batch) -> (params, opt_state, metrics)): grad of the model's loss
+  (EncT5: `enct5.loss_fn`, mean per example; T5, 1decT5: `enct5.t5_loss_fn`, T5X's sum), then
+  Adafactor. Dropout key from (seed, Adafactor step).
   """
+  loss_fn = MODELS[model].loss
+
   def train_step(params, opt_state, batch):
     rng = dropout_rng(seed, opt_state['step']) if cfg.dropout_rate > 0 else None
-    grad_fn = jax.value_and_grad(lambda p: enct5.loss_fn(p, cfg, batch, rng=rng), has_aux=True)
+    grad_fn = jax.value_and_grad(lambda p: loss_fn(p, cfg, batch, rng), has_aux=True)
     (loss, aux), grads = grad_fn(params)
     params, opt_state = adafactor_update(grads, opt_state, params, learning_rate)
     metrics = {'loss': loss, 'loss_sum': aux['loss_sum'], 'num_examples': aux['num_examples']}
@@ -379,16 +453,18 @@ def make_train_step(cfg, shardings, learning_rate, seed):
                  donate_argnums=(0, 1))
 
 
-def make_eval_step(cfg, shardings):
-  """jit((params, batch) -> logits [B, T, n+1] (regression [B, T])), replicated on every host."""
-  return jax.jit(lambda params, batch: enct5.apply(params, cfg, batch),
+def make_eval_step(cfg, shardings, model='enct5', decode_length=None):
+  """jit((params, batch) -> outputs), replicated on every host: EncT5's logits [B, T, n+1]
+  (regression [B, T]); T5's and 1decT5's greedily decoded tokens [B, decode_length]."""
+  outputs = MODELS[model].outputs
+  return jax.jit(lambda params, batch: outputs(params, cfg, batch, decode_length),
                  in_shardings=(shardings.params, shardings.batch),
                  out_shardings=shardings.replicated)
 
 
-def init_train_state(cfg, shardings, rng):
+def init_train_state(cfg, shardings, rng, model='enct5'):
   """Fresh parameters and Adafactor state, born sharded (jit with out_shardings)."""
-  params = jax.jit(lambda key: enct5.init_params(key, cfg),
+  params = jax.jit(lambda key: enct5.init_params(key, cfg, model),
                    out_shardings=shardings.params)(rng)
   opt_state = jax.jit(adafactor_init, out_shardings=shardings.opt_state)(params)
   return params, opt_state
@@ -397,8 +473,6 @@ def init_train_state(cfg, shardings, rng):
 # ----------------------------------------------------------------------------------------------
 # Data: a GLUE task (glue.py: TSV -> T5 text -> SentencePiece -> packed rows), or the demo task.
 # ----------------------------------------------------------------------------------------------
-
-MODEL_KEYS = ('inputs', 'inputs_segment_ids', 'inputs_positions', 'targets')
 
 # The demo task: made-up words; the label says whether a sentence has more "good" than "bad"
 # cue words. It goes through exactly the GLUE road (TSV files, T5 text, SentencePiece).
@@ -453,12 +527,92 @@ def read_split(task, directory, split):
 
 
 def pack_split(task, examples, vocab, path):
-  """Tokenized and packed rows (one example per row, one slot, with --nopack)."""
+  """Tokenized rows as the model reads them: EncT5's packed rows (one example per row, one
+  slot, with --nopack); for T5 and 1decT5 one example per row (greedy decoding reads one
+  example per row; their training rows are `pack_train_split`'s)."""
   tokenized, _ = glue.tokenize(vocab, examples, FLAGS.max_input_length, path=path)
+  pack = FLAGS.pack and not MODELS[FLAGS.model].labels_as_text
   return packing.pack_examples(
-      tokenized, FLAGS.max_input_length, FLAGS.max_target_length if FLAGS.pack else 1,
-      method='best_fit' if FLAGS.pack else 'unpacked', regression=task.is_regression,
+      tokenized, FLAGS.max_input_length, FLAGS.max_target_length if pack else 1,
+      method='best_fit' if pack else 'unpacked', regression=task.is_regression,
       ids=[example.idx for example in examples])
+
+
+def pack_train_split(task, examples, vocab, path, labels):
+  """The training rows: `pack_split`'s, or for T5 and 1decT5 (`labels`, a LabelText) the inputs
+  packed with their labels as T5 text in the decoder rows (`packing.pack_seq2seq_examples`)."""
+  if labels is None:
+    return pack_split(task, examples, vocab, path)
+  tokenized, _ = glue.tokenize(vocab, examples, FLAGS.max_input_length, path=path)
+  targets = labels.tokens([example.label for example in examples])
+  return packing.pack_seq2seq_examples(
+      [(tokens, target) for (tokens, _), target in zip(tokenized, targets)],
+      FLAGS.max_input_length, FLAGS.max_target_length,
+      method='best_fit' if FLAGS.pack else 'unpacked', ids=[example.idx for example in examples])
+
+
+def label_texts(task):
+  """T5's target strings of a task: its label names, or STS-B's scores 0.0, 0.2, ..., 5.0."""
+  return [f'{i / 5:.1f}' for i in range(26)] if task.is_regression else list(task.label_names)
+
+
+def label_text(task, label):
+  """T5's target string of a label (`t5.data.preprocessors.glue` with `glue_utils`' label
+  names; STS-B: `preprocessors.stsb`).
+
+  NOTE: as T5, STS-B's score x becomes `tf.as_string(tf.round(x * 5) / 5, precision=1)` in
+  float32 (TFDS stores the score as float32): rounding half to even, so 2.5 -> '2.4'.
+  """
+  if task.is_regression:
+    return f'{np.round(np.float32(label) * np.float32(5)) / np.float32(5):.1f}'
+  return task.label_names[label - 1]
+
+
+class LabelText:
+  """A task's labels as T5 text, for T5 and 1decT5 (paper §4.3): tokenized targets, and the way
+  back from a greedily decoded string to a label (T5's GLUE postprocessors)."""
+
+  def __init__(self, task, vocab):
+    self.task, self.vocab = task, vocab
+    for text in label_texts(task):
+      if vocab.decode(vocab.encode(text)) != text:
+        raise ValueError(f'the vocabulary cannot spell the {task.name} label {text!r} (it '
+                         f'decodes as {vocab.decode(vocab.encode(text))!r}); use T5\'s '
+                         'vocabulary, or let train.py train one on the texts and labels')
+    # Decoding stops after the longest label and its EOS: anything longer is no label.
+    self.decode_length = max(len(vocab.encode(text)) for text in label_texts(task)) + 1
+
+  def tokens(self, labels):
+    """Target ids of each label: its T5 text, tokenized, and EOS (seqio appends it)."""
+    pieces = self.vocab.encode([label_text(self.task, label) for label in labels])
+    return [ids + [glue.EOS_ID] for ids in pieces]
+
+  def parse(self, tokens):
+    """Decoded tokens [B, decode_length] -> [B] class ids 1..n, or -1 where the text (the tokens
+    before EOS) is no label; STS-B: floats, -1.0 where the text is no number.
+
+    NOTE: as T5's `postprocessors.string_label_to_class_id` and `string_to_float`, whose
+    default for an unknown string is -1; `unknown_as_wrong` counts it wrong.
+    """
+    tokens = np.asarray(tokens)
+    # Ids past the SentencePiece model (the embedding has rows up to a multiple of 128) as unk.
+    tokens = np.where(tokens < self.vocab.GetPieceSize(), tokens, glue.UNK_ID).tolist()
+    texts = []
+    for row in tokens:
+      end = row.index(glue.EOS_ID) if glue.EOS_ID in row else len(row)
+      texts.append(self.vocab.decode(row[:end]))
+    if self.task.is_regression:
+      return np.array([_float_or(text, -1.0) for text in texts], np.float32)
+    names = self.task.label_names
+    return np.array([names.index(text) + 1 if text in names else -1 for text in texts],
+                    np.int32)
+
+
+def _float_or(text, default):
+  try:
+    return float(text)
+  except ValueError:
+    return default
 
 
 def _local_copy(path, directory):
@@ -489,12 +643,13 @@ def get_vocab(task, train_examples, *, must_exist=False):
     if os.path.isfile(path):
       logging.info('no --vocab: using the SentencePiece model trained earlier, %s', path)
     elif not must_exist:
-      logging.info('no --vocab: training a SentencePiece model (up to %d pieces) on the %d '
-                   'training texts of %s into %s', FLAGS.vocab_size, len(train_examples),
-                   task.name, path)
+      texts = [example.text for example in train_examples]
+      if MODELS[FLAGS.model].labels_as_text:  # T5 and 1decT5 read the targets' text too
+        texts += [label_text(task, example.label) for example in train_examples]
+      logging.info('no --vocab: training a SentencePiece model (up to %d pieces) on %d '
+                   'training texts of %s into %s', FLAGS.vocab_size, len(texts), task.name, path)
       os.makedirs(vocab_dir, exist_ok=True)
-      glue.train_vocab([example.text for example in train_examples], path[:-len('.model')],
-                       FLAGS.vocab_size)
+      glue.train_vocab(texts, path[:-len('.model')], FLAGS.vocab_size)
   if jax.process_count() > 1:
     _share_file(path)
   if not os.path.isfile(path):
@@ -550,8 +705,12 @@ def model_config(task, vocab, checkpoint):
     cfg = enct5.get_config(FLAGS.size or 'small', **shape, **options)
   else:
     # A from-scratch vocabulary of N pieces: N rounded up to a multiple of 128, as T5's 32128.
+    # T5.1.1 has as many decoder layers as encoder layers; EncT5 and 1decT5 keep the first.
     vocab_size = -(-vocab.GetPieceSize() // 128) * 128
-    cfg = enct5.get_config(FLAGS.size or 'tiny', vocab_size=vocab_size, num_decoder_layers=1,
+    num_layers = overrides.get('num_layers', enct5.SIZES[FLAGS.size or 'tiny']['num_layers'])
+    num_decoder_layers = num_layers if FLAGS.model == 't5' else 1
+    cfg = enct5.get_config(FLAGS.size or 'tiny', vocab_size=vocab_size,
+                           num_decoder_layers=num_decoder_layers,
                            **overrides, **options)
   glue.check_vocab_fits(vocab, cfg.vocab_size)
   return cfg
@@ -581,8 +740,9 @@ def checkpoint_step(path):
 
 
 def load_params(path, cfg, shardings, *, with_optimizer_state):
-  """Params (and Adafactor state) from an EncT5 checkpoint of ours or a T5.1.1 checkpoint."""
-  if is_enct5_checkpoint(path):
+  """Params (and Adafactor state) from an EncT5 checkpoint of ours or a T5.1.1 checkpoint (T5's
+  and 1decT5's checkpoints of ours are T5.1.1 checkpoints)."""
+  if FLAGS.model == 'enct5' and is_enct5_checkpoint(path):
     tree = load_ckpt.read_t5x(path, ['target', 'state'] if with_optimizer_state else ['target'])
     got = tree['target']['decoder']['class_projection']['bias'].shape
     if got != (cfg.num_outputs,):
@@ -590,38 +750,65 @@ def load_params(path, cfg, shardings, *, with_optimizer_state):
     params = _place(tree['target'], shardings.params)
     return (params, _place(tree['state'], shardings.opt_state)) if with_optimizer_state else params
   rng = jax.random.PRNGKey(FLAGS.seed)
+  load = lambda **kwargs: load_ckpt.load_params(path, cfg, rng, model=FLAGS.model,
+                                                shardings=shardings.params, **kwargs)
   if not with_optimizer_state:
-    logging.warning('%s is a T5.1.1 checkpoint: the EncT5 head is untrained', path)
-    return load_ckpt.load_enct5_params(path, cfg, rng, shardings=shardings.params)
+    if FLAGS.model == 'enct5':
+      logging.warning('%s is a T5.1.1 checkpoint: the EncT5 head is untrained', path)
+    return load()
   if 'state/step' not in load_ckpt.flatten(load_ckpt.read_index(path)):
     logging.info('%s has no optimizer state: Adafactor starts from zeros', path)
-    params = load_ckpt.load_enct5_params(path, cfg, rng, shardings=shardings.params)
+    params = load()
     return params, jax.jit(adafactor_init, out_shardings=shardings.opt_state)(params)
-  return load_ckpt.load_enct5_params(path, cfg, rng, with_optimizer_state=True,
-                                     shardings=shardings.params,
-                                     opt_shardings=shardings.opt_state)
+  return load(with_optimizer_state=True, opt_shardings=shardings.opt_state)
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation and prediction: packed inference, the padding class ignored (enct5.predict).
+# Evaluation and prediction: EncT5's packed inference, the padding class ignored
+# (enct5.predict); T5's and 1decT5's greedy decoding, the text mapped back to a label.
 # ----------------------------------------------------------------------------------------------
 
-def infer(eval_step, params, packed, cfg, shardings):
-  """Per-example predictions of a packed split -> (example ids ascending, predictions)."""
+def infer(eval_step, params, packed, cfg, shardings, labels=None):
+  """Per-example predictions of a split's rows -> (example ids ascending, predictions).
+  `labels`: the LabelText that T5 and 1decT5 decode with."""
+  model = MODELS[FLAGS.model]
   outputs = []
   for batch in packing.eval_batches(packed, FLAGS.batch_size):
-    logits = eval_step(params, global_batch({k: batch[k] for k in MODEL_KEYS}, shardings.batch))
-    outputs.append(np.asarray(enct5.predict(np.asarray(logits), cfg)))
+    out = eval_step(params, global_batch({k: batch[k] for k in model.eval_keys},
+                                         shardings.batch))
+    outputs.append(model.predictions(np.asarray(out), cfg, labels))
   return packing.per_example(packed['example_ids'], np.concatenate(outputs))
 
 
-def evaluate(eval_step, params, task, eval_sets, cfg, shardings):
-  """The task's GLUE metrics on its validation split(s) -> {'<eval name>/<metric>': value}."""
+def unknown_as_wrong(task, gold, predictions):
+  """Class predictions -1 (a decoded string that is no label) replaced by a wrong class.
+
+  NOTE: as T5's metrics count them: wrong for accuracy; for F1 (MRPC, QQP) the opposite of the
+  gold label, as `f1_score_with_invalid`. For CoLA's Matthews correlation T5's sklearn call sees
+  -1 as a third class; here it is the other class. STS-B's -1.0 stays a score, as in T5.
+  """
+  if task.is_regression:
+    return np.asarray(predictions)
+  gold = np.asarray(gold)
+  return np.where(np.asarray(predictions) < 1, gold % task.num_classes + 1, predictions)
+
+
+def evaluate(eval_step, params, task, eval_sets, cfg, shardings, labels=None):
+  """The task's GLUE metrics on its validation split(s) -> {'<eval name>/<metric>': value}.
+
+  NOTE: every model is scored against the TSV's labels; for STS-B that is the raw score, where
+  T5 compares with its rounded target strings.
+  """
   scores = {}
   for split, (examples, packed) in eval_sets.items():
-    ids, predictions = infer(eval_step, params, packed, cfg, shardings)
-    labels = {example.idx: example.label for example in examples}
-    scores.update(glue.compute_metrics(task, split, [labels[i] for i in ids], predictions))
+    ids, predictions = infer(eval_step, params, packed, cfg, shardings, labels)
+    gold = {example.idx: example.label for example in examples}
+    gold = [gold[i] for i in ids]
+    if not task.is_regression and (predictions < 1).any():
+      logging.info('%s: %d of %d decoded strings are no label; counted wrong', split,
+                   (predictions < 1).sum(), len(predictions))
+    scores.update(glue.compute_metrics(task, split, gold,
+                                       unknown_as_wrong(task, gold, predictions)))
   return scores
 
 
@@ -650,19 +837,21 @@ class NonFiniteLoss(FloatingPointError):
 
 def fine_tune(task, directory, mesh):
   """Fine-tune; evaluate every --eval_every steps; keep the latest and the best checkpoint."""
+  model = MODELS[FLAGS.model]
   train_examples = read_split(task, directory, 'train')
   vocab = get_vocab(task, train_examples)
+  labels = LabelText(task, vocab) if model.labels_as_text else None
   ckpt_dir = os.path.join(FLAGS.output_dir, 'checkpoints')
   best_dir = os.path.join(FLAGS.output_dir, 'best')
   latest = load_ckpt.latest_checkpoint(ckpt_dir)
   cfg = model_config(task, vocab, latest or FLAGS.checkpoint)
-  shardings = Shardings(cfg, mesh)
-  logging.info('EncT5 %s: %s parameters; mesh %s', cfg, f'{enct5.count_params(cfg):,}',
-               dict(mesh.shape))
+  shardings = Shardings(cfg, mesh, FLAGS.model)
+  logging.info('%s %s: %s parameters; mesh %s', model.name, cfg,
+               f'{enct5.count_params(cfg, FLAGS.model):,}', dict(mesh.shape))
 
   # Data: the training split packed once; rows shuffled per epoch by (seed, epoch), so the
   # batch of step s is the same whether or not the run was interrupted (packing.train_batches).
-  packed = pack_split(task, train_examples, vocab, task.files['train'])
+  packed = pack_train_split(task, train_examples, vocab, task.files['train'], labels)
   eval_sets = {}
   for split in task.eval_names:
     examples = read_split(task, directory, split)
@@ -682,7 +871,8 @@ def fine_tune(task, directory, mesh):
     params, opt_state = load_params(FLAGS.checkpoint, cfg, shardings, with_optimizer_state=True)
     logging.info('fine-tuning %s from Adafactor step %d', FLAGS.checkpoint, base_step)
   else:
-    params, opt_state = init_train_state(cfg, shardings, jax.random.PRNGKey(FLAGS.seed))
+    params, opt_state = init_train_state(cfg, shardings, jax.random.PRNGKey(FLAGS.seed),
+                                         FLAGS.model)
     logging.info('random init (seed %d)', FLAGS.seed)
   start = int(jax.device_get(opt_state['step'])) - base_step
   history = read_metrics()
@@ -692,8 +882,9 @@ def fine_tune(task, directory, mesh):
                  FLAGS.train_steps)
     return cfg, best
 
-  train_step = make_train_step(cfg, shardings, FLAGS.learning_rate, FLAGS.seed)
-  eval_step = make_eval_step(cfg, shardings)
+  train_step = make_train_step(cfg, shardings, FLAGS.learning_rate, FLAGS.seed, FLAGS.model)
+  eval_step = make_eval_step(cfg, shardings, FLAGS.model,
+                             decode_length=labels.decode_length if labels else None)
   batches = packing.train_batches(packed, FLAGS.batch_size, FLAGS.seed, start_step=start)
   run_start = interval_start = time.time()
   eval_time = 0.0
@@ -702,7 +893,8 @@ def fine_tune(task, directory, mesh):
   for step in range(start + 1, FLAGS.train_steps + 1):
     batch = next(batches)
     params, opt_state, metrics = train_step(
-        params, opt_state, global_batch({k: batch[k] for k in MODEL_KEYS}, shardings.batch))
+        params, opt_state, global_batch({k: batch[k] for k in model.train_keys},
+                                        shardings.batch))
     loss = float(metrics['loss'])
     if not np.isfinite(loss):
       good = load_ckpt.latest_checkpoint(ckpt_dir)
@@ -733,7 +925,7 @@ def fine_tune(task, directory, mesh):
       t5x_step = int(jax.device_get(opt_state['step']))
       load_ckpt.save_checkpoint(ckpt_dir, t5x_step, params, opt_state,
                                 keep=FLAGS.keep_checkpoints)
-      scores = evaluate(eval_step, params, task, eval_sets, cfg, shardings)
+      scores = evaluate(eval_step, params, task, eval_sets, cfg, shardings, labels)
       score = glue.task_score(task, scores)
       train_loss = since_eval['loss_sum'] / max(since_eval['examples'], 1)
       since_eval = dict(loss_sum=0.0, examples=0)
@@ -780,17 +972,19 @@ def evaluate_or_predict(task, directory, mesh):
   submission TSVs (index, prediction) for --predict_split into output_dir/predictions."""
   path = inference_checkpoint()
   vocab = get_vocab(task, None, must_exist=True)
+  labels = LabelText(task, vocab) if MODELS[FLAGS.model].labels_as_text else None
   cfg = model_config(task, vocab, path)
-  shardings = Shardings(cfg, mesh)
+  shardings = Shardings(cfg, mesh, FLAGS.model)
   params = load_params(path, cfg, shardings, with_optimizer_state=False)
-  eval_step = make_eval_step(cfg, shardings)
+  eval_step = make_eval_step(cfg, shardings, FLAGS.model,
+                             decode_length=labels.decode_length if labels else None)
   logging.info('%s with %s', FLAGS.mode, path)
   if FLAGS.mode == 'eval':
     eval_sets = {}
     for split in task.eval_names:
       examples = read_split(task, directory, split)
       eval_sets[split] = (examples, pack_split(task, examples, vocab, task.files[split]))
-    scores = evaluate(eval_step, params, task, eval_sets, cfg, shardings)
+    scores = evaluate(eval_step, params, task, eval_sets, cfg, shardings, labels)
     logging.info('eval %s | %s | score %.2f', path,
                  ' '.join(f'{k} {v:.2f}' for k, v in scores.items()),
                  glue.task_score(task, scores))
@@ -802,7 +996,13 @@ def evaluate_or_predict(task, directory, mesh):
   for split in splits:
     examples = read_split(task, directory, split)
     ids, predictions = infer(eval_step, params, pack_split(task, examples, vocab,
-                                                           task.files[split]), cfg, shardings)
+                                                           task.files[split]), cfg, shardings,
+                             labels)
+    if not task.is_regression and (predictions < 1).any():
+      logging.warning('%s: %d of %d decoded strings are no label; written as %r (a submission '
+                      'needs one)', split, (predictions < 1).sum(), len(predictions),
+                      task.raw_label(1))
+      predictions = np.maximum(predictions, 1)
     if jax.process_index() == 0:
       os.makedirs(out_dir, exist_ok=True)
       out = os.path.join(out_dir, prediction_file(task, split))
@@ -836,7 +1036,7 @@ def _demo_setup():
     FLAGS.output_dir = tempfile.mkdtemp(prefix='enct5_demo_')
   logging.info('no --task: the demo. A generated task (sentences of made-up words; is there more '
                '"good" than "bad" cue words?), a SentencePiece model trained on it, a tiny '
-               'EncT5 trained from scratch, in %s', FLAGS.output_dir)
+               '%s trained from scratch, in %s', MODELS[FLAGS.model].name, FLAGS.output_dir)
   for place in GLUE_PLACES:
     if os.path.isdir(place):
       logging.info('GLUE data found at %s: fine-tune on it with e.g. `python train.py '
