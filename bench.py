@@ -384,9 +384,7 @@ def bench_checkpoint(table, args):
     loaded_bytes = {name: tree_bytes(fn()) for name, fn in loads.items()}
     times, _ = round_robin(loads, args.rounds, warmup=0)
   notes = {'EncT5': 'load_ckpt.load_enct5_params(with_optimizer_state=True)',
-           'EncT5 leaves, read only': 'read_t5x of the same leaves: the I/O part of the above '
-                                      '(most of the rest: load_ckpt compiles its jit(init_fresh) '
-                                      'anew at every call)',
+           'EncT5 leaves, read only': 'read_t5x of the same leaves: the I/O part of the above',
            'T5 (full tree)': 'read_t5x of everything'}
   for name in loads:
     table.add('ckpt', f'small: load {name}', f'{med(times[name]):.2f}s',
@@ -571,7 +569,7 @@ def main():
   load_end = os.getloadavg()
   table.add('machine', 'host', f'{cpu_model()}, {os.cpu_count()} CPUs',
             note=f'jax {jax.__version__}; 1-min load average {load_start[0]:.1f} at start, '
-                 f'{load_end[0]:.1f} at end (> CPUs: other jobs shared the cores)')
+                 f'{load_end[0]:.1f} at end (above the CPU count: other jobs shared the cores)')
   table.add('machine', 'wall time', f'{time.perf_counter() - start:.0f}s',
             note='--quick' if quick else '')
   table.print()
