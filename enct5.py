@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import packing
 import t5_layers
@@ -195,6 +196,28 @@ def param_specs(cfg, model='enct5'):
       'encoder': encoder,
       'decoder': decoder,
   }
+
+
+# Adafactor (T5X `adafactor.py`) factors a parameter's second moment by its shape alone.
+MIN_DIM_SIZE_TO_FACTOR = 128  # factor only if the second-largest dim is >= 128
+
+
+def factored_dims(shape, min_dim_size_to_factor=MIN_DIM_SIZE_TO_FACTOR):
+  """(row_dim, col_dim) of a factored second moment, or None: T5X `Adafactor._factored_dims`.
+
+  col_dim is the largest dim and row_dim the second largest; with equal sizes the earlier dim is
+  the row (T5X's `np.argsort`), so a (128, 128) kernel has v_row indexed by dim 0 and `wo`
+  [F, D] = (256, 128) has v_row indexed by dim 1. `v_row` = mean of g^2 over col_dim (shape
+  without col_dim); `v_col` = mean over row_dim.
+  NOTE: T5X is built with `standard_logical_factor_rules()`, but `_parse_rule` falls back to
+  this shape heuristic for every parameter of rank <= 2 (all of ours), so the rules never apply.
+  """
+  if len(shape) < 2:
+    return None
+  order = np.argsort(shape, kind='stable')
+  if shape[order[-2]] < min_dim_size_to_factor:
+    return None
+  return int(order[-2]), int(order[-1])
 
 
 def _is_spec(x):

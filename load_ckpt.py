@@ -349,15 +349,14 @@ def _check_config(flat, cfg, path):
 def adafactor_shapes(shape):
   """Shapes of the Adafactor slots {'m', 'v', 'v_row', 'v_col'} of a parameter in T5X's layout.
 
-  NOTE: T5X `Adafactor.init_param_state` with `_factored_dims` (the rule of train.py's
-  `factored_dims`): factored iff the second-largest dim is >= 128; `v_row` drops the largest
-  dim, `v_col` the second largest (equal sizes: the earlier dim counts as smaller). Unused
-  slots, and `m` (no momentum), are (1,) placeholders.
+  As T5X `Adafactor.init_param_state`: a factored parameter (`enct5.factored_dims`) has
+  `v_row` without the largest dim and `v_col` without the second largest; an unfactored one
+  a full `v`. Unused slots, and `m` (no momentum), are (1,) placeholders.
   """
   shapes = {'m': (1,), 'v': tuple(shape), 'v_row': (1,), 'v_col': (1,)}
-  order = np.argsort(shape, kind='stable')
-  if len(shape) >= 2 and shape[order[-2]] >= 128:
-    row, col = int(order[-2]), int(order[-1])
+  dims = enct5.factored_dims(shape)
+  if dims is not None:
+    row, col = dims
     shapes['v'] = (1,)
     shapes['v_row'] = tuple(np.delete(shape, col).tolist())
     shapes['v_col'] = tuple(np.delete(shape, row).tolist())

@@ -11,6 +11,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+import enct5
 import glue
 import train
 
@@ -41,7 +42,7 @@ def _adafactor_reference(param, grads, lr, factored):
   return p, (v_row, v_col) if factored else v
 
 
-def _run(param, grads, lr, min_dim=train.MIN_DIM_SIZE_TO_FACTOR):
+def _run(param, grads, lr, min_dim=enct5.MIN_DIM_SIZE_TO_FACTOR):
   params = {'w': jnp.asarray(param, jnp.float32)}
   state = train.adafactor_init(params, min_dim_size_to_factor=min_dim)
   for g in grads:

@@ -145,31 +145,12 @@ DECAY_RATE = 0.8                 # rho_t = 1 - (t + 1)^-0.8, t = steps taken so 
 EPSILON1 = 1e-30                 # added to g^2
 EPSILON2 = 1e-3                  # floor of the parameter scale RMS(param)
 CLIPPING_THRESHOLD = 1.0         # update clipping: y / max(1, RMS(y) / 1.0)
-MIN_DIM_SIZE_TO_FACTOR = 128     # factor only if the second-largest dim is >= 128
-
-
-def factored_dims(shape, min_dim_size_to_factor=MIN_DIM_SIZE_TO_FACTOR):
-  """(row_dim, col_dim) of a factored second moment, or None: T5X `Adafactor._factored_dims`.
-
-  col_dim is the largest dim and row_dim the second largest; with equal sizes the earlier dim is
-  the row (T5X's `np.argsort`), so a (128, 128) kernel has v_row indexed by dim 0 and `wo`
-  [F, D] = (256, 128) has v_row indexed by dim 1. `v_row` = mean of g^2 over col_dim (shape
-  without col_dim); `v_col` = mean over row_dim.
-  NOTE: T5X is built with `standard_logical_factor_rules()`, but `_parse_rule` falls back to
-  this shape heuristic for every parameter of rank <= 2 (all of ours), so the rules never apply.
-  """
-  if len(shape) < 2:
-    return None
-  order = np.argsort(shape, kind='stable')
-  if shape[order[-2]] < min_dim_size_to_factor:
-    return None
-  return int(order[-2]), int(order[-1])
 
 
 def _init_param_state(param, min_dim_size_to_factor):
   """T5X `init_param_state`: unused slots are zeros((1,)) placeholders, as in checkpoints."""
   state = {k: jnp.zeros((1,), jnp.float32) for k in ('m', 'v', 'v_row', 'v_col')}
-  dims = factored_dims(param.shape, min_dim_size_to_factor)
+  dims = enct5.factored_dims(param.shape, min_dim_size_to_factor)
   if dims is None:
     state['v'] = jnp.zeros(param.shape, jnp.float32)
   else:
@@ -179,7 +160,7 @@ def _init_param_state(param, min_dim_size_to_factor):
   return state
 
 
-def adafactor_init(params, *, min_dim_size_to_factor=MIN_DIM_SIZE_TO_FACTOR):
+def adafactor_init(params, *, min_dim_size_to_factor=enct5.MIN_DIM_SIZE_TO_FACTOR):
   """Optimizer state in T5X's layout: {'step': 0, 'param_states': {...: {m, v, v_row, v_col}}}."""
   param_states = jax.tree.map(lambda p: _init_param_state(p, min_dim_size_to_factor), params)
   return {'step': jnp.zeros((), jnp.int32), 'param_states': param_states}
@@ -197,7 +178,7 @@ def _update_param(param, grad, state, step, learning_rate, min_dim_size_to_facto
   update_scale = learning_rate * param_scale
   grad_sqr = grad * grad + EPSILON1
   new_state = {k: jnp.zeros((1,), jnp.float32) for k in ('m', 'v', 'v_row', 'v_col')}
-  dims = factored_dims(param.shape, min_dim_size_to_factor)
+  dims = enct5.factored_dims(param.shape, min_dim_size_to_factor)
   if dims is not None:
     row, col = dims
     new_v_row = decay_rate * state['v_row'] + mixing_rate * jnp.mean(grad_sqr, axis=col)
@@ -217,7 +198,7 @@ def _update_param(param, grad, state, step, learning_rate, min_dim_size_to_facto
 
 
 def adafactor_update(grads, opt_state, params, learning_rate, *,
-                     min_dim_size_to_factor=MIN_DIM_SIZE_TO_FACTOR):
+                     min_dim_size_to_factor=enct5.MIN_DIM_SIZE_TO_FACTOR):
   """One Adafactor step: T5X `Adafactor.apply_gradient`. Returns (new_params, new_opt_state).
 
   Pure: jit it; `learning_rate` may be traced. The state's step count increments by one.
@@ -305,7 +286,8 @@ def param_partition_specs(cfg, mesh, model='enct5'):
   return specs
 
 
-def opt_partition_specs(param_specs_, param_shapes, min_dim_size_to_factor=MIN_DIM_SIZE_TO_FACTOR):
+def opt_partition_specs(param_specs_, param_shapes,
+                        min_dim_size_to_factor=enct5.MIN_DIM_SIZE_TO_FACTOR):
   """Adafactor state sharded like its parameter: v as the parameter; v_row (v_col) as the
   parameter without its col (row) dim; (1,) placeholders and the step replicated.
 
@@ -313,7 +295,7 @@ def opt_partition_specs(param_specs_, param_shapes, min_dim_size_to_factor=MIN_D
   parameter only changes where they live, not their values.
   """
   def leaf(spec, shape):
-    dims = factored_dims(shape, min_dim_size_to_factor)
+    dims = enct5.factored_dims(shape, min_dim_size_to_factor)
     if dims is None:
       return {'m': P(), 'v': spec, 'v_row': P(), 'v_col': P()}
     row, col = dims
