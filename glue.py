@@ -351,10 +351,17 @@ def spearman_corrcoef(x, y):
   return pearson_corrcoef(average_ranks(x), average_ranks(y))
 
 
+INVALID_PREDICTION = -1  # T5's class id for an output string that is no label
+
+
 def compute_metrics(task, split, labels, predictions):
   """The task's GLUE metrics on one validation split -> {'<eval name>/<metric>': value}.
 
-  labels, predictions: class ids 1..n (e.g. `enct5.predict`), or scores for STS-B.
+  labels: class ids 1..n, or scores for STS-B. predictions: the same, where a class
+  prediction may be INVALID_PREDICTION (a T5 output string that is no label).
+  NOTE: as T5's metrics count an invalid prediction: wrong for accuracy, a class of its own
+  for Matthews correlation (sklearn's), and the opposite of the gold label for F1
+  (`f1_score_with_invalid`).
   """
   if split not in task.eval_names:
     raise ValueError(f'{task.name}: no metrics for split {split!r}; evaluated splits are '
@@ -364,15 +371,17 @@ def compute_metrics(task, split, labels, predictions):
     raise ValueError(f'{task.name}: labels {labels.shape} and predictions '
                      f'{predictions.shape} must be equal, non-empty vectors')
   if not task.is_regression:
-    for name, values in (('label', labels), ('prediction', predictions)):
-      valid = (values >= 1) & (values <= task.num_classes)
+    for name, values, allowed in (('label', labels, ()),
+                                  ('prediction', predictions, (INVALID_PREDICTION,))):
+      valid = ((values >= 1) & (values <= task.num_classes)) | np.isin(values, allowed)
       if not valid.all():
         raise ValueError(f'{task.name}: {name} {values[~valid][0]} is not a class id '
                          f'1..{task.num_classes}')
   positive = 2  # T5's label 1 ('equivalent', 'duplicate') is class id 2
+  opposite = np.where(labels == positive, 1, positive)  # binary tasks only use it
   functions = {
       'accuracy': accuracy,
-      'f1': lambda l, p: f1(l, p, positive),
+      'f1': lambda l, p: f1(l, np.where(p == INVALID_PREDICTION, opposite, p), positive),
       'matthews_corrcoef': matthews_corrcoef,
       'pearson_corrcoef': pearson_corrcoef,
       'spearman_corrcoef': spearman_corrcoef,

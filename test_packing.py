@@ -652,6 +652,24 @@ def test_metrics_match_sklearn_and_scipy():
     np.testing.assert_allclose(glue.average_ranks(scores[0]), stats.rankdata(scores[0]))
 
 
+def test_invalid_predictions_count_as_t5_counts_them():
+  """A T5 output string that is no label: wrong for accuracy, the opposite of the gold label
+  for F1 (T5 `f1_score_with_invalid`), a class of its own for Matthews correlation."""
+  invalid = glue.INVALID_PREDICTION
+  gold, predictions = [2, 1, 1, 2], [2, invalid, 1, invalid]
+  scores = glue.compute_metrics(glue.get_task('mrpc'), 'validation', gold, predictions)
+  # As [2, 2, 1, 1]: one true positive, one false positive, one false negative.
+  assert scores['mrpc/f1'] == pytest.approx(100 * 2 / 4)
+  assert scores['mrpc/accuracy'] == pytest.approx(50.0)
+  sklearn_metrics = pytest.importorskip('sklearn.metrics')
+  gold, predictions = [2, 1, 1, 2, 2, 1, 2], [2, invalid, 1, 1, invalid, 1, 2]
+  scores = glue.compute_metrics(glue.get_task('cola'), 'validation', gold, predictions)
+  assert scores['cola/matthews_corrcoef'] == pytest.approx(
+      100 * sklearn_metrics.matthews_corrcoef(gold, predictions))
+  with pytest.raises(ValueError, match='is not a class id'):
+    glue.compute_metrics(glue.get_task('cola'), 'validation', [invalid, 1], [1, 1])
+
+
 def test_compute_metrics_task_score_and_glue_average():
   mrpc = glue.TASKS['mrpc']
   scores = glue.compute_metrics(mrpc, 'validation', [2, 2, 1, 1], [2, 1, 1, 1])

@@ -574,7 +574,8 @@ class LabelText:
     before EOS) is no label; STS-B: floats, -1.0 where the text is no number.
 
     NOTE: as T5's `postprocessors.string_label_to_class_id` and `string_to_float`, whose
-    default for an unknown string is -1; `unknown_as_wrong` counts it wrong.
+    default for an unknown string is -1 (`glue.INVALID_PREDICTION`), which the metrics count
+    wrong.
     """
     tokens = np.asarray(tokens)
     # Ids past the SentencePiece model (the embedding has rows up to a multiple of 128) as unk.
@@ -762,19 +763,6 @@ def infer(eval_step, params, packed, cfg, shardings, labels=None):
   return packing.per_example(packed['example_ids'], np.concatenate(outputs))
 
 
-def unknown_as_wrong(task, gold, predictions):
-  """Class predictions -1 (a decoded string that is no label) replaced by a wrong class.
-
-  NOTE: as T5's metrics count them: wrong for accuracy; for F1 (MRPC, QQP) the opposite of the
-  gold label, as `f1_score_with_invalid`. For CoLA's Matthews correlation T5's sklearn call sees
-  -1 as a third class; here it is the other class. STS-B's -1.0 stays a score, as in T5.
-  """
-  if task.is_regression:
-    return np.asarray(predictions)
-  gold = np.asarray(gold)
-  return np.where(np.asarray(predictions) < 1, gold % task.num_classes + 1, predictions)
-
-
 def evaluate(eval_step, params, task, eval_sets, cfg, shardings, labels=None):
   """The task's GLUE metrics on its validation split(s) -> {'<eval name>/<metric>': value}.
 
@@ -786,11 +774,11 @@ def evaluate(eval_step, params, task, eval_sets, cfg, shardings, labels=None):
     ids, predictions = infer(eval_step, params, packed, cfg, shardings, labels)
     gold = {example.idx: example.label for example in examples}
     gold = [gold[i] for i in ids]
-    if not task.is_regression and (predictions < 1).any():
+    invalid = predictions == glue.INVALID_PREDICTION
+    if not task.is_regression and invalid.any():
       logging.info('%s: %d of %d decoded strings are no label; counted wrong', split,
-                   (predictions < 1).sum(), len(predictions))
-    scores.update(glue.compute_metrics(task, split, gold,
-                                       unknown_as_wrong(task, gold, predictions)))
+                   invalid.sum(), len(predictions))
+    scores.update(glue.compute_metrics(task, split, gold, predictions))
   return scores
 
 
@@ -980,10 +968,10 @@ def evaluate_or_predict(task, directory, mesh):
     ids, predictions = infer(eval_step, params, pack_split(task, examples, vocab,
                                                            task.files[split]), cfg, shardings,
                              labels)
-    if not task.is_regression and (predictions < 1).any():
+    invalid = predictions == glue.INVALID_PREDICTION
+    if not task.is_regression and invalid.any():
       logging.warning('%s: %d of %d decoded strings are no label; written as %r (a submission '
-                      'needs one)', split, (predictions < 1).sum(), len(predictions),
-                      task.raw_label(1))
+                      'needs one)', split, invalid.sum(), len(predictions), task.raw_label(1))
       predictions = np.maximum(predictions, 1)
     if jax.process_index() == 0:
       os.makedirs(out_dir, exist_ok=True)
