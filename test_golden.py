@@ -21,9 +21,10 @@ import pytest
 
 import enct5
 import load_ckpt
+import testutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.environ.get('ENCT5_SHARED', os.path.join(HERE, '..', 'shared'))
+SHARED = testutil.SHARED
 LEGACY_FIXTURE = os.path.join(SHARED, 'fixtures', 't5x_tiny_t5_1_1_legacy.msgpack')
 ATOL = 1e-5
 

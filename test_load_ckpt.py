@@ -3,7 +3,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,10 +17,11 @@ import pytest
 
 import enct5
 import load_ckpt
+import testutil
 import train
 from load_ckpt import CheckpointError
 
-SHARED = os.environ.get('ENCT5_SHARED', os.path.join(os.path.dirname(__file__), '..', 'shared'))
+SHARED = testutil.SHARED
 FIXTURES = os.path.join(SHARED, 'fixtures')
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -633,12 +633,6 @@ _SHARDED_WORKER = textwrap.dedent('''
 ''')
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.parametrize('num_processes', [2])
 def test_sharded_load_reads_only_each_process_slices(tmp_path, num_processes):
   """4 CPU devices per process; with 2 processes 'model' spans both, so each reads half the
@@ -649,20 +643,11 @@ def test_sharded_load_reads_only_each_process_slices(tmp_path, num_processes):
   script.write_text(_SHARDED_WORKER)
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env['PYTHONPATH'] = REPO
-  port = _free_port()
-  workers = [subprocess.Popen([sys.executable, str(script), str(i), str(num_processes),
-                               str(port), path, str(tmp_path / 'run')], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env)
-             for i in range(num_processes)]
-  try:
-    outputs = [w.communicate(timeout=180) for w in workers]
-  finally:
-    for w in workers:
-      if w.poll() is None:
-        w.kill()
-  for w, (_, err) in zip(workers, outputs):
-    assert w.returncode == 0, err[-3000:]
-  for out, _ in outputs:
+  port = testutil.free_port()
+  outputs = testutil.run_processes(
+      [[sys.executable, str(script), str(i), str(num_processes), str(port), path,
+        str(tmp_path / 'run')] for i in range(num_processes)], env, timeout=180)
+  for out in outputs:
     result = json.loads(out.strip().splitlines()[-1])
     assert result['ok'] and result['devices'] == 4 * num_processes
     assert result['embedding_spec'] == "P('model', None)"

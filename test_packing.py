@@ -13,8 +13,9 @@ import pytest
 import enct5
 import glue
 import packing
+import testutil
 
-SHARED = os.environ.get('ENCT5_SHARED', os.path.join(os.path.dirname(__file__), '..', 'shared'))
+SHARED = testutil.SHARED
 GLUE_DIR = os.path.join(SHARED, 'glue')
 
 # Rows (excluding headers) and label counts of ../shared/glue, from its SOURCES.md.

@@ -2,7 +2,6 @@
 and the T5 and 1decT5 baselines (labels as text, greedy decoding mapped back to labels)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,9 +12,10 @@ import jax.numpy as jnp
 
 import enct5
 import glue
+import testutil
 import train
 
-SHARED = os.environ.get('ENCT5_SHARED', os.path.join(os.path.dirname(__file__), '..', 'shared'))
+SHARED = testutil.SHARED
 MINI_CKPT = os.path.join(SHARED, 'fixtures', 't5x_mini_t5_1_1', 'checkpoint_3')
 
 
@@ -158,32 +158,18 @@ def test_sharded_train_step_equals_single_device():
   assert result['8x1']['specs']['embedding'] == "P('model', None)"
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_reach_the_same_loss_as_one():
   """Two processes on 127.0.0.1 (2 CPU devices each, mesh 2x2, gloo collectives), each feeding
   its half of the global batch, match one single-device process on the same global batch."""
   single = _run_tool('multihost_check.py')
   script = os.path.join(os.path.dirname(__file__), 'tools', 'multihost_check.py')
-  address = f'127.0.0.1:{_free_port()}'
+  address = f'127.0.0.1:{testutil.free_port()}'
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  procs = [subprocess.Popen([sys.executable, script, '--num_processes=2', f'--process_id={i}',
-                             f'--coordinator_address={address}', '--local_devices=2',
-                             '--mesh=2x2'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env) for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=120) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
-  multi = json.loads(outs[0][0].strip().splitlines()[-1])
+  outs = testutil.run_processes(
+      [[sys.executable, script, '--num_processes=2', f'--process_id={i}',
+        f'--coordinator_address={address}', '--local_devices=2', '--mesh=2x2']
+       for i in range(2)], env, timeout=120)
+  multi = json.loads(outs[0].strip().splitlines()[-1])
   assert multi['processes'] == 2 and multi['devices'] == 4, multi
   np.testing.assert_allclose(multi['losses'], single['losses'], rtol=1e-5)
   np.testing.assert_allclose(multi['checksum'], single['checksum'], rtol=1e-6)
