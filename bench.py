@@ -26,9 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import adafactor
 import enct5
 import load_ckpt
 import packing
+import t5
 import train
 
 SHARED = os.environ.get('ENCT5_SHARED',
@@ -111,7 +113,7 @@ def sst2_lengths(split, num, rng):
 
 def random_examples(lengths, cfg, rng):
   """(tokens ending in EOS, class label 1..2) per length; ids are random (speed only)."""
-  return [(np.append(rng.randint(2, cfg.vocab_size, n - 1), enct5.EOS_ID), int(rng.randint(1, 3)))
+  return [(np.append(rng.randint(2, cfg.vocab_size, n - 1), t5.EOS_ID), int(rng.randint(1, 3)))
           for n in lengths]
 
 
@@ -135,7 +137,7 @@ def t5_targets(rows):
   per = LABEL_TOKENS + 1
   batch, slots = rows['targets'].shape
   label = np.arange(LABEL_TOKENS) + 100  # any ids; only shapes matter for speed
-  tokens = np.tile(np.append(label, enct5.EOS_ID), slots)[None].repeat(batch, 0)
+  tokens = np.tile(np.append(label, t5.EOS_ID), slots)[None].repeat(batch, 0)
   segments = np.repeat(np.arange(1, slots + 1), per)[None].repeat(batch, 0)
   real = np.repeat(rows['targets'] > 0, per, axis=1)
   targets = np.where(real, tokens, 0).astype(np.int32)
@@ -160,19 +162,19 @@ def bench_params(table):
 
 
 def make_train_step(cfg, model):
-  """jit(grad of the model's loss + train.adafactor_update), params and state donated.
+  """jit(grad of the model's loss + adafactor.update), params and state donated.
 
   Same for all three models: dropout 0.1 from a key folded with the step, as train.py.
   """
   def loss(params, batch, rng):
     if model == 'enct5':
       return enct5.loss_fn(params, cfg, batch, rng=rng)[0]
-    return enct5.t5_loss_fn(params, cfg, batch, model=model, rng=rng)[0]
+    return t5.loss_fn(params, cfg, batch, model=model, rng=rng)[0]
 
   def step(params, opt_state, batch):
     rng = jax.random.fold_in(jax.random.PRNGKey(0), opt_state['step'])
     value, grads = jax.value_and_grad(loss)(params, batch, rng)
-    params, opt_state = train.adafactor_update(grads, opt_state, params, LEARNING_RATE)
+    params, opt_state = adafactor.update(grads, opt_state, params, LEARNING_RATE)
     return params, opt_state, value
 
   return jax.jit(step, donate_argnums=(0, 1))
@@ -183,7 +185,7 @@ class Trainer:
 
   def __init__(self, cfg, model, batch):
     self.params = enct5.init_params(jax.random.PRNGKey(0), cfg, model)
-    self.opt_state = train.adafactor_init(self.params)
+    self.opt_state = adafactor.init(self.params)
     self.batch = jax.device_put(batch)
     self.compiled = make_train_step(cfg, model).lower(self.params, self.opt_state,
                                                       self.batch).compile()
@@ -222,8 +224,8 @@ def adafactor_fn(cfg):
   share of a train step. It streams every parameter through memory a few times."""
   params = enct5.init_params(jax.random.PRNGKey(0), cfg)
   grads = jax.tree.map(lambda x: x * 1e-3, params)
-  state = {'params': params, 'opt_state': train.adafactor_init(params)}
-  update = jax.jit(lambda g, o, p: train.adafactor_update(g, o, p, LEARNING_RATE),
+  state = {'params': params, 'opt_state': adafactor.init(params)}
+  update = jax.jit(lambda g, o, p: adafactor.update(g, o, p, LEARNING_RATE),
                    donate_argnums=(1, 2)).lower(grads, state['opt_state'], params).compile()
 
   def step():
@@ -252,7 +254,7 @@ def bench_train(table, args, rng):
 
   Fair by construction: the same packed input rows (same examples, same tokens); each model's
   own loss (T5X's summed token cross-entropy + z-loss for T5 and 1decT5, the per-example mean
-  for EncT5); dropout 0.1; the same jitted grad + train.adafactor_update with donated buffers.
+  for EncT5); dropout 0.1; the same jitted grad + adafactor.update with donated buffers.
   T5 gets its targets packed as T5X packs them, as tight as they can be: each example's label
   is LABEL_TOKENS tokens + EOS, so Ld = 3T for T examples a row; EncT5 has T slots.
   """
@@ -260,7 +262,7 @@ def bench_train(table, args, rng):
   peak_fn, peak_flops = matmul_peak_fn(args.matmul_size)
   table.add('train', 'setup', 'same rows', note='same packed inputs; T5 targets packed as '
             'T5X does, 2 label tokens + EOS per example (Ld = 3T); EncT5 T slots; dropout 0.1; '
-            'jit(grad + train.adafactor_update), donated params and state')
+            'jit(grad + adafactor.update), donated params and state')
   for size, num_rows in (('tiny', args.tiny_rows), ('small', args.small_rows)):
     cfg = enct5.get_config(size, dropout_rate=0.1)
     # NOTE: best-fit decreasing fills its first rows with the longest examples: a batch is
@@ -365,7 +367,7 @@ def bench_checkpoint(table, args):
   (only the kept parameters) and in full."""
   cfg = enct5.get_config('small')
   params = enct5.init_params(jax.random.PRNGKey(0), cfg, 't5')
-  opt_state = train.adafactor_init(params)
+  opt_state = adafactor.init(params)
   with tempfile.TemporaryDirectory(prefix='enct5_bench_') as directory:
     start = time.perf_counter()
     path = load_ckpt.save_checkpoint(directory, 0, params, opt_state)

@@ -16,9 +16,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-import packing
+import t5
 import t5_layers
 
 
@@ -86,7 +85,8 @@ def get_config(size, num_classes=2, **overrides):
 
 # ---------------------------------------------------------------------------------------------
 # Parameters: each one declared once, with shape, T5X logical axes and T5X initializer. Init,
-# sharding (train.py), Adafactor factoring and parameter counts all derive from this table.
+# sharding (partitioning.py), Adafactor factoring (adafactor.py) and parameter counts all derive
+# from this table.
 # ---------------------------------------------------------------------------------------------
 
 class ParamSpec(NamedTuple):
@@ -183,9 +183,8 @@ def param_specs(cfg, model='enct5'):
             'bias': ParamSpec((cfg.num_outputs,), ('classes',), _INIT.zeros)},
     }
   else:
-    num_decoder_layers = cfg.num_decoder_layers if model == 't5' else 1
     decoder = {f'layers_{i}': _decoder_layer_specs(cfg, with_self_attention=True)
-               for i in range(num_decoder_layers)}
+               for i in range(t5.num_decoder_layers(cfg, model))}
     decoder['relpos_bias'] = _relpos_spec(cfg)
     decoder['decoder_norm'] = _norm_spec(cfg)
     decoder['logits_dense'] = {'kernel': ParamSpec((cfg.d_model, cfg.vocab_size),
@@ -196,28 +195,6 @@ def param_specs(cfg, model='enct5'):
       'encoder': encoder,
       'decoder': decoder,
   }
-
-
-# Adafactor (T5X `adafactor.py`) factors a parameter's second moment by its shape alone.
-MIN_DIM_SIZE_TO_FACTOR = 128  # factor only if the second-largest dim is >= 128
-
-
-def factored_dims(shape, min_dim_size_to_factor=MIN_DIM_SIZE_TO_FACTOR):
-  """(row_dim, col_dim) of a factored second moment, or None: T5X `Adafactor._factored_dims`.
-
-  col_dim is the largest dim and row_dim the second largest; with equal sizes the earlier dim is
-  the row (T5X's `np.argsort`), so a (128, 128) kernel has v_row indexed by dim 0 and `wo`
-  [F, D] = (256, 128) has v_row indexed by dim 1. `v_row` = mean of g^2 over col_dim (shape
-  without col_dim); `v_col` = mean over row_dim.
-  NOTE: T5X is built with `standard_logical_factor_rules()`, but `_parse_rule` falls back to
-  this shape heuristic for every parameter of rank <= 2 (all of ours), so the rules never apply.
-  """
-  if len(shape) < 2:
-    return None
-  order = np.argsort(shape, kind='stable')
-  if shape[order[-2]] < min_dim_size_to_factor:
-    return None
-  return int(order[-2]), int(order[-1])
 
 
 def _is_spec(x):
@@ -253,8 +230,8 @@ def encode(params, cfg, inputs, segment_ids=None, positions=None, *, determinist
   del positions  # relative offsets within an example do not depend on them
   if segment_ids is None:
     segment_ids = (inputs != 0).astype(jnp.int32)
-  mask = packing.self_attention_mask(segment_ids)  # [B, 1, L, L]
-  encoded = t5_layers.encoder(params, cfg, inputs, mask, _dropout_rng(deterministic, rng))
+  mask = t5_layers.self_attention_mask(segment_ids)  # [B, 1, L, L]
+  encoded = t5_layers.encoder(params, cfg, inputs, mask, t5_layers.training_rng(deterministic, rng))
   return encoded.astype(jnp.float32)
 
 
@@ -275,7 +252,7 @@ def pool(params, cfg, encoded, segment_ids, num_slots, rng=None):
   y = jnp.broadcast_to(decoder['bos_embedding'].astype(cfg.activation_dtype),
                        (batch, num_slots, d_model))  # [B, T, D]
   y = t5_layers.dropout(y, cfg.dropout_rate, embed_rng)  # as T5X drops decoder embeddings
-  mask = packing.pooling_mask(segment_ids, num_slots)  # [B, 1, T, L]
+  mask = t5_layers.pooling_mask(segment_ids, num_slots)  # [B, 1, T, L]
   # No position bias in cross-attention (T5).
   y = t5_layers.attention_block(cfg, layer['pre_cross_attention_layer_norm']['scale'],
                                 layer['encoder_decoder_attention'], y, mask,
@@ -293,7 +270,7 @@ def apply(params, cfg, batch, *, deterministic=True, rng=None):
   [B, L] and targets [B, T], whose width T is the number of query slots. An unpacked batch
   is a packed one with one example per row and T = 1.
   """
-  rng = _dropout_rng(deterministic, rng)
+  rng = t5_layers.training_rng(deterministic, rng)
   encoder_rng, pool_rng = t5_layers.split_rng(rng, 2)
   segment_ids = batch['inputs_segment_ids']
   encoded = encode(params, cfg, batch['inputs'], segment_ids, deterministic=rng is None,
@@ -303,14 +280,6 @@ def apply(params, cfg, batch, *, deterministic=True, rng=None):
   projection = params['decoder']['class_projection']
   logits = pooled.astype(jnp.float32) @ projection['kernel'] + projection['bias']
   return logits[..., 0] if cfg.is_regression else logits
-
-
-def _dropout_rng(deterministic, rng):
-  if deterministic:
-    return None
-  if rng is None:
-    raise ValueError('dropout (deterministic=False) needs an rng')
-  return rng
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,177 +329,3 @@ def predict(logits, cfg):
   if cfg.is_regression:
     return logits
   return jnp.argmax(logits[..., 1:], axis=-1) + 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Baselines: T5 and 1decT5 (paper §4.3).
-# The full T5.1.1 encoder-decoder (labels as text, vocabulary logits, teacher forcing) and
-# 1decT5, the same model cut to its first decoder layer (self-attention kept), decoder_norm and
-# logits_dense. As T5X `EncoderDecoderModel` over `network.Transformer`; the encoder is `encode`.
-# ---------------------------------------------------------------------------------------------
-
-EOS_ID = 1  # T5's SentencePiece end-of-sequence id (padding and decoder BOS are 0)
-Z_LOSS = 1e-4  # T5X's t5_1_1 gin: `EncoderDecoderModel.z_loss = 0.0001`
-
-
-def num_baseline_decoder_layers(cfg, model):
-  """All of T5.1.1's decoder layers for 't5'; only the first for '1dect5'."""
-  if model not in ('t5', '1dect5'):
-    raise ValueError(f"baseline model must be 't5' or '1dect5', got {model!r}")
-  return cfg.num_decoder_layers if model == 't5' else 1
-
-
-def decoder_self_attention_mask(decoder_target_tokens, decoder_segment_ids=None):
-  """Causal self-attention within one target: [B, Ld] -> [B, 1, Ld, Ld] bool.
-
-  NOTE: as T5X `make_decoder_mask`: position i sees j <= i, both real (decoder_target_tokens
-  > 0; the decoder inputs start with the BOS 0, so they cannot say which tokens are real) and,
-  when packed, of the same segment.
-  """
-  length = decoder_target_tokens.shape[1]
-  causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]  # [Ld, Ld]
-  real = decoder_target_tokens > 0
-  mask = causal[None] & real[:, :, None] & real[:, None, :]
-  if decoder_segment_ids is not None:
-    mask &= decoder_segment_ids[:, :, None] == decoder_segment_ids[:, None, :]
-  return mask[:, None]
-
-
-def decoder_cross_attention_mask(decoder_target_tokens, inputs_segment_ids,
-                                 decoder_segment_ids=None):
-  """Target tokens see the input tokens of their own example: -> [B, 1, Ld, L] bool.
-
-  As T5X: `make_attention_mask(decoder_target_tokens > 0, inputs > 0)`, and when packed
-  `make_attention_mask(decoder_segment_ids, inputs_segment_ids, jnp.equal)`.
-  """
-  mask = (decoder_target_tokens > 0)[:, :, None] & (inputs_segment_ids > 0)[:, None, :]
-  if decoder_segment_ids is not None:
-    mask &= decoder_segment_ids[:, :, None] == inputs_segment_ids[:, None, :]
-  return mask[:, None]
-
-
-def t5_decode(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask, *,
-              model='t5', rng=None):
-  """The T5.1.1 decoder stack (T5X `Decoder`). -> [B, Ld, D] after decoder_norm and dropout.
-
-  encoded [B, L, D]; decoder_input_tokens [B, Ld] (targets shifted right, BOS 0); self_mask
-  [B, 1, Ld, Ld], cross_mask [B, 1, Ld, L] bool. rng=None: no dropout.
-  NOTE: T5.1.1 embeds decoder tokens with the shared `token_embedder`; only the output
-  projection is untied. The decoder has its own relative-position table, with causal buckets.
-  """
-  decoder = params['decoder']
-  num_layers = num_baseline_decoder_layers(cfg, model)
-  if f'layers_{num_layers - 1}' not in decoder or 'logits_dense' not in decoder:
-    raise ValueError(f'params have no decoder/layers_{num_layers - 1} or decoder/logits_dense: '
-                     f"not a {model!r} tree (build it with init_params(rng, cfg, {model!r}))")
-  embed_rng, final_rng, *layer_rngs = t5_layers.split_rng(rng, num_layers + 2)
-  y = t5_layers.embed(params['token_embedder']['embedding'], decoder_input_tokens,
-                      cfg.activation_dtype)  # [B, Ld, D]
-  y = t5_layers.dropout(y, cfg.dropout_rate, embed_rng)
-  length = decoder_input_tokens.shape[1]
-  bias = t5_layers.relative_position_bias(decoder['relpos_bias']['rel_embedding'], length,
-                                          length, bidirectional=False, cfg=cfg)
-  encoded = encoded.astype(cfg.activation_dtype)
-  for i in range(num_layers):
-    y = t5_layers.decoder_layer(decoder[f'layers_{i}'], cfg, y, encoded, self_mask, bias,
-                                cross_mask, layer_rngs[i])
-  y = t5_layers.rms_norm(y, decoder['decoder_norm']['scale'])
-  return t5_layers.dropout(y, cfg.dropout_rate, final_rng)
-
-
-def vocab_logits(params, decoded):
-  """[..., D] -> [..., V] float32 with the untied `logits_dense`.
-
-  NOTE: as T5X (`logits_dense` with dtype float32; no 1/sqrt(D) rescaling, which T5X applies
-  only to logits through a tied embedding).
-  """
-  return decoded.astype(jnp.float32) @ params['decoder']['logits_dense']['kernel']
-
-
-def t5_apply(params, cfg, batch, *, model='t5', deterministic=True, rng=None):
-  """Vocabulary logits [B, Ld, V] float32 with teacher forcing (T5X `EncoderDecoderModel`).
-
-  batch: inputs [B, L], inputs_segment_ids [B, L] (optional: then a row's non-zero tokens
-  are one example), decoder_input_tokens and decoder_target_tokens [B, Ld], and for packed
-  rows decoder_segment_ids [B, Ld] (segment s of the targets is the label of input segment s;
-  decoder_input_tokens restart with BOS 0 in each segment).
-  """
-  rng = _dropout_rng(deterministic, rng)
-  encoder_rng, decoder_rng = t5_layers.split_rng(rng, 2)
-  inputs = batch['inputs']
-  segment_ids = batch.get('inputs_segment_ids')
-  if segment_ids is None:
-    segment_ids = (inputs != 0).astype(jnp.int32)
-  encoded = encode(params, cfg, inputs, segment_ids, deterministic=rng is None,
-                   rng=encoder_rng)
-  targets = batch['decoder_target_tokens']
-  decoder_segment_ids = batch.get('decoder_segment_ids')
-  self_mask = decoder_self_attention_mask(targets, decoder_segment_ids)
-  cross_mask = decoder_cross_attention_mask(targets, segment_ids, decoder_segment_ids)
-  decoded = t5_decode(params, cfg, encoded, batch['decoder_input_tokens'], self_mask,
-                      cross_mask, model=model, rng=decoder_rng)
-  return vocab_logits(params, decoded)
-
-
-def cross_entropy_with_z_loss(logits, targets, weights, z_loss=Z_LOSS):
-  """T5X `cross_entropy_with_logits` summed with `weights`: -> (loss, z_loss part), scalars.
-
-  Per token: logsumexp(z) - z[target] + z_loss * logsumexp(z)^2. logits [B, Ld, V], targets
-  [B, Ld] int, weights [B, Ld].
-  """
-  log_z = jax.scipy.special.logsumexp(logits, axis=-1)  # [B, Ld]
-  target_logits = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32),
-                                      axis=-1)[..., 0]
-  token_z_loss = z_loss * jnp.square(log_z)
-  losses = log_z - target_logits + token_z_loss
-  weights = weights.astype(logits.dtype)
-  return jnp.sum(losses * weights), jnp.sum(token_z_loss * weights)
-
-
-def t5_loss_fn(params, cfg, batch, *, model='t5', rng=None):
-  """T5X's loss, and aux = {loss_sum, z_loss, num_tokens, token_loss, logits}. rng=None: no dropout.
-
-  NOTE: as T5X `EncoderDecoderModel.loss_fn` for T5.1.1: summed (loss_normalizing_factor
-  None) token cross-entropy plus z-loss 1e-4, no label smoothing, weighted by
-  `decoder_loss_weights` when given, else decoder_target_tokens > 0 (seqio's default).
-  `token_loss` is the per-token mean, for logs.
-  """
-  logits = t5_apply(params, cfg, batch, model=model, deterministic=rng is None, rng=rng)
-  targets = batch['decoder_target_tokens']
-  weights = batch.get('decoder_loss_weights', targets > 0)
-  loss, z_loss = cross_entropy_with_z_loss(logits, targets, weights)
-  num_tokens = jnp.sum(weights)
-  return loss, {'loss_sum': loss, 'z_loss': z_loss, 'num_tokens': num_tokens,
-                'token_loss': loss / jnp.maximum(num_tokens, 1), 'logits': logits}
-
-
-def t5_greedy_decode(params, cfg, inputs, segment_ids=None, *, max_length, model='t5'):
-  """Greedy decoding of one label string per row: inputs [B, L] -> tokens [B, max_length].
-
-  Unpacked rows only (one example each; `segment_ids` 1 on its tokens, 0 on padding, default
-  inputs != 0). Decoding stops at EOS; later positions hold 0. Jit with `cfg`, `max_length`
-  and `model` static.
-  NOTE: no key/value cache: step i re-runs the decoder over the whole fixed-length buffer
-  (the causal mask keeps positions after i out of position i), max_length^2 decoder work in
-  place of max_length. Fine for GLUE labels of a few tokens; not for long outputs.
-  """
-  if segment_ids is None:
-    segment_ids = (inputs != 0).astype(jnp.int32)
-  encoded = encode(params, cfg, inputs, segment_ids)
-  batch = inputs.shape[0]
-  all_real = jnp.ones((batch, max_length), jnp.int32)
-  self_mask = decoder_self_attention_mask(all_real)
-  cross_mask = decoder_cross_attention_mask(all_real, segment_ids)
-
-  def step(i, state):
-    tokens, done = state  # [B, Ld] int32, [B] bool
-    decoder_input_tokens = jnp.pad(tokens, ((0, 0), (1, 0)))[:, :-1]  # shift right, BOS 0
-    decoded = t5_decode(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask,
-                        model=model)
-    next_token = jnp.argmax(vocab_logits(params, decoded[:, i]), axis=-1).astype(jnp.int32)
-    next_token = jnp.where(done, 0, next_token)
-    return tokens.at[:, i].set(next_token), done | (next_token == EOS_ID)
-
-  init = (jnp.zeros((batch, max_length), jnp.int32), jnp.zeros((batch,), bool))
-  tokens, _ = jax.lax.fori_loop(0, max_length, step, init)
-  return tokens

@@ -97,7 +97,18 @@ TASKS = {task.name: task for task in [
 ]}
 
 
+# The demo task: made-up words; the label says whether a sentence has more "good" than "bad"
+# cue words. It goes through exactly the GLUE road (TSV files, T5 text, SentencePiece).
+DEMO_TASK = Task(name='synthetic', dir_name='synthetic', features=(('sentence', 'sentence'),),
+                 label_column='label', label_names=('negative', 'positive'),
+                 raw_labels=('0', '1'), metric_names=('accuracy',),
+                 eval_names={'validation': 'synthetic'})
+
+
 def get_task(name):
+  """A GLUE task by its T5 name, or the demo task ('synthetic')."""
+  if name == DEMO_TASK.name:
+    return DEMO_TASK
   if name not in TASKS:
     raise ValueError(f'unknown GLUE task {name!r}; expected one of {sorted(TASKS)}')
   return TASKS[name]
@@ -224,6 +235,30 @@ def _parse_label(task, value):
   return task.raw_labels.index(value) + 1
 
 
+def write_demo_task(directory, seed, num_train=20000, num_validation=1000):
+  """GLUE-style train.tsv / dev.tsv of the demo task in `directory`; chance is 50%."""
+  rng = np.random.default_rng(seed)
+  syllables = [c + v for c in 'bdfgklmnprstvz' for v in 'aeiou']
+  words = set()
+  while len(words) < 600:
+    words.add(''.join(rng.choice(syllables, rng.integers(1, 4))))
+  words = rng.permutation(sorted(words)).tolist()
+  good, bad, neutral = words[:12], words[12:24], words[24:]
+  for split, count in (('train', num_train), ('validation', num_validation)):
+    lines = ['sentence\tlabel']
+    for _ in range(count):
+      num_good, num_bad = rng.choice(4, 2, replace=False)  # never a tie
+      sentence = (rng.choice(good, num_good).tolist() + rng.choice(bad, num_bad).tolist() +
+                  rng.choice(neutral, rng.integers(4, 16)).tolist())
+      lines.append(f'{" ".join(rng.permutation(sentence))}\t{int(num_good > num_bad)}')
+    # Written atomically: every process of a multi-host run writes the same file.
+    path = os.path.join(directory, DEMO_TASK.files[split])
+    os.makedirs(directory, exist_ok=True)
+    with open(f'{path}.tmp-{os.getpid()}', 'w') as f:
+      f.write('\n'.join(lines) + '\n')
+    os.replace(f'{path}.tmp-{os.getpid()}', path)
+
+
 # ---------------------------------------------------------------------------------------------
 # SentencePiece.
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +330,80 @@ def load_packed(task, data_dir, split, vocab, max_input_length, max_target_lengt
 
 
 # ---------------------------------------------------------------------------------------------
+# Labels as T5 text, for the T5 and 1decT5 baselines (paper §4.3).
+# ---------------------------------------------------------------------------------------------
+
+INVALID_PREDICTION = -1  # T5's class id for an output string that is no label
+
+
+def label_texts(task):
+  """T5's target strings of a task: its label names, or STS-B's scores 0.0, 0.2, ..., 5.0."""
+  return [f'{i / 5:.1f}' for i in range(26)] if task.is_regression else list(task.label_names)
+
+
+def label_text(task, label):
+  """T5's target string of a label (`t5.data.preprocessors.glue` with `glue_utils`' label
+  names; STS-B: `preprocessors.stsb`).
+
+  NOTE: as T5, STS-B's score x becomes `tf.as_string(tf.round(x * 5) / 5, precision=1)` in
+  float32 (TFDS stores the score as float32): rounding half to even, so 2.5 -> '2.4'.
+  """
+  if task.is_regression:
+    return f'{np.round(np.float32(label) * np.float32(5)) / np.float32(5):.1f}'
+  return task.label_names[label - 1]
+
+
+class LabelText:
+  """A task's labels as T5 text, for T5 and 1decT5 (paper §4.3): tokenized targets, and the way
+  back from a greedily decoded string to a label (T5's GLUE postprocessors)."""
+
+  def __init__(self, task, vocab):
+    self.task, self.vocab = task, vocab
+    for text in label_texts(task):
+      if vocab.decode(vocab.encode(text)) != text:
+        raise ValueError(f'the vocabulary cannot spell the {task.name} label {text!r} (it '
+                         f'decodes as {vocab.decode(vocab.encode(text))!r}); use T5\'s '
+                         'vocabulary, or let train.py train one on the texts and labels')
+    # Decoding stops after the longest label and its EOS: anything longer is no label.
+    self.decode_length = max(len(vocab.encode(text)) for text in label_texts(task)) + 1
+
+  def tokens(self, labels):
+    """Target ids of each label: its T5 text, tokenized, and EOS (seqio appends it)."""
+    pieces = self.vocab.encode([label_text(self.task, label) for label in labels])
+    return [ids + [EOS_ID] for ids in pieces]
+
+  def parse(self, tokens):
+    """Decoded tokens [B, decode_length] -> [B] class ids 1..n, or -1 where the text (the tokens
+    before EOS) is no label; STS-B: floats, -1.0 where the text is no number.
+
+    NOTE: as T5's `postprocessors.string_label_to_class_id` and `string_to_float`, whose
+    default for an unknown string is -1 (INVALID_PREDICTION), which the metrics count
+    wrong.
+    """
+    tokens = np.asarray(tokens)
+    # Ids past the SentencePiece model (the embedding has rows up to a multiple of 128) as unk.
+    tokens = np.where(tokens < self.vocab.GetPieceSize(), tokens, UNK_ID).tolist()
+    texts = []
+    for row in tokens:
+      end = row.index(EOS_ID) if EOS_ID in row else len(row)
+      texts.append(self.vocab.decode(row[:end]))
+    if self.task.is_regression:
+      return np.array([_float_or(text, float(INVALID_PREDICTION)) for text in texts],
+                      np.float32)
+    names = self.task.label_names
+    return np.array([names.index(text) + 1 if text in names else INVALID_PREDICTION
+                     for text in texts],
+                    np.int32)
+
+
+def _float_or(text, default):
+  try:
+    return float(text)
+  except ValueError:
+    return default
+
+
+# ---------------------------------------------------------------------------------------------
 # Metrics (T5 `t5.evaluation.metrics`, as sklearn/scipy compute them), in percent.
 # ---------------------------------------------------------------------------------------------
 
@@ -349,9 +458,6 @@ def average_ranks(x):
 def spearman_corrcoef(x, y):
   """Spearman's rho (STS-B): Pearson's r of the average ranks."""
   return pearson_corrcoef(average_ranks(x), average_ranks(y))
-
-
-INVALID_PREDICTION = -1  # T5's class id for an output string that is no label
 
 
 def compute_metrics(task, split, labels, predictions):

@@ -28,13 +28,14 @@ import tempfile
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 import ml_dtypes  # noqa: F401  (registers numpy's 'bfloat16' dtype name)
 import msgpack
 import numpy as np
 import tensorstore as ts
 
+import adafactor
 import enct5
+import partitioning
 
 INDEX_FILE = 'checkpoint'  # T5X's name for the msgpack index inside `checkpoint_<step>/`
 VERSION = 3  # T5X checkpoint VERSION: bfloat16 arrays are stored natively, not as uint16
@@ -346,45 +347,12 @@ def _check_config(flat, cfg, path):
                           + '; '.join(wrong))
 
 
-def adafactor_shapes(shape):
-  """Shapes of the Adafactor slots {'m', 'v', 'v_row', 'v_col'} of a parameter in T5X's layout.
-
-  As T5X `Adafactor.init_param_state`: a factored parameter (`enct5.factored_dims`) has
-  `v_row` without the largest dim and `v_col` without the second largest; an unfactored one
-  a full `v`. Unused slots, and `m` (no momentum), are (1,) placeholders.
-  """
-  shapes = {'m': (1,), 'v': tuple(shape), 'v_row': (1,), 'v_col': (1,)}
-  dims = enct5.factored_dims(shape)
-  if dims is not None:
-    row, col = dims
-    shapes['v'] = (1,)
-    shapes['v_row'] = tuple(np.delete(shape, col).tolist())
-    shapes['v_col'] = tuple(np.delete(shape, row).tolist())
-  return shapes
-
-
-def _replicated(sharding):
-  return NamedSharding(sharding.mesh, PartitionSpec())
-
-
-def _default_opt_shardings(shardings, shapes):
-  """Adafactor state placed as T5X does: an unfactored `v` like its parameter, the rest
-  (factored v_row/v_col, placeholders, step) replicated. `shapes`: {param name: shape}."""
-  flat = flatten(shardings)
-  replicated = _replicated(next(iter(flat.values())))
-  param_states = {}
-  for name, sharding in flat.items():
-    for slot, shape in adafactor_shapes(shapes[name]).items():
-      unfactored_v = slot == 'v' and shape == tuple(shapes[name])
-      param_states[f'{name}/{slot}'] = sharding if unfactored_v else replicated
-  return {'step': replicated, 'param_states': unflatten(param_states)}
-
-
 def _placement(shardings, opt_shardings, shapes, with_optimizer_state):
   """{name in the checkpoint's tree: Sharding} from the params' (and opt_state's) shardings."""
   placement = {f'target/{name}': s for name, s in flatten(shardings).items()}
   if with_optimizer_state:
-    opt_shardings = opt_shardings or _default_opt_shardings(shardings, shapes)
+    opt_shardings = opt_shardings or partitioning.opt_state_shardings(shardings,
+                                                                       unflatten(shapes))
     placement.update({f'state/{name}': s for name, s in flatten(opt_shardings).items()})
   return placement
 
@@ -429,8 +397,8 @@ def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, sh
   the second-moment decay continues from the checkpoint's step. Without `shardings`: numpy
   arrays. With `shardings` (a Sharding per parameter, the params' tree) every process reads
   only the slices of its own devices and gets global jax.Arrays; `opt_shardings` (opt_state's
-  tree; default: an unfactored `v` like its parameter, the rest replicated, as T5X) places the
-  state. Shardings must be NamedShardings when the optimizer state is loaded.
+  tree; default: `partitioning.opt_state_shardings`, the state beside its parameter) places
+  the state. Shardings must be NamedShardings when the optimizer state is loaded.
   """
   flat = flatten(read_index(path))
   _check_config(flat, cfg, path)
@@ -443,7 +411,7 @@ def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, sh
   if with_optimizer_state:
     expected['state/step'] = ()
     for name in loaded:
-      for slot, shape in adafactor_shapes(specs[name].shape).items():
+      for slot, shape in adafactor.state_shapes(specs[name].shape).items():
         expected[f'state/param_states/{name}/{slot}'] = shape
   for name, shape in expected.items():
     if name not in flat:
@@ -463,7 +431,7 @@ def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, sh
       arrays[name] = value if placement is None else jax.device_put(value, placement[name])
   if with_optimizer_state:
     for name in fresh:
-      for slot, shape in adafactor_shapes(specs[name].shape).items():
+      for slot, shape in adafactor.state_shapes(specs[name].shape).items():
         key = f'state/param_states/{name}/{slot}'
         zeros = np.zeros(shape, np.float32)
         arrays[key] = zeros if placement is None else jax.device_put(zeros, placement[key])
@@ -562,8 +530,11 @@ def _write_checkpoint(checkpoint_dir, params, opt_state):
     f.write(data)
 
 
-def save_checkpoint(directory, step, params, opt_state, *, keep=3):
+def save_checkpoint(directory, step, params, opt_state, *, keep=3, extra_files=None):
   """Write `directory/checkpoint_<step>/` in T5X's layout, atomically; keep the last `keep`.
+
+  `extra_files` ({file name: bytes}, e.g. the run's `config.json`) are written into the
+  checkpoint's directory with it.
 
   Everything is written into a temporary sibling directory, fsynced, then renamed (T5X
   `Checkpointer.save`): a crash leaves a `checkpoint_<step>.tmp-*` directory that
@@ -586,6 +557,9 @@ def save_checkpoint(directory, step, params, opt_state, *, keep=3):
     tmp_dir = tempfile.mkdtemp(prefix=f'checkpoint_{int(step)}.tmp-', dir=directory)
     os.chmod(tmp_dir, 0o755)  # mkdtemp's 0o700 would outlive the rename
     _write_checkpoint(tmp_dir, leaves['params'], leaves['opt_state'])
+    for name, data in (extra_files or {}).items():
+      with open(os.path.join(tmp_dir, name), 'wb') as f:
+        f.write(data)
     _fsync_tree(tmp_dir)
     os.rename(tmp_dir, final_dir)
     _fsync(directory)

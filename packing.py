@@ -14,27 +14,9 @@ keep that as a baseline and never return more rows than it would.
 """
 import logging
 
-import jax.numpy as jnp
 import numpy as np
 
 METHODS = ('best_fit', 'next_fit', 'unpacked')
-
-
-def self_attention_mask(segment_ids):
-  """Tokens attend only to tokens of their own example: [B, L] -> [B, 1, L, L] bool.
-
-  NOTE: as T5X `make_attention_mask(inputs > 0, inputs > 0) & make_attention_mask(
-  segment_ids, segment_ids, jnp.equal)`: padding (segment 0) neither attends nor is attended.
-  """
-  same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, L, L]
-  real = (segment_ids[:, :, None] > 0) & (segment_ids[:, None, :] > 0)
-  return (same_segment & real)[:, None, :, :]
-
-
-def pooling_mask(segment_ids, num_slots):
-  """Query slot j attends only to the tokens of segment j+1: [B, L] -> [B, 1, T, L] bool."""
-  slot_segment = jnp.arange(1, num_slots + 1, dtype=segment_ids.dtype)  # [T]
-  return (slot_segment[None, :, None] == segment_ids[:, None, :])[:, None, :, :]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,14 +15,75 @@ query axis for attention probabilities (`broadcast_dropout=True`).
 import jax
 import jax.numpy as jnp
 
+import partitioning
+
 # NOTE: masked attention logits get a large finite negative value, as T5X (-1e10), never -inf:
 # a query with no key to attend to (a padding slot) then gets a uniform, finite softmax.
 MASKED_LOGIT = -1e10
 
 
+# ---------------------------------------------------------------------------------------------
+# Attention masks: bool, broadcastable to [B, H, q, k], True = may attend.
+# ---------------------------------------------------------------------------------------------
+
+def self_attention_mask(segment_ids):
+  """Tokens attend only to tokens of their own example: [B, L] -> [B, 1, L, L] bool.
+
+  NOTE: as T5X `make_attention_mask(inputs > 0, inputs > 0) & make_attention_mask(
+  segment_ids, segment_ids, jnp.equal)`: padding (segment 0) neither attends nor is attended.
+  """
+  same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, L, L]
+  real = (segment_ids[:, :, None] > 0) & (segment_ids[:, None, :] > 0)
+  return (same_segment & real)[:, None, :, :]
+
+
+def pooling_mask(segment_ids, num_slots):
+  """EncT5's query slot j attends only to the tokens of segment j+1: [B, L] -> [B, 1, T, L]."""
+  slot_segment = jnp.arange(1, num_slots + 1, dtype=segment_ids.dtype)  # [T]
+  return (slot_segment[None, :, None] == segment_ids[:, None, :])[:, None, :, :]
+
+
+def decoder_self_attention_mask(decoder_target_tokens, decoder_segment_ids=None):
+  """Causal self-attention within one target: [B, Ld] -> [B, 1, Ld, Ld] bool.
+
+  NOTE: as T5X `make_decoder_mask`: position i sees j <= i, both real (decoder_target_tokens
+  > 0; the decoder inputs start with the BOS 0, so they cannot say which tokens are real) and,
+  when packed, of the same segment.
+  """
+  length = decoder_target_tokens.shape[1]
+  causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]  # [Ld, Ld]
+  real = decoder_target_tokens > 0
+  mask = causal[None] & real[:, :, None] & real[:, None, :]
+  if decoder_segment_ids is not None:
+    mask &= decoder_segment_ids[:, :, None] == decoder_segment_ids[:, None, :]
+  return mask[:, None]
+
+
+def decoder_cross_attention_mask(decoder_target_tokens, inputs_segment_ids,
+                                 decoder_segment_ids=None):
+  """Target tokens see the input tokens of their own example: -> [B, 1, Ld, L] bool.
+
+  As T5X: `make_attention_mask(decoder_target_tokens > 0, inputs > 0)`, and when packed
+  `make_attention_mask(decoder_segment_ids, inputs_segment_ids, jnp.equal)`.
+  """
+  mask = (decoder_target_tokens > 0)[:, :, None] & (inputs_segment_ids > 0)[:, None, :]
+  if decoder_segment_ids is not None:
+    mask &= decoder_segment_ids[:, :, None] == inputs_segment_ids[:, None, :]
+  return mask[:, None]
+
+
 def split_rng(rng, num):
   """`num` independent keys, or `num` Nones when deterministic."""
   return [None] * num if rng is None else list(jax.random.split(rng, num))
+
+
+def training_rng(deterministic, rng):
+  """The dropout key of a forward pass: None when deterministic, else `rng` (required)."""
+  if deterministic:
+    return None
+  if rng is None:
+    raise ValueError('dropout (deterministic=False) needs an rng')
+  return rng
 
 
 def dropout(x, rate, rng, broadcast_dims=(-2,)):
@@ -148,6 +209,10 @@ def multi_head_attention(params, cfg, inputs_q, inputs_kv, mask, bias=None, rng=
   query = dense(inputs_q, params['query']['kernel']).reshape(batch, q_len, *heads_shape)
   key = dense(inputs_kv, params['key']['kernel']).reshape(batch, k_len, *heads_shape)
   value = dense(inputs_kv, params['value']['kernel']).reshape(batch, k_len, *heads_shape)
+  # As T5X: q, k, v laid out [batch, length, heads, kv] (heads on 'model' when it divides).
+  query = partitioning.with_sharding_constraint(query, ('batch', 'length', 'heads', 'kv'))
+  key = partitioning.with_sharding_constraint(key, ('batch', 'length', 'heads', 'kv'))
+  value = partitioning.with_sharding_constraint(value, ('batch', 'length', 'heads', 'kv'))
 
   logits = jnp.einsum('bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32)
   if bias is not None:
@@ -164,6 +229,7 @@ def gated_gelu_mlp(params, cfg, x, rng=None):
   """T5.1.1's FFN: wo(gelu_tanh(wi_0 x) * wi_1 x). [B, L, D] -> [B, L, F] -> [B, L, D]."""
   hidden = jax.nn.gelu(dense(x, params['wi_0']['kernel']), approximate=True)
   hidden = hidden * dense(x, params['wi_1']['kernel'])
+  hidden = partitioning.with_sharding_constraint(hidden, ('batch', 'length', 'mlp'))  # T5X
   hidden = dropout(hidden, cfg.dropout_rate, rng)  # T5X `intermediate_dropout_rate`
   return dense(hidden, params['wo']['kernel'])
 
@@ -233,3 +299,28 @@ def encoder(params, cfg, inputs, mask, rng=None):
     x = encoder_layer(stack[f'layers_{i}'], cfg, x, mask, bias, layer_rngs[i])
   x = rms_norm(x, stack['encoder_norm']['scale'])
   return dropout(x, cfg.dropout_rate, final_rng)
+
+
+def decoder(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask, num_layers,
+            rng=None):
+  """The T5.1.1 decoder stack (T5X `Decoder`), its first `num_layers` layers. -> [B, Ld, D].
+
+  encoded [B, L, D]; decoder_input_tokens [B, Ld] (targets shifted right, BOS 0); self_mask
+  [B, 1, Ld, Ld], cross_mask [B, 1, Ld, L] bool. Output after decoder_norm and dropout.
+  NOTE: T5.1.1 embeds decoder tokens with the shared `token_embedder`; only the output
+  projection is untied. The decoder has its own relative-position table, with causal buckets.
+  """
+  embed_rng, final_rng, *layer_rngs = split_rng(rng, num_layers + 2)
+  stack = params['decoder']
+  y = embed(params['token_embedder']['embedding'], decoder_input_tokens,
+            cfg.activation_dtype)  # [B, Ld, D]
+  y = dropout(y, cfg.dropout_rate, embed_rng)
+  length = decoder_input_tokens.shape[1]
+  bias = relative_position_bias(stack['relpos_bias']['rel_embedding'], length, length,
+                                bidirectional=False, cfg=cfg)
+  encoded = encoded.astype(cfg.activation_dtype)
+  for i in range(num_layers):
+    y = decoder_layer(stack[f'layers_{i}'], cfg, y, encoded, self_mask, bias, cross_mask,
+                      layer_rngs[i])
+  y = rms_norm(y, stack['decoder_norm']['scale'])
+  return dropout(y, cfg.dropout_rate, final_rng)

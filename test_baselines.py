@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 import enct5
+import t5
+import t5_layers
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata', 'golden_tiny.npz')
 
@@ -58,14 +60,14 @@ def test_forward_matches_hugging_face(golden, model, prefix):
   segment_ids = (batch['inputs'] != 0).astype(np.int32)
   encoded = enct5.encode(params, cfg, batch['inputs'], segment_ids)
   targets = batch['decoder_target_tokens']
-  decoded = enct5.t5_decode(
+  decoded = t5.decode(
       params, cfg, encoded, batch['decoder_input_tokens'],
-      enct5.decoder_self_attention_mask(targets),
-      enct5.decoder_cross_attention_mask(targets, segment_ids), model=model)
+      t5_layers.decoder_self_attention_mask(targets),
+      t5_layers.decoder_cross_attention_mask(targets, segment_ids), model=model)
   np.testing.assert_allclose(np.asarray(decoded)[real], golden[f'{prefix}_decoder_output'][real],
                              rtol=1e-5, atol=1e-5)
 
-  logits = enct5.t5_apply(params, cfg, batch, model=model)
+  logits = t5.apply(params, cfg, batch, model=model)
   assert logits.shape == (*targets.shape, cfg.vocab_size) and logits.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(logits)[real], golden[f'{prefix}_logits'][real],
                              rtol=1e-5, atol=1e-5)
@@ -101,12 +103,12 @@ def test_packed_decoder_equals_unpacked(golden):
             'decoder_input_tokens': row(shifted, target_length),
             'decoder_target_tokens': row(targets, target_length),
             'decoder_segment_ids': row(targets, target_length, fill=lambda i: i + 1)}
-  packed_logits = np.asarray(enct5.t5_apply(params, cfg, packed))[0]
+  packed_logits = np.asarray(t5.apply(params, cfg, packed))[0]
 
   start = 0
   for x, t, s in zip(inputs, targets, shifted):
     alone = {'inputs': x[None], 'decoder_input_tokens': s[None], 'decoder_target_tokens': t[None]}
-    alone_logits = np.asarray(enct5.t5_apply(params, cfg, alone))[0]
+    alone_logits = np.asarray(t5.apply(params, cfg, alone))[0]
     np.testing.assert_allclose(packed_logits[start:start + len(t)], alone_logits,
                                rtol=1e-5, atol=1e-5)
     start += len(t)
@@ -121,8 +123,8 @@ def test_decoder_is_causal(golden, model):
   k = 3
   changed = dict(batch, decoder_input_tokens=batch['decoder_input_tokens'].copy())
   changed['decoder_input_tokens'][0, k] += 7
-  before = np.asarray(enct5.t5_apply(params, cfg, batch, model=model))
-  after = np.asarray(enct5.t5_apply(params, cfg, changed, model=model))
+  before = np.asarray(t5.apply(params, cfg, batch, model=model))
+  after = np.asarray(t5.apply(params, cfg, changed, model=model))
   np.testing.assert_array_equal(before[:, :k], after[:, :k])
   assert np.all(np.abs(before[:, k:] - after[:, k:]).max(axis=-1) > 1e-4)
 
@@ -130,15 +132,15 @@ def test_decoder_is_causal(golden, model):
 def test_decoder_masks_by_hand():
   targets = np.array([[5, 6, 7, 8, 0]])
   segments = np.array([[1, 1, 2, 2, 0]])
-  self_mask = np.asarray(enct5.decoder_self_attention_mask(targets, segments))[0, 0]
+  self_mask = np.asarray(t5_layers.decoder_self_attention_mask(targets, segments))[0, 0]
   np.testing.assert_array_equal(self_mask, [[1, 0, 0, 0, 0],
                                             [1, 1, 0, 0, 0],
                                             [0, 0, 1, 0, 0],
                                             [0, 0, 1, 1, 0],
                                             [0, 0, 0, 0, 0]])
   input_segments = np.array([[1, 2, 2, 0]])
-  cross_mask = np.asarray(enct5.decoder_cross_attention_mask(targets, input_segments,
-                                                             segments))[0, 0]
+  cross_mask = np.asarray(t5_layers.decoder_cross_attention_mask(targets, input_segments,
+                                                                 segments))[0, 0]
   np.testing.assert_array_equal(cross_mask, [[1, 0, 0, 0],
                                              [1, 0, 0, 0],
                                              [0, 1, 1, 0],
@@ -154,7 +156,7 @@ def test_loss_by_hand():
                        [0.0, 0.0, 0.0],  # logsumexp = ln 3, target 1: ln 3
                        [50.0, -50.0, 9.0]]])  # padding: ignored
   targets = jnp.array([[2, 1, 0]])
-  loss, z_loss = enct5.cross_entropy_with_z_loss(logits, targets, targets > 0)
+  loss, z_loss = t5.cross_entropy_with_z_loss(logits, targets, targets > 0)
   expected_z = 1e-4 * (np.log(4.0) ** 2 + np.log(3.0) ** 2)
   np.testing.assert_allclose(z_loss, expected_z, rtol=1e-6)
   np.testing.assert_allclose(loss, np.log(2.0) + np.log(3.0) + expected_z, rtol=1e-6)
@@ -164,9 +166,9 @@ def test_loss_fn_sums_real_tokens(golden):
   cfg = golden_config(golden)
   params = golden_params(golden, cfg, '1dect5')
   batch = teacher_forcing_batch(golden)
-  loss, aux = enct5.t5_loss_fn(params, cfg, batch, model='1dect5')
+  loss, aux = t5.loss_fn(params, cfg, batch, model='1dect5')
   targets = golden['decoder_target_tokens']
-  logits = np.asarray(enct5.t5_apply(params, cfg, batch, model='1dect5'), np.float64)
+  logits = np.asarray(t5.apply(params, cfg, batch, model='1dect5'), np.float64)
   log_z = np.log(np.exp(logits).sum(-1))
   target_logits = np.take_along_axis(logits, targets[..., None], -1)[..., 0]
   expected = np.sum(np.where(targets > 0, log_z - target_logits + 1e-4 * log_z ** 2, 0.0))
@@ -180,23 +182,23 @@ def test_dropout_only_with_rng(golden):
   params = golden_params(golden, cfg, '1dect5')
   batch = teacher_forcing_batch(golden)
   with pytest.raises(ValueError, match='rng'):
-    enct5.t5_apply(params, cfg, batch, model='1dect5', deterministic=False)
-  plain = enct5.t5_apply(params, cfg, batch, model='1dect5')
-  dropped = enct5.t5_apply(params, cfg, batch, model='1dect5', deterministic=False,
-                           rng=jax.random.PRNGKey(0))
+    t5.apply(params, cfg, batch, model='1dect5', deterministic=False)
+  plain = t5.apply(params, cfg, batch, model='1dect5')
+  dropped = t5.apply(params, cfg, batch, model='1dect5', deterministic=False,
+                     rng=jax.random.PRNGKey(0))
   assert np.all(np.isfinite(dropped)) and not np.allclose(plain, dropped)
 
 
 def test_wrong_tree_is_a_clear_error(golden):
   cfg = golden_config(golden)
   with pytest.raises(ValueError, match='layers_1'):
-    enct5.t5_apply(golden_params(golden, cfg, '1dect5'), cfg, teacher_forcing_batch(golden),
-                   model='t5')
+    t5.apply(golden_params(golden, cfg, '1dect5'), cfg, teacher_forcing_batch(golden),
+             model='t5')
   with pytest.raises(ValueError, match='logits_dense'):
-    enct5.t5_apply(golden_params(golden, cfg, 'enct5'), cfg, teacher_forcing_batch(golden),
-                   model='1dect5')
+    t5.apply(golden_params(golden, cfg, 'enct5'), cfg, teacher_forcing_batch(golden),
+             model='1dect5')
   with pytest.raises(ValueError, match='baseline model'):
-    enct5.num_baseline_decoder_layers(cfg, 'enct5')
+    t5.num_decoder_layers(cfg, 'enct5')
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -205,14 +207,14 @@ def test_greedy_decode_agrees_with_teacher_forcing(golden):
   """Each decoded token is the argmax of the teacher-forced logits given the tokens before it."""
   cfg = golden_config(golden)
   params = golden_params(golden, cfg, 't5')
-  decode = jax.jit(enct5.t5_greedy_decode, static_argnums=(1,),
+  decode = jax.jit(t5.greedy_decode, static_argnums=(1,),
                    static_argnames=('max_length', 'model'))
   tokens = np.asarray(decode(params, cfg, golden['inputs'], max_length=5, model='t5'))
   assert tokens.shape == (4, 5)
   shifted = np.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
-  logits = enct5.t5_apply(params, cfg, {'inputs': golden['inputs'],
-                                        'decoder_input_tokens': shifted,
-                                        'decoder_target_tokens': tokens})
+  logits = t5.apply(params, cfg, {'inputs': golden['inputs'],
+                                  'decoder_input_tokens': shifted,
+                                  'decoder_target_tokens': tokens})
   real = tokens > 0
   np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1)[real], tokens[real])
 
@@ -222,11 +224,11 @@ def test_greedy_decode_stops_at_eos(golden):
   cfg = golden_config(golden)
   params = golden_params(golden, cfg, '1dect5')
   inputs = golden['inputs'][:1]
-  t0, t1 = np.asarray(enct5.t5_greedy_decode(params, cfg, inputs, max_length=2,
-                                             model='1dect5'))[0]
-  assert len({int(t0), int(t1), enct5.EOS_ID}) == 3  # the swap below moves only t1's logit
+  t0, t1 = np.asarray(t5.greedy_decode(params, cfg, inputs, max_length=2,
+                                       model='1dect5'))[0]
+  assert len({int(t0), int(t1), t5.EOS_ID}) == 3  # the swap below moves only t1's logit
   kernel = np.asarray(params['decoder']['logits_dense']['kernel']).copy()
-  kernel[:, [t1, enct5.EOS_ID]] = kernel[:, [enct5.EOS_ID, t1]]
+  kernel[:, [t1, t5.EOS_ID]] = kernel[:, [t5.EOS_ID, t1]]
   params['decoder']['logits_dense']['kernel'] = jnp.asarray(kernel)
-  tokens = enct5.t5_greedy_decode(params, cfg, inputs, max_length=4, model='1dect5')
-  np.testing.assert_array_equal(tokens, [[t0, enct5.EOS_ID, 0, 0]])
+  tokens = t5.greedy_decode(params, cfg, inputs, max_length=4, model='1dect5')
+  np.testing.assert_array_equal(tokens, [[t0, t5.EOS_ID, 0, 0]])

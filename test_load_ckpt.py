@@ -15,10 +15,11 @@ import msgpack
 import numpy as np
 import pytest
 
+import adafactor
 import enct5
 import load_ckpt
+import partitioning
 import testutil
-import train
 from load_ckpt import CheckpointError
 
 SHARED = testutil.SHARED
@@ -310,8 +311,8 @@ def test_enct5_optimizer_state_from_trained_checkpoint(mini_loaded):
   path, cfg, params, opt_state = mini_loaded
   raw = load_ckpt.flatten(load_ckpt.read_t5x(path)['state'])
   assert opt_state['step'] == 3 and opt_state['step'].dtype == np.int32
-  # Same layout as train.py's Adafactor state.
-  reference = train.adafactor_init(params)
+  # Same layout as adafactor.py's state.
+  reference = adafactor.init(params)
   assert (jax.tree.structure(reference) == jax.tree.structure(opt_state))
   assert jax.tree.map(np.shape, reference) == jax.tree.map(np.shape, opt_state)
   states = opt_state['param_states']
@@ -332,7 +333,7 @@ def test_loaded_adafactor_state_and_step_reach_the_optimizer(mini_loaded):
   name = ('encoder', 'layers_0', 'attention', 'query', 'kernel')
   pick = lambda tree: tree[name[0]][name[1]][name[2]][name[3]][name[4]]
   grads = jax.tree.map(lambda p: np.full(p.shape, 0.01, np.float32), params)
-  _, new_state = jax.jit(train.adafactor_update)(grads, opt_state, params, 1e-3)
+  _, new_state = jax.jit(adafactor.update)(grads, opt_state, params, 1e-3)
   assert int(new_state['step']) == 4
   rho = 1.0 - 4.0 ** -0.8  # T5X: 1 - (step + 1)^-0.8 with the loaded step 3
   old = pick(opt_state['param_states'])['v_row']
@@ -360,7 +361,7 @@ def test_baseline_params_from_trained_checkpoint(model, decoder_layers):
                'decoder/relpos_bias/rel_embedding', 'decoder/decoder_norm/scale'):
     assert name in flat, name
   assert int(opt_state['step']) == 3
-  reference = train.adafactor_init(params)
+  reference = adafactor.init(params)
   assert jax.tree.map(np.shape, reference) == jax.tree.map(np.shape, opt_state)
   raw_states = load_ckpt.flatten(raw['state']['param_states'])
   for name, x in load_ckpt.flatten(opt_state['param_states']).items():
@@ -474,7 +475,7 @@ def random_t5_state(seed=0):
   params = {name: rng.standard_normal(s.shape).astype(np.float32) for name, s in specs.items()}
   slots = {f'{name}/{slot}': rng.random(shape).astype(np.float32) + 0.5
            for name, s in specs.items()
-           for slot, shape in load_ckpt.adafactor_shapes(s.shape).items()}
+           for slot, shape in adafactor.state_shapes(s.shape).items()}
   opt_state = {'step': np.int32(1000 + seed),
                'param_states': load_ckpt.unflatten(slots)}
   return load_ckpt.unflatten(params), opt_state
@@ -583,7 +584,7 @@ _SHARDED_WORKER = textwrap.dedent('''
     import jax, numpy as np
     if num_processes > 1:
       jax.distributed.initialize(f'127.0.0.1:{port}', num_processes, process_id)
-    import enct5, load_ckpt, train
+    import enct5, load_ckpt, partitioning
 
     elements_read = {}  # name -> elements this process read through TensorStore
     original_result = load_ckpt._result
@@ -595,8 +596,8 @@ _SHARDED_WORKER = textwrap.dedent('''
 
     path = sys.argv[4]
     cfg = enct5.get_config('tiny', **load_ckpt.config_from_checkpoint(path))
-    mesh = train.make_mesh('1x%d' % jax.device_count())  # 'model' spans every process
-    shardings = train.Shardings(cfg, mesh)
+    mesh = partitioning.make_mesh('1x%d' % jax.device_count())  # 'model' spans every process
+    shardings = partitioning.Shardings(cfg, mesh)
     params, opt_state = load_ckpt.load_enct5_params(
         path, cfg, jax.random.PRNGKey(0), with_optimizer_state=True,
         shardings=shardings.params, opt_shardings=shardings.opt_state)

@@ -13,6 +13,8 @@ import pytest
 import enct5
 import glue
 import packing
+import t5
+import t5_layers
 import testutil
 
 SHARED = testutil.SHARED
@@ -60,8 +62,8 @@ def test_masks_by_hand():
   expected_pool = [[1, 1, 0, 0],  # slot 0 <-> segment 1
                    [0, 0, 1, 0],  # slot 1 <-> segment 2
                    [0, 0, 0, 0]]  # slot 2: no segment 3
-  np.testing.assert_array_equal(packing.self_attention_mask(segment_ids), [[expected_self]])
-  np.testing.assert_array_equal(packing.pooling_mask(segment_ids, 3), [[expected_pool]])
+  np.testing.assert_array_equal(t5_layers.self_attention_mask(segment_ids), [[expected_self]])
+  np.testing.assert_array_equal(t5_layers.pooling_mask(segment_ids, 3), [[expected_pool]])
 
 
 # Lengths 4, 3, 2, 1, 2 into rows of L=6 with at most T=3 examples.
@@ -327,7 +329,7 @@ def test_seq2seq_packed_logits_equal_unpacked(model):
   rng = np.random.default_rng(0)
   examples = [(rng.integers(3, 64, n).tolist()[:-1] + [1], rng.integers(3, 64, m).tolist() + [1])
               for n, m in zip(rng.integers(1, 13, 40), rng.integers(1, 4, 40))]
-  apply = jax.jit(lambda batch: enct5.t5_apply(params, cfg, batch, model=model))
+  apply = jax.jit(lambda batch: t5.apply(params, cfg, batch, model=model))
   keys = ('inputs', 'inputs_segment_ids', 'decoder_input_tokens', 'decoder_target_tokens',
           'decoder_segment_ids')
 

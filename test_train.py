@@ -10,6 +10,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+import adafactor
 import enct5
 import glue
 import testutil
@@ -42,12 +43,12 @@ def _adafactor_reference(param, grads, lr, factored):
   return p, (v_row, v_col) if factored else v
 
 
-def _run(param, grads, lr, min_dim=enct5.MIN_DIM_SIZE_TO_FACTOR):
+def _run(param, grads, lr, min_dim=adafactor.MIN_DIM_SIZE_TO_FACTOR):
   params = {'w': jnp.asarray(param, jnp.float32)}
-  state = train.adafactor_init(params, min_dim_size_to_factor=min_dim)
+  state = adafactor.init(params, min_dim_size_to_factor=min_dim)
   for g in grads:
-    params, state = train.adafactor_update({'w': jnp.asarray(g, jnp.float32)}, state, params, lr,
-                                           min_dim_size_to_factor=min_dim)
+    params, state = adafactor.update({'w': jnp.asarray(g, jnp.float32)}, state, params, lr,
+                                     min_dim_size_to_factor=min_dim)
   return params['w'], state
 
 
@@ -117,7 +118,7 @@ def test_adafactor_factored_three_steps_vs_reference():
     ((128, 127), (1,), (1,)),              # second-largest dim < 128: full v
 ])
 def test_adafactor_state_shapes_are_t5x(shape, v_row, v_col):
-  state = train.adafactor_init({'w': jnp.zeros(shape)})['param_states']['w']
+  state = adafactor.init({'w': jnp.zeros(shape)})['param_states']['w']
   assert state['v_row'].shape == v_row and state['v_col'].shape == v_col
   assert state['v'].shape == (shape if v_row == (1,) else (1,))
   assert state['m'].shape == (1,)
@@ -189,7 +190,7 @@ def test_adafactor_state_layout_equals_t5x_mini_checkpoint():
   flat = load_ckpt.flatten(load_ckpt.read_index(MINI_CKPT))
   params = {name[len('target/'):]: jnp.zeros(load_ckpt.leaf_shape(leaf))
             for name, leaf in flat.items() if name.startswith('target/')}
-  ours = load_ckpt.flatten(train.adafactor_init(load_ckpt.unflatten(params)))
+  ours = load_ckpt.flatten(adafactor.init(load_ckpt.unflatten(params)))
   theirs = {name[len('state/'):]: load_ckpt.leaf_shape(leaf)
             for name, leaf in flat.items() if name.startswith('state/')}
   assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v) for k, v in theirs.items()}
@@ -221,7 +222,7 @@ def test_adafactor_continues_t5x_state_at_its_step():
   assert np.sum(np.isclose(v_col, 1e-30, rtol=1e-3)) == 32128 - 364
   rng = np.random.default_rng(0)
   grads = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
-  _, new = train.adafactor_update(grads, opt_state, params, 1e-3)
+  _, new = adafactor.update(grads, opt_state, params, 1e-3)
   rho = 1.0 - 4.0 ** -0.8
   g2 = {k: np.float64(g) ** 2 + 1e-30 for k, g in grads.items()}
   old = opt_state['param_states']
@@ -362,13 +363,13 @@ def test_label_text_as_t5():
            'qnli': ['entailment', 'not_entailment'], 'rte': ['entailment', 'not_entailment']}
   for name, texts in names.items():
     task = glue.get_task(name)
-    assert [train.label_text(task, i + 1) for i in range(len(texts))] == texts
-    assert train.label_texts(task) == texts
+    assert [glue.label_text(task, i + 1) for i in range(len(texts))] == texts
+    assert glue.label_texts(task) == texts
   stsb = glue.get_task('stsb')
   for score, text in [(0.0, '0.0'), (1.8, '1.8'), (2.5, '2.4'), (3.5, '3.6'), (3.13, '3.2'),
                       (4.9, '4.8'), (5.0, '5.0')]:
-    assert train.label_text(stsb, score) == text, score
-  assert train.label_texts(stsb) == [f'{i / 5:.1f}' for i in range(26)]
+    assert glue.label_text(stsb, score) == text, score
+  assert glue.label_texts(stsb) == [f'{i / 5:.1f}' for i in range(26)]
 
 
 @pytest.fixture(scope='module')
@@ -389,7 +390,7 @@ def test_decoded_strings_map_back_to_labels(label_vocab):
   """T5's postprocessors: the text before EOS is a label's class id, else -1 (counted wrong);
   STS-B: a float, else -1.0."""
   sst2 = glue.get_task('sst2')
-  labels = train.LabelText(sst2, label_vocab)
+  labels = glue.LabelText(sst2, label_vocab)
   encode = lambda text: label_vocab.encode(text) + [glue.EOS_ID]
   assert labels.tokens([2, 1]) == [encode('positive'), encode('negative')]
   assert labels.decode_length == max(len(encode('positive')), len(encode('negative')))
@@ -410,12 +411,12 @@ def test_decoded_strings_map_back_to_labels(label_vocab):
   assert scores['mrpc/accuracy'] == pytest.approx(300 / 6)
 
   stsb = glue.get_task('stsb')
-  scores = train.LabelText(stsb, label_vocab)
+  scores = glue.LabelText(stsb, label_vocab)
   assert scores.tokens([2.5]) == [encode('2.4')]
   values = scores.parse(_rows([encode('3.4'), encode('5.0'), encode('end')]))
   np.testing.assert_allclose(values, [3.4, 5.0, -1.0], rtol=1e-6)
   with pytest.raises(ValueError, match="cannot spell the rte label 'not_entailment'"):
-    train.LabelText(glue.get_task('rte'), label_vocab)
+    glue.LabelText(glue.get_task('rte'), label_vocab)
 
 
 @pytest.mark.parametrize('model, decoder_layers', [('t5', 2), ('1dect5', 1)])

@@ -44,13 +44,15 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 import tensorstore as ts
 
+import adafactor
 import enct5
 import glue
 import load_ckpt
 import packing
+import partitioning
+import t5
 
 # ----------------------------------------------------------------------------------------------
 # Flags, by section, with the paper's defaults (§4.1: T5's fine-tuning recipe, Adafactor with a
@@ -136,218 +138,6 @@ flags.DEFINE_string('output_dir', None, 'Checkpoints, best checkpoint, metrics.j
 FLAGS = flags.FLAGS
 
 # ----------------------------------------------------------------------------------------------
-# Adafactor (Shazeer & Stern 2018), exactly as T5X `adafactor.Adafactor` with its defaults, the
-# optimizer of the paper (§4.1): factored second moments, no momentum (beta1=None), update
-# clipping 1.0, step size scaled by the parameter's RMS, no weight decay.
-# ----------------------------------------------------------------------------------------------
-
-DECAY_RATE = 0.8                 # rho_t = 1 - (t + 1)^-0.8, t = steps taken so far
-EPSILON1 = 1e-30                 # added to g^2
-EPSILON2 = 1e-3                  # floor of the parameter scale RMS(param)
-CLIPPING_THRESHOLD = 1.0         # update clipping: y / max(1, RMS(y) / 1.0)
-
-
-def _init_param_state(param, min_dim_size_to_factor):
-  """T5X `init_param_state`: unused slots are zeros((1,)) placeholders, as in checkpoints."""
-  state = {k: jnp.zeros((1,), jnp.float32) for k in ('m', 'v', 'v_row', 'v_col')}
-  dims = enct5.factored_dims(param.shape, min_dim_size_to_factor)
-  if dims is None:
-    state['v'] = jnp.zeros(param.shape, jnp.float32)
-  else:
-    row, col = dims
-    state['v_row'] = jnp.zeros(np.delete(param.shape, col), jnp.float32)
-    state['v_col'] = jnp.zeros(np.delete(param.shape, row), jnp.float32)
-  return state
-
-
-def adafactor_init(params, *, min_dim_size_to_factor=enct5.MIN_DIM_SIZE_TO_FACTOR):
-  """Optimizer state in T5X's layout: {'step': 0, 'param_states': {...: {m, v, v_row, v_col}}}."""
-  param_states = jax.tree.map(lambda p: _init_param_state(p, min_dim_size_to_factor), params)
-  return {'step': jnp.zeros((), jnp.int32), 'param_states': param_states}
-
-
-def _update_param(param, grad, state, step, learning_rate, min_dim_size_to_factor):
-  """One parameter's update: T5X `Adafactor.apply_param_gradient` with the default hparams."""
-  grad = grad.astype(jnp.float32)
-  # NOTE: T5X `_decay_rate_pow(step)`: rho = 1 - (step + 1)^-0.8 with `step` the count *before*
-  # this update, so the first update (step 0) has rho = 0 and v = g^2 + eps1.
-  decay_rate = 1.0 - (step.astype(jnp.float32) + 1.0) ** -DECAY_RATE
-  mixing_rate = 1.0 - decay_rate
-  # Relative step size: lr * max(RMS(param), eps2).
-  param_scale = jnp.maximum(jnp.sqrt(jnp.mean(param * param)), EPSILON2)
-  update_scale = learning_rate * param_scale
-  grad_sqr = grad * grad + EPSILON1
-  new_state = {k: jnp.zeros((1,), jnp.float32) for k in ('m', 'v', 'v_row', 'v_col')}
-  dims = enct5.factored_dims(param.shape, min_dim_size_to_factor)
-  if dims is not None:
-    row, col = dims
-    new_v_row = decay_rate * state['v_row'] + mixing_rate * jnp.mean(grad_sqr, axis=col)
-    new_v_col = decay_rate * state['v_col'] + mixing_rate * jnp.mean(grad_sqr, axis=row)
-    new_state['v_row'], new_state['v_col'] = new_v_row, new_v_col
-    # v ~ outer(v_row, v_col) / mean(v_row): y = g / sqrt(v).
-    row_factor = (new_v_row / jnp.mean(new_v_row)) ** -0.5
-    col_factor = new_v_col ** -0.5
-    y = grad * jnp.expand_dims(row_factor, col) * jnp.expand_dims(col_factor, row)
-  else:
-    new_v = decay_rate * state['v'] + mixing_rate * grad_sqr
-    new_state['v'] = new_v
-    y = grad * new_v ** -0.5
-  y = y / jnp.maximum(1.0, jnp.sqrt(jnp.mean(y * y)) / CLIPPING_THRESHOLD)
-  new_param = param - update_scale * y
-  return new_param.astype(param.dtype), new_state
-
-
-def adafactor_update(grads, opt_state, params, learning_rate, *,
-                     min_dim_size_to_factor=enct5.MIN_DIM_SIZE_TO_FACTOR):
-  """One Adafactor step: T5X `Adafactor.apply_gradient`. Returns (new_params, new_opt_state).
-
-  Pure: jit it; `learning_rate` may be traced. The state's step count increments by one.
-  """
-  step = opt_state['step']
-  out = jax.tree.map(
-      lambda p, g, s: _update_param(p, g, s, step, learning_rate, min_dim_size_to_factor),
-      params, grads, opt_state['param_states'])
-  is_pair = lambda x: isinstance(x, tuple)
-  new_params = jax.tree.map(lambda pair: pair[0], out, is_leaf=is_pair)
-  new_states = jax.tree.map(lambda pair: pair[1], out, is_leaf=is_pair)
-  return new_params, {'step': step + 1, 'param_states': new_states}
-
-
-# ----------------------------------------------------------------------------------------------
-# Sharding: one code path for one CPU, many devices and many hosts. A Mesh with axes
-# ('data', 'model'); batches split on 'data'; parameters partitioned by name rules.
-# ----------------------------------------------------------------------------------------------
-
-# NOTE: T5X `partitioning.standard_logical_axis_rules()` (1-D parameter partitioning, the
-# default): vocabulary, heads, joined heads x head dim and FFN hidden dims go on 'model';
-# 'embed' (d_model), head dim and relative-position buckets are replicated. 'classes' (EncT5's
-# projection, not in T5X) is tiny and replicated.
-LOGICAL_AXIS_RULES = {
-    'vocab': 'model', 'mlp': 'model', 'heads': 'model', 'joined_kv': 'model',
-    'embed': None, 'kv': None, 'relpos_buckets': None, 'classes': None,
-}
-
-
-def initialize_distributed(coordinator_address=None, num_processes=1, process_id=0):
-  """Many hosts with JAX's own runtime: every process runs this same program, and the mesh
-  spans all processes' devices. On CPU the cross-process collectives are gloo (jax's default
-  `jax_cpu_collectives_implementation`)."""
-  if num_processes > 1:
-    if not coordinator_address:
-      raise ValueError('--num_processes > 1 needs --coordinator_address (host:port of process 0)')
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-
-
-def make_mesh(mesh_shape=None, devices=None):
-  """Mesh ('data', 'model') from 'DxM' (e.g. '4x2'); default: every device on 'data'."""
-  devices = jax.devices() if devices is None else devices
-  if not mesh_shape:
-    shape = (len(devices), 1)
-  else:
-    try:
-      shape = tuple(int(n) for n in mesh_shape.lower().split('x'))
-    except ValueError:
-      shape = ()
-    if len(shape) != 2 or min(shape) < 1:
-      raise ValueError(f"--mesh must look like '4x2' (data x model), got {mesh_shape!r}")
-  if shape[0] * shape[1] != len(devices):
-    raise ValueError(f'--mesh {shape[0]}x{shape[1]} needs {shape[0] * shape[1]} devices; '
-                     f'there are {len(devices)} ({jax.process_count()} processes)')
-  auto = (jax.sharding.AxisType.Auto,) * 2
-  return jax.make_mesh(shape, ('data', 'model'), auto, devices=devices)
-
-
-def _mesh_spec(shape, axes, mesh, path, replicated):
-  """PartitionSpec of one array from its logical axes; a dim the mesh axis does not divide
-  is replicated instead (and recorded in `replicated`)."""
-  spec = []
-  for dim, (size, name) in enumerate(zip(shape, axes)):
-    mesh_axis = LOGICAL_AXIS_RULES.get(name)
-    if mesh_axis is not None and (mesh_axis in spec or size % mesh.shape[mesh_axis]):
-      replicated.append(f'{path} dim {dim} ({name}={size}, {mesh_axis}={mesh.shape[mesh_axis]})')
-      mesh_axis = None
-    spec.append(mesh_axis)
-  return P(*spec)
-
-
-def _path_name(path):
-  return '/'.join(str(k.key) for k in path)
-
-
-def param_partition_specs(cfg, mesh, model='enct5'):
-  """PartitionSpecs of the parameters, from `enct5.param_specs(cfg)` logical axes."""
-  replicated = []
-  specs = jax.tree_util.tree_map_with_path(
-      lambda path, s: _mesh_spec(s.shape, s.axes, mesh, _path_name(path), replicated),
-      enct5.param_specs(cfg, model), is_leaf=lambda x: isinstance(x, enct5.ParamSpec))
-  if replicated:
-    logging.warning('mesh %s does not divide these dims; they are replicated: %s',
-                    dict(mesh.shape), '; '.join(replicated))
-  return specs
-
-
-def opt_partition_specs(param_specs_, param_shapes,
-                        min_dim_size_to_factor=enct5.MIN_DIM_SIZE_TO_FACTOR):
-  """Adafactor state sharded like its parameter: v as the parameter; v_row (v_col) as the
-  parameter without its col (row) dim; (1,) placeholders and the step replicated.
-
-  NOTE: T5X replicates v_row/v_col (`Adafactor.derive_logical_axes`); sharding them like their
-  parameter only changes where they live, not their values.
-  """
-  def leaf(spec, shape):
-    dims = enct5.factored_dims(shape, min_dim_size_to_factor)
-    if dims is None:
-      return {'m': P(), 'v': spec, 'v_row': P(), 'v_col': P()}
-    row, col = dims
-    full = tuple(spec) + (None,) * (len(shape) - len(spec))
-    drop = lambda d: P(*(a for i, a in enumerate(full) if i != d))
-    return {'m': P(), 'v': P(), 'v_row': drop(col), 'v_col': drop(row)}
-  param_states = jax.tree.map(leaf, param_specs_, param_shapes,
-                              is_leaf=lambda x: isinstance(x, P))
-  return {'step': P(), 'param_states': param_states}
-
-
-def named(mesh, specs):
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                      is_leaf=lambda x: isinstance(x, P))
-
-
-class Shardings:
-  """NamedShardings of the parameters, the optimizer state and batches on one mesh."""
-
-  def __init__(self, cfg, mesh, model='enct5'):
-    self.mesh = mesh
-    specs = param_partition_specs(cfg, mesh, model)
-    shapes = jax.tree.map(lambda s: s.shape, enct5.param_specs(cfg, model),
-                          is_leaf=lambda x: isinstance(x, enct5.ParamSpec))
-    self.params = named(mesh, specs)
-    self.opt_state = named(mesh, opt_partition_specs(specs, shapes))
-    self.batch = NamedSharding(mesh, P('data'))      # every batch array is [B, ...]
-    self.replicated = NamedSharding(mesh, P())
-
-
-def global_batch(batch, sharding):
-  """A host numpy batch (the *global* batch; every process builds the same one) -> global
-  jax.Arrays sharded on 'data'. Each process hands over only the rows its devices hold.
-  """
-  out = {}
-  for name, x in batch.items():
-    rows = _process_rows(sharding, x.shape)
-    out[name] = jax.make_array_from_process_local_data(sharding, x[rows], x.shape)
-  return out
-
-
-def _process_rows(sharding, shape):
-  """The rows of a [B, ...] array that this process's devices hold (a contiguous slice)."""
-  index = sharding.addressable_devices_indices_map(shape)
-  starts = sorted({idx[0].indices(shape[0])[:2] for idx in index.values()})
-  lo, hi = starts[0][0], starts[-1][1]
-  if sum(b - a for a, b in starts) != hi - lo:
-    raise ValueError(f'rows of this process are not contiguous: {starts}')
-  return slice(lo, hi)
-
-
-# ----------------------------------------------------------------------------------------------
 # The models: EncT5 and the paper's baselines T5 and 1decT5 (§4.3). All that differs between
 # them is in `MODELS`; the rest of this file is shared.
 # ----------------------------------------------------------------------------------------------
@@ -363,7 +153,9 @@ class Model(NamedTuple):
 
 
 def _enct5_loss(params, cfg, batch, rng):
-  return enct5.loss_fn(params, cfg, batch, rng=rng)
+  """`enct5.loss_fn`: the mean loss per example; for the logs, its sum and the count."""
+  loss, aux = enct5.loss_fn(params, cfg, batch, rng=rng)
+  return loss, {'loss_sum': aux['loss_sum'], 'num_examples': aux['num_examples']}
 
 
 def _enct5_outputs(params, cfg, batch, decode_length):
@@ -380,13 +172,13 @@ def _seq2seq_model(name, model):
   def loss(params, cfg, batch, rng):
     """T5X's loss (summed token cross-entropy + z-loss) to differentiate; for the logs, its sum
     per example (each example is one decoder segment)."""
-    loss, aux = enct5.t5_loss_fn(params, cfg, batch, model=model, rng=rng)
+    loss, aux = t5.loss_fn(params, cfg, batch, model=model, rng=rng)
     num_examples = jnp.sum(jnp.max(batch['decoder_segment_ids'], axis=1))
     return loss, {'loss_sum': aux['loss_sum'], 'num_examples': num_examples}
 
   def outputs(params, cfg, batch, decode_length):
-    return enct5.t5_greedy_decode(params, cfg, batch['inputs'], batch['inputs_segment_ids'],
-                                  max_length=decode_length, model=model)  # [B, decode_length]
+    return t5.greedy_decode(params, cfg, batch['inputs'], batch['inputs_segment_ids'],
+                            max_length=decode_length, model=model)  # [B, decode_length]
 
   return Model(name=name, labels_as_text=True,
                train_keys=('inputs', 'inputs_segment_ids', 'decoder_input_tokens',
@@ -414,20 +206,23 @@ def dropout_rng(seed, step):
   return jax.random.fold_in(jax.random.PRNGKey(seed), step)
 
 
-def make_train_step(cfg, shardings, learning_rate, seed, model='enct5'):
-  """jit((params, opt_state, batch) -> (params, opt_state, metrics)): grad of the model's loss
-  (EncT5: `enct5.loss_fn`, mean per example; T5, 1decT5: `enct5.t5_loss_fn`, T5X's sum), then
-  Adafactor. Dropout key from (seed, Adafactor step).
-  """
-  loss_fn = MODELS[model].loss
+def make_train_step(cfg, shardings, loss_fn, learning_rate, seed):
+  """jit((params, opt_state, batch) -> (params, opt_state, metrics)), params and state donated.
 
+  The gradient of `loss_fn(params, cfg, batch, rng) -> (loss, aux)` (aux: a dict of scalars),
+  then one Adafactor update; metrics = {'loss': loss, **aux}. `learning_rate`: a float, or a
+  function of the Adafactor step (a traced int32 scalar) giving the rate. The dropout key is
+  `dropout_rng(seed, Adafactor step)`.
+  """
   def train_step(params, opt_state, batch):
-    rng = dropout_rng(seed, opt_state['step']) if cfg.dropout_rate > 0 else None
-    grad_fn = jax.value_and_grad(lambda p: loss_fn(p, cfg, batch, rng), has_aux=True)
-    (loss, aux), grads = grad_fn(params)
-    params, opt_state = adafactor_update(grads, opt_state, params, learning_rate)
-    metrics = {'loss': loss, 'loss_sum': aux['loss_sum'], 'num_examples': aux['num_examples']}
-    return params, opt_state, metrics
+    step = opt_state['step']
+    rng = dropout_rng(seed, step) if cfg.dropout_rate > 0 else None
+    with partitioning.activation_mesh(shardings.mesh):
+      grad_fn = jax.value_and_grad(lambda p: loss_fn(p, cfg, batch, rng), has_aux=True)
+      (loss, aux), grads = grad_fn(params)
+    rate = learning_rate(step) if callable(learning_rate) else learning_rate
+    params, opt_state = adafactor.update(grads, opt_state, params, rate)
+    return params, opt_state, {'loss': loss, **aux}
 
   return jax.jit(train_step,
                  in_shardings=(shardings.params, shardings.opt_state, shardings.batch),
@@ -439,8 +234,11 @@ def make_eval_step(cfg, shardings, model='enct5', decode_length=None):
   """jit((params, batch) -> outputs), replicated on every host: EncT5's logits [B, T, n+1]
   (regression [B, T]); T5's and 1decT5's greedily decoded tokens [B, decode_length]."""
   outputs = MODELS[model].outputs
-  return jax.jit(lambda params, batch: outputs(params, cfg, batch, decode_length),
-                 in_shardings=(shardings.params, shardings.batch),
+
+  def eval_step(params, batch):
+    with partitioning.activation_mesh(shardings.mesh):
+      return outputs(params, cfg, batch, decode_length)
+  return jax.jit(eval_step, in_shardings=(shardings.params, shardings.batch),
                  out_shardings=shardings.replicated)
 
 
@@ -448,45 +246,13 @@ def init_train_state(cfg, shardings, rng, model='enct5'):
   """Fresh parameters and Adafactor state, born sharded (jit with out_shardings)."""
   params = jax.jit(lambda key: enct5.init_params(key, cfg, model),
                    out_shardings=shardings.params)(rng)
-  opt_state = jax.jit(adafactor_init, out_shardings=shardings.opt_state)(params)
+  opt_state = jax.jit(adafactor.init, out_shardings=shardings.opt_state)(params)
   return params, opt_state
 
 
 # ----------------------------------------------------------------------------------------------
 # Data: a GLUE task (glue.py: TSV -> T5 text -> SentencePiece -> packed rows), or the demo task.
 # ----------------------------------------------------------------------------------------------
-
-# The demo task: made-up words; the label says whether a sentence has more "good" than "bad"
-# cue words. It goes through exactly the GLUE road (TSV files, T5 text, SentencePiece).
-DEMO_TASK = glue.Task(name='synthetic', dir_name='synthetic',
-                      features=(('sentence', 'sentence'),), label_column='label',
-                      label_names=('negative', 'positive'), raw_labels=('0', '1'),
-                      metric_names=('accuracy',), eval_names={'validation': 'synthetic'})
-
-
-def get_task(name):
-  return DEMO_TASK if name == DEMO_TASK.name else glue.get_task(name)
-
-
-def write_demo_task(directory, seed, num_train=20000, num_validation=1000):
-  """GLUE-style train.tsv / dev.tsv of the demo task in `directory`; chance is 50%."""
-  rng = np.random.default_rng(seed)
-  syllables = [c + v for c in 'bdfgklmnprstvz' for v in 'aeiou']
-  words = set()
-  while len(words) < 600:
-    words.add(''.join(rng.choice(syllables, rng.integers(1, 4))))
-  words = rng.permutation(sorted(words)).tolist()
-  good, bad, neutral = words[:12], words[12:24], words[24:]
-  for split, count in (('train', num_train), ('validation', num_validation)):
-    lines = ['sentence\tlabel']
-    for _ in range(count):
-      num_good, num_bad = rng.choice(4, 2, replace=False)  # never a tie
-      sentence = (rng.choice(good, num_good).tolist() + rng.choice(bad, num_bad).tolist() +
-                  rng.choice(neutral, rng.integers(4, 16)).tolist())
-      lines.append(f'{" ".join(rng.permutation(sentence))}\t{int(num_good > num_bad)}')
-    _write_atomically(os.path.join(directory, DEMO_TASK.files[split]),
-                      ('\n'.join(lines) + '\n').encode())
-
 
 def task_dir(task, data_dir):
   """`data_dir` is the GLUE root (holding SST-2/, ...) or the task's own folder."""
@@ -533,69 +299,7 @@ def pack_train_split(task, examples, vocab, path, labels):
       method='best_fit' if FLAGS.pack else 'unpacked', ids=[example.idx for example in examples])
 
 
-def label_texts(task):
-  """T5's target strings of a task: its label names, or STS-B's scores 0.0, 0.2, ..., 5.0."""
-  return [f'{i / 5:.1f}' for i in range(26)] if task.is_regression else list(task.label_names)
-
-
-def label_text(task, label):
-  """T5's target string of a label (`t5.data.preprocessors.glue` with `glue_utils`' label
-  names; STS-B: `preprocessors.stsb`).
-
-  NOTE: as T5, STS-B's score x becomes `tf.as_string(tf.round(x * 5) / 5, precision=1)` in
-  float32 (TFDS stores the score as float32): rounding half to even, so 2.5 -> '2.4'.
-  """
-  if task.is_regression:
-    return f'{np.round(np.float32(label) * np.float32(5)) / np.float32(5):.1f}'
-  return task.label_names[label - 1]
-
-
-class LabelText:
-  """A task's labels as T5 text, for T5 and 1decT5 (paper §4.3): tokenized targets, and the way
-  back from a greedily decoded string to a label (T5's GLUE postprocessors)."""
-
-  def __init__(self, task, vocab):
-    self.task, self.vocab = task, vocab
-    for text in label_texts(task):
-      if vocab.decode(vocab.encode(text)) != text:
-        raise ValueError(f'the vocabulary cannot spell the {task.name} label {text!r} (it '
-                         f'decodes as {vocab.decode(vocab.encode(text))!r}); use T5\'s '
-                         'vocabulary, or let train.py train one on the texts and labels')
-    # Decoding stops after the longest label and its EOS: anything longer is no label.
-    self.decode_length = max(len(vocab.encode(text)) for text in label_texts(task)) + 1
-
-  def tokens(self, labels):
-    """Target ids of each label: its T5 text, tokenized, and EOS (seqio appends it)."""
-    pieces = self.vocab.encode([label_text(self.task, label) for label in labels])
-    return [ids + [glue.EOS_ID] for ids in pieces]
-
-  def parse(self, tokens):
-    """Decoded tokens [B, decode_length] -> [B] class ids 1..n, or -1 where the text (the tokens
-    before EOS) is no label; STS-B: floats, -1.0 where the text is no number.
-
-    NOTE: as T5's `postprocessors.string_label_to_class_id` and `string_to_float`, whose
-    default for an unknown string is -1 (`glue.INVALID_PREDICTION`), which the metrics count
-    wrong.
-    """
-    tokens = np.asarray(tokens)
-    # Ids past the SentencePiece model (the embedding has rows up to a multiple of 128) as unk.
-    tokens = np.where(tokens < self.vocab.GetPieceSize(), tokens, glue.UNK_ID).tolist()
-    texts = []
-    for row in tokens:
-      end = row.index(glue.EOS_ID) if glue.EOS_ID in row else len(row)
-      texts.append(self.vocab.decode(row[:end]))
-    if self.task.is_regression:
-      return np.array([_float_or(text, -1.0) for text in texts], np.float32)
-    names = self.task.label_names
-    return np.array([names.index(text) + 1 if text in names else -1 for text in texts],
-                    np.int32)
-
-
-def _float_or(text, default):
-  try:
-    return float(text)
-  except ValueError:
-    return default
+CHECKPOINT_VOCAB = 'sentencepiece.model'  # a checkpoint's own vocabulary, if it has one
 
 
 def _local_copy(path, directory):
@@ -616,11 +320,16 @@ def _local_copy(path, directory):
 
 
 def get_vocab(task, train_examples, *, must_exist=False):
-  """--vocab, or the SentencePiece model trained earlier into output_dir/vocab/, or one trained
-  now on the task's training text. Every process uses process 0's model file."""
+  """--vocab, or the `sentencepiece.model` inside --checkpoint (pretrain.py writes it there), or
+  the SentencePiece model trained earlier into output_dir/vocab/, or one trained now on the
+  task's training text. Every process uses process 0's model file."""
   vocab_dir = os.path.join(FLAGS.output_dir, 'vocab')
   if FLAGS.vocab:
     return glue.load_vocab(_local_copy(FLAGS.vocab, vocab_dir))
+  beside_checkpoint = os.path.join(FLAGS.checkpoint or '', CHECKPOINT_VOCAB)
+  if FLAGS.checkpoint and os.path.isfile(beside_checkpoint):
+    logging.info('no --vocab: using the checkpoint\'s vocabulary, %s', beside_checkpoint)
+    return glue.load_vocab(beside_checkpoint)
   path = os.path.join(vocab_dir, f'{task.name}.model')
   if jax.process_index() == 0:
     if os.path.isfile(path):
@@ -628,7 +337,7 @@ def get_vocab(task, train_examples, *, must_exist=False):
     elif not must_exist:
       texts = [example.text for example in train_examples]
       if MODELS[FLAGS.model].labels_as_text:  # T5 and 1decT5 read the targets' text too
-        texts += [label_text(task, example.label) for example in train_examples]
+        texts += [glue.label_text(task, example.label) for example in train_examples]
       logging.info('no --vocab: training a SentencePiece model (up to %d pieces) on %d '
                    'training texts of %s into %s', FLAGS.vocab_size, len(texts), task.name, path)
       os.makedirs(vocab_dir, exist_ok=True)
@@ -742,7 +451,7 @@ def load_params(path, cfg, shardings, *, with_optimizer_state):
   if 'state/step' not in load_ckpt.flatten(load_ckpt.read_index(path)):
     logging.info('%s has no optimizer state: Adafactor starts from zeros', path)
     params = load()
-    return params, jax.jit(adafactor_init, out_shardings=shardings.opt_state)(params)
+    return params, jax.jit(adafactor.init, out_shardings=shardings.opt_state)(params)
   return load(with_optimizer_state=True, opt_shardings=shardings.opt_state)
 
 
@@ -757,8 +466,8 @@ def infer(eval_step, params, packed, cfg, shardings, labels=None):
   model = MODELS[FLAGS.model]
   outputs = []
   for batch in packing.eval_batches(packed, FLAGS.batch_size):
-    out = eval_step(params, global_batch({k: batch[k] for k in model.eval_keys},
-                                         shardings.batch))
+    inputs = {k: batch[k] for k in model.eval_keys}
+    out = eval_step(params, partitioning.global_batch(inputs, shardings.batch))
     outputs.append(model.predictions(np.asarray(out), cfg, labels))
   return packing.per_example(packed['example_ids'], np.concatenate(outputs))
 
@@ -810,12 +519,12 @@ def fine_tune(task, directory, mesh):
   model = MODELS[FLAGS.model]
   train_examples = read_split(task, directory, 'train')
   vocab = get_vocab(task, train_examples)
-  labels = LabelText(task, vocab) if model.labels_as_text else None
+  labels = glue.LabelText(task, vocab) if model.labels_as_text else None
   ckpt_dir = os.path.join(FLAGS.output_dir, 'checkpoints')
   best_dir = os.path.join(FLAGS.output_dir, 'best')
   latest = load_ckpt.latest_checkpoint(ckpt_dir)
   cfg = model_config(task, vocab, latest or FLAGS.checkpoint)
-  shardings = Shardings(cfg, mesh, FLAGS.model)
+  shardings = partitioning.Shardings(cfg, mesh, FLAGS.model)
   logging.info('%s %s: %s parameters; mesh %s', model.name, cfg,
                f'{enct5.count_params(cfg, FLAGS.model):,}', dict(mesh.shape))
 
@@ -852,7 +561,7 @@ def fine_tune(task, directory, mesh):
                  FLAGS.train_steps)
     return cfg, best
 
-  train_step = make_train_step(cfg, shardings, FLAGS.learning_rate, FLAGS.seed, FLAGS.model)
+  train_step = make_train_step(cfg, shardings, model.loss, FLAGS.learning_rate, FLAGS.seed)
   eval_step = make_eval_step(cfg, shardings, FLAGS.model,
                              decode_length=labels.decode_length if labels else None)
   batches = packing.train_batches(packed, FLAGS.batch_size, FLAGS.seed, start_step=start)
@@ -862,9 +571,9 @@ def fine_tune(task, directory, mesh):
   since_eval = dict(loss_sum=0.0, examples=0)
   for step in range(start + 1, FLAGS.train_steps + 1):
     batch = next(batches)
-    params, opt_state, metrics = train_step(
-        params, opt_state, global_batch({k: batch[k] for k in model.train_keys},
-                                        shardings.batch))
+    inputs = {k: batch[k] for k in model.train_keys}
+    params, opt_state, metrics = train_step(params, opt_state,
+                                            partitioning.global_batch(inputs, shardings.batch))
     loss = float(metrics['loss'])
     if not np.isfinite(loss):
       good = load_ckpt.latest_checkpoint(ckpt_dir)
@@ -942,9 +651,9 @@ def evaluate_or_predict(task, directory, mesh):
   submission TSVs (index, prediction) for --predict_split into output_dir/predictions."""
   path = inference_checkpoint()
   vocab = get_vocab(task, None, must_exist=True)
-  labels = LabelText(task, vocab) if MODELS[FLAGS.model].labels_as_text else None
+  labels = glue.LabelText(task, vocab) if MODELS[FLAGS.model].labels_as_text else None
   cfg = model_config(task, vocab, path)
-  shardings = Shardings(cfg, mesh, FLAGS.model)
+  shardings = partitioning.Shardings(cfg, mesh, FLAGS.model)
   params = load_params(path, cfg, shardings, with_optimizer_state=False)
   eval_step = make_eval_step(cfg, shardings, FLAGS.model,
                              decode_length=labels.decode_length if labels else None)
@@ -1012,10 +721,10 @@ def _demo_setup():
       logging.info('GLUE data found at %s: fine-tune on it with e.g. `python train.py '
                    '--task=sst2 --data_dir=%s --size=tiny`', os.path.normpath(place),
                    os.path.normpath(os.path.join(place, 'SST-2')))
-  directory = os.path.join(FLAGS.output_dir, 'data', DEMO_TASK.dir_name)
+  directory = os.path.join(FLAGS.output_dir, 'data', glue.DEMO_TASK.dir_name)
   # Every process writes the same files (same seed), atomically; dev.tsv is written last.
-  if not os.path.isfile(os.path.join(directory, DEMO_TASK.files['validation'])):
-    write_demo_task(directory, FLAGS.seed)
+  if not os.path.isfile(os.path.join(directory, glue.DEMO_TASK.files['validation'])):
+    glue.write_demo_task(directory, FLAGS.seed)
   return directory
 
 
@@ -1025,7 +734,8 @@ def main(argv):
   logging.get_absl_handler().setFormatter(
       std_logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
   std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
-  initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                      FLAGS.process_id)
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
   demo = FLAGS.task is None
@@ -1036,11 +746,11 @@ def main(argv):
       found = [p for p in GLUE_PLACES if os.path.isdir(p)]
       hint = f' (GLUE data found: --data_dir={os.path.normpath(found[0])})' if found else ''
       raise app.UsageError(f'--task={FLAGS.task} needs --data_dir{hint}')
-    directory = task_dir(get_task(FLAGS.task), FLAGS.data_dir)
+    directory = task_dir(glue.get_task(FLAGS.task), FLAGS.data_dir)
     if FLAGS.output_dir is None:
       FLAGS.output_dir = os.path.join('runs', FLAGS.task)
-  task = get_task(DEMO_TASK.name if demo else FLAGS.task)
-  mesh = make_mesh(FLAGS.mesh)
+  task = glue.get_task(glue.DEMO_TASK.name if demo else FLAGS.task)
+  mesh = partitioning.make_mesh(FLAGS.mesh)
   if FLAGS.batch_size % mesh.shape['data']:
     raise app.UsageError(f'--batch_size={FLAGS.batch_size} must be a multiple of the mesh\'s '
                          f'data axis ({mesh.shape["data"]})')

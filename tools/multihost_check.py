@@ -26,21 +26,23 @@ import jax
 from jax.experimental import multihost_utils
 
 import enct5
+import partitioning
 import train
 from sharding_check import synthetic_batch
 
 
 def main():
-  train.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  partitioning.initialize_distributed(args.coordinator_address, args.num_processes,
+                                      args.process_id)
   cfg = enct5.get_config('tiny', num_classes=3, vocab_size=256, dropout_rate=0.1)
-  mesh = train.make_mesh(args.mesh)
-  shardings = train.Shardings(cfg, mesh)
+  mesh = partitioning.make_mesh(args.mesh)
+  shardings = partitioning.Shardings(cfg, mesh)
   params, opt_state = train.init_train_state(cfg, shardings, jax.random.PRNGKey(0))
-  step = train.make_train_step(cfg, shardings, 1e-3, seed=0)
+  step = train.make_train_step(cfg, shardings, train.MODELS['enct5'].loss, 1e-3, seed=0)
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(2):
-    batch = train.global_batch(synthetic_batch(rng, cfg), shardings.batch)
+    batch = partitioning.global_batch(synthetic_batch(rng, cfg), shardings.batch)
     params, opt_state, metrics = step(params, opt_state, batch)
     losses.append(float(metrics['loss']))
   gathered = multihost_utils.process_allgather(params, tiled=True)

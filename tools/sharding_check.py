@@ -13,7 +13,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 import numpy as np
 import jax
 
+import adafactor
 import enct5
+import partitioning
 import train
 
 
@@ -35,17 +37,17 @@ def synthetic_batch(rng, cfg, rows=8, length=32, slots=4):
 
 
 def run(cfg, mesh, params0, batches):
-  shardings = train.Shardings(cfg, mesh)
+  shardings = partitioning.Shardings(cfg, mesh)
   params = jax.device_put(params0, shardings.params)
-  opt_state = jax.jit(train.adafactor_init, out_shardings=shardings.opt_state)(params)
-  step = train.make_train_step(cfg, shardings, 1e-3, seed=0)
+  opt_state = jax.jit(adafactor.init, out_shardings=shardings.opt_state)(params)
+  step = train.make_train_step(cfg, shardings, train.MODELS['enct5'].loss, 1e-3, seed=0)
   losses = []
   for batch in batches:
-    batch = train.global_batch(batch, shardings.batch)
+    batch = partitioning.global_batch(batch, shardings.batch)
     params, opt_state, metrics = step(params, opt_state, batch)
     losses.append(float(metrics['loss']))
   eval_step = train.make_eval_step(cfg, shardings)
-  logits = eval_step(params, train.global_batch(batches[0], shardings.batch))
+  logits = eval_step(params, partitioning.global_batch(batches[0], shardings.batch))
   wo_state = opt_state['param_states']['encoder']['layers_0']['mlp']['wo']['kernel']
   specs = {'embedding': str(params['token_embedder']['embedding'].sharding.spec),
            'wo': str(params['encoder']['layers_0']['mlp']['wo']['kernel'].sharding.spec),
@@ -63,10 +65,10 @@ def main():
   params0 = jax.device_get(enct5.init_params(jax.random.PRNGKey(0), cfg))
   rng = np.random.default_rng(0)
   batches = [synthetic_batch(rng, cfg) for _ in range(2)]
-  ref = run(cfg, train.make_mesh('1x1', jax.devices()[:1]), params0, batches)
+  ref = run(cfg, partitioning.make_mesh('1x1', jax.devices()[:1]), params0, batches)
   result = {}
   for shape in ('4x2', '8x1'):
-    out = run(cfg, train.make_mesh(shape), params0, batches)
+    out = run(cfg, partitioning.make_mesh(shape), params0, batches)
     diff = lambda a, b: max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
                             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     result[shape] = {'losses': out[0], 'ref_losses': ref[0], 'param_diff': diff(out[1], ref[1]),

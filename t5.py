@@ -1,0 +1,131 @@
+"""The paper's baselines (§4.3): T5 and 1decT5, from the same building blocks as EncT5.
+
+T5 is the full T5.1.1 encoder-decoder: labels as text, vocabulary logits, teacher forcing,
+greedy decoding. 1decT5 is the same model cut to its first decoder layer (self-attention kept),
+`decoder_norm` and `logits_dense`. As T5X `EncoderDecoderModel` over `network.Transformer`.
+Parameters are `enct5.init_params(rng, cfg, 't5' or '1dect5')`.
+"""
+import jax
+import jax.numpy as jnp
+
+import t5_layers
+
+EOS_ID = 1  # T5's SentencePiece end-of-sequence id (padding and decoder BOS are 0)
+Z_LOSS = 1e-4  # T5X's t5_1_1 gin: `EncoderDecoderModel.z_loss = 0.0001`
+
+
+def num_decoder_layers(cfg, model):
+  """All of T5.1.1's decoder layers for 't5'; only the first for '1dect5' (§4.3)."""
+  if model not in ('t5', '1dect5'):
+    raise ValueError(f"baseline model must be 't5' or '1dect5', got {model!r}")
+  return cfg.num_decoder_layers if model == 't5' else 1
+
+
+def decode(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask, *, model='t5',
+           rng=None):
+  """The decoder of `model` (its `num_decoder_layers`): -> [B, Ld, D], see `t5_layers.decoder`."""
+  num_layers = num_decoder_layers(cfg, model)
+  decoder = params['decoder']
+  if f'layers_{num_layers - 1}' not in decoder or 'logits_dense' not in decoder:
+    raise ValueError(f'params have no decoder/layers_{num_layers - 1} or decoder/logits_dense: '
+                     f"not a {model!r} tree (build it with init_params(rng, cfg, {model!r}))")
+  return t5_layers.decoder(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask,
+                           num_layers, rng)
+
+
+def vocab_logits(params, decoded):
+  """[..., D] -> [..., V] float32 with the untied `logits_dense`.
+
+  NOTE: as T5X (`logits_dense` with dtype float32; no 1/sqrt(D) rescaling, which T5X applies
+  only to logits through a tied embedding).
+  """
+  return decoded.astype(jnp.float32) @ params['decoder']['logits_dense']['kernel']
+
+
+def apply(params, cfg, batch, *, model='t5', deterministic=True, rng=None):
+  """Vocabulary logits [B, Ld, V] float32 with teacher forcing (T5X `EncoderDecoderModel`).
+
+  batch: inputs [B, L], inputs_segment_ids [B, L] (optional: then a row's non-zero tokens
+  are one example), decoder_input_tokens and decoder_target_tokens [B, Ld], and for packed
+  rows decoder_segment_ids [B, Ld] (segment s of the targets is the label of input segment s;
+  decoder_input_tokens restart with BOS 0 in each segment).
+  """
+  rng = t5_layers.training_rng(deterministic, rng)
+  encoder_rng, decoder_rng = t5_layers.split_rng(rng, 2)
+  inputs = batch['inputs']
+  segment_ids = batch.get('inputs_segment_ids')
+  if segment_ids is None:
+    segment_ids = (inputs != 0).astype(jnp.int32)
+  encoded = t5_layers.encoder(params, cfg, inputs, t5_layers.self_attention_mask(segment_ids),
+                              encoder_rng)
+  targets = batch['decoder_target_tokens']
+  decoder_segment_ids = batch.get('decoder_segment_ids')
+  self_mask = t5_layers.decoder_self_attention_mask(targets, decoder_segment_ids)
+  cross_mask = t5_layers.decoder_cross_attention_mask(targets, segment_ids, decoder_segment_ids)
+  decoded = decode(params, cfg, encoded, batch['decoder_input_tokens'], self_mask, cross_mask,
+                   model=model, rng=decoder_rng)
+  return vocab_logits(params, decoded)
+
+
+def cross_entropy_with_z_loss(logits, targets, weights, z_loss=Z_LOSS):
+  """T5X `cross_entropy_with_logits` summed with `weights`: -> (loss, z_loss part), scalars.
+
+  Per token: logsumexp(z) - z[target] + z_loss * logsumexp(z)^2. logits [B, Ld, V], targets
+  [B, Ld] int, weights [B, Ld].
+  """
+  log_z = jax.scipy.special.logsumexp(logits, axis=-1)  # [B, Ld]
+  target_logits = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32),
+                                      axis=-1)[..., 0]
+  token_z_loss = z_loss * jnp.square(log_z)
+  losses = log_z - target_logits + token_z_loss
+  weights = weights.astype(logits.dtype)
+  return jnp.sum(losses * weights), jnp.sum(token_z_loss * weights)
+
+
+def loss_fn(params, cfg, batch, *, model='t5', rng=None):
+  """T5X's loss, and aux = {loss_sum, z_loss, num_tokens, token_loss, logits}. rng=None: no dropout.
+
+  NOTE: as T5X `EncoderDecoderModel.loss_fn` for T5.1.1: summed (loss_normalizing_factor
+  None) token cross-entropy plus z-loss 1e-4, no label smoothing, weighted by
+  `decoder_loss_weights` when given, else decoder_target_tokens > 0 (seqio's default).
+  `token_loss` is the per-token mean, for logs.
+  """
+  logits = apply(params, cfg, batch, model=model, deterministic=rng is None, rng=rng)
+  targets = batch['decoder_target_tokens']
+  weights = batch.get('decoder_loss_weights', targets > 0)
+  loss, z_loss = cross_entropy_with_z_loss(logits, targets, weights)
+  num_tokens = jnp.sum(weights)
+  return loss, {'loss_sum': loss, 'z_loss': z_loss, 'num_tokens': num_tokens,
+                'token_loss': loss / jnp.maximum(num_tokens, 1), 'logits': logits}
+
+
+def greedy_decode(params, cfg, inputs, segment_ids=None, *, max_length, model='t5'):
+  """Greedy decoding of one label string per row: inputs [B, L] -> tokens [B, max_length].
+
+  Unpacked rows only (one example each; `segment_ids` 1 on its tokens, 0 on padding, default
+  inputs != 0). Decoding stops at EOS; later positions hold 0. Jit with `cfg`, `max_length`
+  and `model` static.
+  NOTE: no key/value cache: step i re-runs the decoder over the whole fixed-length buffer
+  (the causal mask keeps positions after i out of position i), max_length^2 decoder work in
+  place of max_length. Fine for GLUE labels of a few tokens; not for long outputs.
+  """
+  if segment_ids is None:
+    segment_ids = (inputs != 0).astype(jnp.int32)
+  encoded = t5_layers.encoder(params, cfg, inputs, t5_layers.self_attention_mask(segment_ids))
+  batch = inputs.shape[0]
+  all_real = jnp.ones((batch, max_length), jnp.int32)
+  self_mask = t5_layers.decoder_self_attention_mask(all_real)
+  cross_mask = t5_layers.decoder_cross_attention_mask(all_real, segment_ids)
+
+  def step(i, state):
+    tokens, done = state  # [B, Ld] int32, [B] bool
+    decoder_input_tokens = jnp.pad(tokens, ((0, 0), (1, 0)))[:, :-1]  # shift right, BOS 0
+    decoded = decode(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask,
+                     model=model)
+    next_token = jnp.argmax(vocab_logits(params, decoded[:, i]), axis=-1).astype(jnp.int32)
+    next_token = jnp.where(done, 0, next_token)
+    return tokens.at[:, i].set(next_token), done | (next_token == EOS_ID)
+
+  init = (jnp.zeros((batch, max_length), jnp.int32), jnp.zeros((batch,), bool))
+  tokens, _ = jax.lax.fori_loop(0, max_length, step, init)
+  return tokens
