@@ -1,7 +1,8 @@
 """Tests of the T5 and 1decT5 baselines (enct5.py, paper §4.3).
 
-Golden values: testdata/golden_tiny.npz, made by tools/make_golden.py from Hugging Face's
-T5ForConditionalGeneration (full, and with one decoder layer) on the same tiny weights.
+Golden values: testdata/golden_tiny.npz (short targets) and testdata/golden_baselines.npz
+(targets up to 136 tokens, unpacked and packed), made by tools/make_golden.py from Hugging
+Face's T5ForConditionalGeneration (full, and with one decoder layer) on the same tiny weights.
 """
 import json
 import os
@@ -16,6 +17,7 @@ import t5
 import t5_layers
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata', 'golden_tiny.npz')
+LONG_GOLDEN = os.path.join(os.path.dirname(GOLDEN), 'golden_baselines.npz')
 
 
 @pytest.fixture(scope='module')
@@ -73,10 +75,57 @@ def test_forward_matches_hugging_face(golden, model, prefix):
                              rtol=1e-5, atol=1e-5)
 
 
-def test_one_decoder_layer_differs_from_full_t5(golden):
-  """The two golden sets are distinct, so the test above checks the layer count."""
-  real = golden['decoder_target_tokens'] > 0
-  assert not np.allclose(golden['t5_logits'][real], golden['dec1_logits'][real], atol=1e-2)
+@pytest.fixture(scope='module')
+def long_golden():
+  """testdata/golden_baselines.npz: targets of 24 to 136 tokens, unpacked and packed."""
+  with np.load(LONG_GOLDEN) as data:
+    return {k: data[k] for k in data.files}
+
+
+def _decoded_and_logits(params, cfg, batch, model):
+  """The decoder's output [B, Ld, D] and t5.apply's logits [B, Ld, V] for a (packed) batch."""
+  segment_ids = batch.get('inputs_segment_ids', (batch['inputs'] != 0).astype(np.int32))
+  targets, decoder_segment_ids = batch['decoder_target_tokens'], batch.get('decoder_segment_ids')
+  encoded = enct5.encode(params, cfg, batch['inputs'], segment_ids)
+  decoded = t5.decode(
+      params, cfg, encoded, batch['decoder_input_tokens'],
+      t5_layers.decoder_self_attention_mask(targets, decoder_segment_ids),
+      t5_layers.decoder_cross_attention_mask(targets, segment_ids, decoder_segment_ids),
+      model=model)
+  return np.asarray(decoded), np.asarray(t5.apply(params, cfg, batch, model=model), np.float64)
+
+
+@pytest.mark.parametrize('packed', [False, True], ids=['unpacked', 'packed'])
+@pytest.mark.parametrize('model, prefix', [('t5', 't5'), ('1dect5', 'dec1')])
+def test_long_targets_match_hugging_face(golden, long_golden, model, prefix, packed):
+  """Targets of up to 136 tokens, where the decoder's causal relative-position buckets differ
+  from the encoder's bidirectional ones (from distance 8 on; the last bucket from 112). Packed:
+  three examples in one row, HF having run each alone. Checks the decoder's output, the
+  vocabulary logits (through log Z and the target's logit) and T5X's summed loss."""
+  cfg = golden_config(golden)
+  params = golden_params(golden, cfg, model)
+  g = {k[len('packed_'):]: v for k, v in long_golden.items() if k.startswith('packed_')} \
+      if packed else long_golden
+  batch = {k: g[k] for k in ('inputs', 'decoder_input_tokens', 'decoder_target_tokens')}
+  if packed:
+    batch.update(inputs_segment_ids=g['inputs_segment_ids'],
+                 decoder_segment_ids=g['decoder_segment_ids'])
+  real = batch['decoder_target_tokens'] > 0
+  assert real.sum(axis=1).max() == 136
+
+  decoded, logits = _decoded_and_logits(params, cfg, batch, model)
+  np.testing.assert_allclose(decoded[real], g[f'{prefix}_decoder_output'][real],
+                             rtol=1e-5, atol=1e-5)
+  log_z = np.log(np.exp(logits).sum(-1))
+  target_logit = np.take_along_axis(logits, batch['decoder_target_tokens'][..., None], -1)[..., 0]
+  np.testing.assert_allclose(log_z[real], g[f'{prefix}_log_z'][real], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(target_logit[real], g[f'{prefix}_target_logit'][real],
+                             rtol=1e-5, atol=1e-5)
+
+  hf_log_z = g[f'{prefix}_log_z'].astype(np.float64)
+  expected = np.sum((hf_log_z - g[f'{prefix}_target_logit'] + t5.Z_LOSS * hf_log_z ** 2)[real])
+  loss, _ = t5.loss_fn(params, cfg, batch, model=model)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------- packing and masks

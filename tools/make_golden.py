@@ -6,6 +6,11 @@ Produces
                                     HF encoder outputs (unpacked), EncT5 outputs for a packed batch
                                     (HF run per example, unpacked), and T5 / 1decT5 baseline
                                     decoder outputs and vocabulary logits.
+  testdata/golden_baselines.npz     T5 / 1decT5 decoder outputs and per-token losses on the
+                                    weights of golden_tiny.npz, with targets of 24 to 136 tokens
+                                    (causal and bidirectional buckets differ from distance 8 on,
+                                    and the last causal bucket needs distance >= 112), unpacked
+                                    and packed (HF run per example).
   testdata/golden_fixture_tiny.npz  HF encoder outputs for the real T5X checkpoint
                                     ../shared/fixtures/t5x_tiny_t5_1_1_legacy.msgpack (the weights
                                     themselves are not copied; the test reads the fixture).
@@ -16,7 +21,8 @@ stored as float32, so the tests' 1e-5 tolerance is left to enct5's own float32 r
 float32 is ~2e-6 from float64 here (~5e-6 with sharper attention; see random_t5x_params).
 HF's T5LayerNorm still takes its RMS statistic in float32 (~1e-7 relative).
 
-Rerun (from the repo root): python tools/make_golden.py
+Rerun (from the repo root): python tools/make_golden.py [tiny|baselines|fixture ...] (all three
+by default)
 Needs torch and transformers (test/tool-only, never runtime deps) and msgpack; the fixture is
 found through $ENCT5_SHARED (default ../shared). Seeds are fixed, so reruns reproduce the files
 up to float32 rounding of the torch build. No enct5 code is imported: the mapping T5X -> HF is
@@ -25,6 +31,7 @@ written out here (HF Linear weights are T5X kernels transposed).
 import hashlib
 import json
 import os
+import sys
 
 import msgpack
 import numpy as np
@@ -37,6 +44,7 @@ SHARED = os.environ.get('ENCT5_SHARED', os.path.join(REPO, '..', 'shared'))
 FIXTURE = os.path.join(SHARED, 'fixtures', 't5x_tiny_t5_1_1_legacy.msgpack')
 OUT_TINY = os.path.join(REPO, 'testdata', 'golden_tiny.npz')
 OUT_FIXTURE = os.path.join(REPO, 'testdata', 'golden_fixture_tiny.npz')
+OUT_BASELINES = os.path.join(REPO, 'testdata', 'golden_baselines.npz')
 
 # T5X-style sizes of the random tiny model (stored as `config_json`).
 TINY = dict(vocab_size=300, d_model=16, num_heads=4, head_dim=8, d_ff=24, num_layers=2,
@@ -323,6 +331,34 @@ encoder_output [3, 160, 8]: HF final-norm encoder output with attention_mask = i
 """
 
 
+README_BASELINES = """golden_baselines.npz: the T5 and 1decT5 baselines with long targets, HF
+transformers T5ForConditionalGeneration (torch, eager, computed in float64, stored as float32)
+on the weights param/* of golden_tiny.npz (not repeated here; made from the same seed and
+checked equal to that file). Made by tools/make_golden.py; rerun with
+`python tools/make_golden.py baselines`.
+Why long targets: the decoder's causal relative-position buckets and the encoder's
+bidirectional ones agree only below distance 8; the last causal bucket (31) starts at distance
+112, and distances past max_distance 128 share it. Targets here reach 136 tokens.
+Lengths: L=48 input tokens, Ld=136 decoder tokens; vocab 300 (ids >= 2, EOS=1 last, 0 padding).
+inputs [3, L] int32: rows of 40, 13 and 29 real tokens.
+decoder_target_tokens [3, Ld] int32: targets of 136 (the whole row), 24 and 57 tokens;
+  decoder_input_tokens: shifted right with BOS 0.
+<m>_decoder_output [3, Ld, D], m = t5 (2 decoder layers) or dec1 (1decT5: decoder layers_0
+  only): HF decoder final-norm output (self-attention mask causal & target > 0,
+  cross-attention mask inputs != 0). <m>_log_z [3, Ld]: logsumexp of HF's vocabulary logits
+  (untied lm_head = logits_dense); <m>_target_logit [3, Ld]: the logit of the target token.
+  Meaningful where decoder_target_tokens > 0; 0 elsewhere.
+packed_inputs, packed_inputs_segment_ids [2, L] int32: row 0 holds 3 examples of 20, 9 and 15
+  input tokens (4 padding); row 1 one example of 30 (18 padding).
+packed_decoder_target_tokens, packed_decoder_input_tokens, packed_decoder_segment_ids [2, Ld]:
+  row 0 the three targets of 70, 21 and 40 tokens (segments 1, 2, 3; 5 padding), row 1 one
+  target of 136 tokens; decoder inputs restart with BOS 0 in each segment.
+packed_<m>_decoder_output [2, Ld, D], packed_<m>_log_z, packed_<m>_target_logit [2, Ld]: each
+  example run ALONE (its own inputs and targets, no padding) through HF, placed at its packed
+  positions; 0 on padding.
+"""
+
+
 def make_tiny():
   s = TINY
   p = random_t5x_params(np.random.default_rng(20211015), s)
@@ -376,6 +412,70 @@ def make_tiny():
   return p, s, inputs, encoder_output
 
 
+def hf_baseline(p, s, num_decoder_layers, inputs, targets):
+  """HF decoder output [B, Ld, D], log Z and target logit [B, Ld] (float64) for targets [B, Ld]
+  (padding at the end) and the decoder inputs they imply (shifted right, BOS 0)."""
+  dec_inputs = np.zeros_like(targets)
+  dec_inputs[:, 1:] = targets[:, :-1]
+  _, dec, logits = hf_t5(p, s, num_decoder_layers, inputs, dec_inputs, targets)
+  log_z = torch.logsumexp(torch.tensor(logits), dim=-1).numpy()
+  target_logit = np.take_along_axis(logits, targets[..., None].astype(np.int64), -1)[..., 0]
+  return dec, log_z, target_logit
+
+
+def make_baselines():
+  s = TINY
+  p = random_t5x_params(np.random.default_rng(20211015), s)
+  with np.load(OUT_TINY) as z:  # the test reads the weights from golden_tiny.npz
+    for k, v in p.items():
+      assert np.array_equal(z[f'param/{k}'], v), f'{OUT_TINY} has other weights ({k})'
+  rng = np.random.default_rng(5678)
+  V, D, L_in, Ld = s['vocab_size'], s['d_model'], 48, 136
+  models = (('t5', 2), ('dec1', 1))
+
+  # Unpacked rows.
+  inputs = unpacked_batch(rng, [40, 13, 29], V, L_in)
+  targets = unpacked_batch(rng, [136, 24, 57], V, Ld)
+  dec_inputs = np.zeros_like(targets)
+  dec_inputs[:, 1:] = targets[:, :-1]
+  real = targets > 0
+  out = dict(README=np.array(README_BASELINES), config_json=np.array(json.dumps(s)),
+             inputs=inputs, decoder_input_tokens=dec_inputs, decoder_target_tokens=targets)
+  for name, layers in models:
+    dec, log_z, target_logit = hf_baseline(p, s, layers, inputs, targets)
+    out[f'{name}_decoder_output'] = (dec * real[..., None]).astype(np.float32)
+    out[f'{name}_log_z'] = (log_z * real).astype(np.float32)
+    out[f'{name}_target_logit'] = (target_logit * real).astype(np.float32)
+
+  # Packed rows: inputs and targets packed side by side; each example run alone through HF.
+  rows = [[(20, 70), (9, 21), (15, 40)], [(30, 136)]]
+  B = len(rows)
+  packed = {k: np.zeros((B, L_in), np.int32) for k in ('inputs', 'inputs_segment_ids')}
+  packed.update({k: np.zeros((B, Ld), np.int32) for k in (
+      'decoder_target_tokens', 'decoder_input_tokens', 'decoder_segment_ids')})
+  results = {f'{name}_{k}': np.zeros(shape, np.float32) for name, _ in models
+             for k, shape in (('decoder_output', (B, Ld, D)), ('log_z', (B, Ld)),
+                              ('target_logit', (B, Ld)))}
+  for b, row in enumerate(rows):
+    start, target_start = 0, 0
+    for j, (n, m) in enumerate(row):
+      x, t = example(rng, n, V), example(rng, m, V)
+      packed['inputs'][b, start:start + n] = x
+      packed['inputs_segment_ids'][b, start:start + n] = j + 1
+      packed['decoder_target_tokens'][b, target_start:target_start + m] = t
+      packed['decoder_input_tokens'][b, target_start + 1:target_start + m] = t[:-1]
+      packed['decoder_segment_ids'][b, target_start:target_start + m] = j + 1
+      for name, layers in models:
+        dec, log_z, target_logit = hf_baseline(p, s, layers, x[None], t[None])
+        results[f'{name}_decoder_output'][b, target_start:target_start + m] = dec[0]
+        results[f'{name}_log_z'][b, target_start:target_start + m] = log_z[0]
+        results[f'{name}_target_logit'][b, target_start:target_start + m] = target_logit[0]
+      start, target_start = start + n, target_start + m
+  out.update({f'packed_{k}': v for k, v in packed.items()})
+  out.update({f'packed_{k}': v for k, v in results.items()})
+  np.savez_compressed(OUT_BASELINES, **out)
+
+
 def read_legacy_msgpack(path):
   """Legacy T5X checkpoint (flax to_bytes): ext type 1 = [shape, dtype, bytes], 3 = scalar."""
   def ext_hook(code, data):
@@ -420,15 +520,23 @@ def float32_gap(p, s, inputs, encoder_output):
   return np.abs(hf_encode(enc32, inputs)[real] - encoder_output[real]).max()
 
 
-def main():
+def main(which):
+  unknown = set(which) - {'tiny', 'baselines', 'fixture'}
+  if unknown:
+    raise SystemExit(f'unknown golden files {sorted(unknown)}; expected tiny, baselines, fixture')
   torch.manual_seed(0)
   os.makedirs(os.path.dirname(OUT_TINY), exist_ok=True)
-  p, s, inputs, encoder_output = make_tiny()
-  print(f'wrote {OUT_TINY} ({os.path.getsize(OUT_TINY)} bytes); HF float32 encoder vs golden: '
-        f'max |diff| {float32_gap(p, s, inputs, encoder_output):.2e}')
-  make_fixture()
-  print(f'wrote {OUT_FIXTURE} ({os.path.getsize(OUT_FIXTURE)} bytes)')
+  if 'tiny' in which:
+    p, s, inputs, encoder_output = make_tiny()
+    print(f'wrote {OUT_TINY} ({os.path.getsize(OUT_TINY)} bytes); HF float32 encoder vs '
+          f'golden: max |diff| {float32_gap(p, s, inputs, encoder_output):.2e}')
+  if 'baselines' in which:
+    make_baselines()
+    print(f'wrote {OUT_BASELINES} ({os.path.getsize(OUT_BASELINES)} bytes)')
+  if 'fixture' in which:
+    make_fixture()
+    print(f'wrote {OUT_FIXTURE} ({os.path.getsize(OUT_FIXTURE)} bytes)')
 
 
 if __name__ == '__main__':
-  main()
+  main(sys.argv[1:] or ['tiny', 'baselines', 'fixture'])
