@@ -9,8 +9,9 @@ H heads, K head dim, D model dim, F FFN dim, V vocab; in attention, q and k are 
 key lengths and d the head dim.
 
 Dropout: `rng=None` means deterministic (no dropout). Following T5X, dropout masks are shared
-along the length axis (`broadcast_dims=(-2,)`) for embeddings and block outputs, and along the
-query axis for attention probabilities (`broadcast_dropout=True`).
+along the length axis (`broadcast_dims=(-2,)`) for embeddings, block outputs, the FFN's hidden
+activations and the decoder's output, and along the query axis for attention probabilities
+(`broadcast_dropout=True`); the encoder's output alone gets one mask per element.
 """
 import jax
 import jax.numpy as jnp
@@ -298,7 +299,8 @@ def encoder(params, cfg, inputs, mask, rng=None):
   for i in range(cfg.num_layers):
     x = encoder_layer(stack[f'layers_{i}'], cfg, x, mask, bias, layer_rngs[i])
   x = rms_norm(x, stack['encoder_norm']['scale'])
-  return dropout(x, cfg.dropout_rate, final_rng)
+  # NOTE: T5X's `Encoder` drops its output without `broadcast_dims`: one mask per element.
+  return dropout(x, cfg.dropout_rate, final_rng, broadcast_dims=())
 
 
 def decoder(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask, num_layers,
