@@ -51,7 +51,8 @@ class EncT5Config:
     return jnp.dtype(self.dtype)
 
 
-# T5.1.1 sizes (T5X `t5_1_1/{small,...}.gin`). `tiny` keeps tests and the demo fast.
+# Sizes of the T5.1.1 family, as T5X's gin files (`t5_1_1/`, `mt5/`, `byt5/`); totals match
+# the published ones (test_hf.py). The `tiny` ones keep tests and the demo fast.
 SIZES = {
     'tiny': dict(d_model=64, num_heads=4, head_dim=16, d_ff=128, num_layers=2,
                  num_decoder_layers=2),
@@ -69,7 +70,36 @@ SIZES = {
 
 
 def get_config(size, num_classes=2, **overrides):
-  """The config of a T5.1.1 size, e.g. get_config('base', num_classes=3, dropout_rate=0.0)."""
+    # mT5 (T5X `mt5/{small,...}.gin`): T5.1.1's shapes over a 250,000-piece multilingual
+    # SentencePiece vocabulary (+ 100 extra ids, padded to a multiple of 128).
+    'mt5-tiny': dict(vocab_size=250112, d_model=64, num_heads=4, head_dim=16, d_ff=128,
+                     num_layers=2, num_decoder_layers=2),
+    'mt5-small': dict(vocab_size=250112, d_model=512, num_heads=6, head_dim=64, d_ff=1024,
+                      num_layers=8, num_decoder_layers=8),
+    'mt5-base': dict(vocab_size=250112, d_model=768, num_heads=12, head_dim=64, d_ff=2048,
+                     num_layers=12, num_decoder_layers=12),
+    'mt5-large': dict(vocab_size=250112, d_model=1024, num_heads=16, head_dim=64, d_ff=2816,
+                      num_layers=24, num_decoder_layers=24),
+    'mt5-xl': dict(vocab_size=250112, d_model=2048, num_heads=32, head_dim=64, d_ff=5120,
+                   num_layers=24, num_decoder_layers=24),
+    'mt5-xxl': dict(vocab_size=250112, d_model=4096, num_heads=64, head_dim=64, d_ff=10240,
+                    num_layers=24, num_decoder_layers=24),
+    # ByT5 (T5X `byt5/{small,...}.gin`): 384 ids (3 special + 256 bytes + 125 extra ids), an
+    # encoder three times as deep as the decoder, and wider: the parameters the small
+    # vocabulary frees go into the layers, so each size matches mT5's total.
+    'byt5-tiny': dict(vocab_size=384, d_model=64, num_heads=4, head_dim=16, d_ff=128,
+                      num_layers=3, num_decoder_layers=1),
+    'byt5-small': dict(vocab_size=384, d_model=1472, num_heads=6, head_dim=64, d_ff=3584,
+                       num_layers=12, num_decoder_layers=4),
+    'byt5-base': dict(vocab_size=384, d_model=1536, num_heads=12, head_dim=64, d_ff=3968,
+                      num_layers=18, num_decoder_layers=6),
+    'byt5-large': dict(vocab_size=384, d_model=1536, num_heads=16, head_dim=64, d_ff=3840,
+                       num_layers=36, num_decoder_layers=12),
+    'byt5-xl': dict(vocab_size=384, d_model=2560, num_heads=32, head_dim=64, d_ff=6720,
+                    num_layers=36, num_decoder_layers=12),
+    'byt5-xxl': dict(vocab_size=384, d_model=4672, num_heads=64, head_dim=64, d_ff=12352,
+                     num_layers=36, num_decoder_layers=12),
+  """The config of a size, e.g. get_config('byt5-base', num_classes=3, dropout_rate=0.0)."""
   if size not in SIZES:
     raise ValueError(f'unknown size {size!r}; expected one of {sorted(SIZES)}')
   if num_classes < 1:

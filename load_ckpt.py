@@ -17,6 +17,8 @@ extension values: type 1 = ndarray, payload msgpack `[shape, dtype name, C-order
 Leaves are named by their '/'-joined path below 'optimizer', e.g.
 'target/encoder/layers_0/attention/query/kernel' or 'state/param_states/.../v_row'.
 Paths are local or 'gs://bucket/path' (TensorStore's gcs kvstore: no download step).
+A Hugging Face model directory (config.json + safetensors) is read as the same tree, lazily, with
+T5X's names (hf_ckpt.py): every function here that reads a checkpoint takes one.
 """
 import functools
 import os
@@ -35,6 +37,7 @@ import tensorstore as ts
 
 import adafactor
 import enct5
+import hf_ckpt
 import partitioning
 
 INDEX_FILE = 'checkpoint'  # T5X's name for the msgpack index inside `checkpoint_<step>/`
@@ -176,9 +179,12 @@ def read_index(path):
 
   `path` is a checkpoint directory (with its index file `checkpoint`), or a single-file
   msgpack (legacy T5X format). Leaves are numpy arrays (inline) or TensorStore specs whose
-  paths are made absolute (read them with `read_t5x`).
+  paths are made absolute (read them with `read_t5x`). A Hugging Face model directory gives
+  {'target': params} under T5X's names, its leaves `hf_ckpt.LazyTensor`s (see hf_ckpt.py).
   """
   path = path.rstrip('/')
+  if hf_ckpt.is_hf_checkpoint(path):
+    return hf_ckpt.read_index(path)
   index_path = _join(path, INDEX_FILE)
   data = _read_bytes(index_path)
   checkpoint_dir = path
@@ -255,7 +261,7 @@ def _read_all(leaves):
   specs = {name: leaf for name, leaf in leaves.items() if _is_spec(leaf)}
   stores = _open_all(specs)
   futures = {name: store.read() for name, store in stores.items()}
-  return {name: _result(futures[name], name, leaf) if name in specs else leaf
+  return {name: _result(futures[name], name, leaf) if name in specs else np.asarray(leaf)
           for name, leaf in leaves.items()}
 
 
@@ -369,25 +375,27 @@ def _read_as(flat, names, placement):
           for name, leaf in leaves.items()}
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _init_fresh(rng, cfg):
-  """The parameters that EncT5 adds to T5 (FRESH_PARAMS), exactly as `init_params(rng, cfg)`
-  makes them; under jit, XLA drops the initializers of all the others."""
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_fresh(rng, cfg, names):
+  """EncT5 parameters `names` (FRESH_PARAMS, and the pooling block of an encoder-only
+  checkpoint), exactly as `init_params(rng, cfg)` makes them; under jit, XLA drops the
+  initializers of all the others."""
   params = flatten(enct5.init_params(rng, cfg))
-  return {f'target/{name}': params[name] for name in FRESH_PARAMS}
+  return {f'target/{name}': params[name] for name in names}
 
 
 def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, shardings=None,
-                opt_shardings=None):
-  """Parameters of `model` ('enct5', 't5' or '1dect5') from a T5.1.1 checkpoint, optionally
-  with Adafactor state.
+                opt_shardings=None, fresh_pooling_block=False):
+  """Parameters of `model` ('enct5', 't5' or '1dect5') from a T5.1.1 checkpoint (T5X's or
+  Hugging Face's), optionally with Adafactor state.
 
   'enct5' (paper §4.2): the token embedding, the whole encoder (with its relative-position
   table), the first decoder layer's cross-attention and FFN with their norms, and the decoder's
   final norm. Never read: the other decoder layers, the decoder's self-attention and
   relative-position table, and the vocabulary projection `decoder/logits_dense`.
   `decoder/bos_embedding` and `decoder/class_projection` are those of
-  `enct5.init_params(rng, cfg)`.
+  `enct5.init_params(rng, cfg)`. An encoder-only checkpoint (T5EncoderModel, Sentence-T5) has
+  no pooling block: an error, unless `fresh_pooling_block` asks for a random one.
   't5': the whole tree (`enct5.param_specs(cfg, 't5')`), nothing fresh. '1dect5' (§4.3): the
   same with only decoder layer 0 (self-attention included), the decoder's relative-position
   table, final norm and `logits_dense`; the other decoder layers are never read.
@@ -404,6 +412,17 @@ def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, sh
   _check_config(flat, cfg, path)
   specs = flatten(enct5.param_specs(cfg, model))
   fresh = FRESH_PARAMS if model == 'enct5' else ()
+  if model == 'enct5' and not any(name.startswith('target/decoder/') for name in flat):
+    pooling_block = tuple(name for name in specs
+                          if name.startswith('decoder/') and name not in FRESH_PARAMS)
+    if not fresh_pooling_block:
+      raise CheckpointError(
+          f'{path} is an encoder-only checkpoint: it has no decoder, so EncT5\'s pooling block '
+          f'(the first decoder layer\'s cross-attention and FFN with their norms, and the '
+          f'decoder\'s final norm: {", ".join(pooling_block)}) is missing. To start the '
+          f'pooling block from random init, pass fresh_pooling_block=True '
+          f'(train.py --fresh_pooling_block).')
+    fresh += pooling_block
   loaded = [name for name in specs if name not in fresh]
 
   # Every leaf to read, with its expected shape.
@@ -426,7 +445,7 @@ def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, sh
   arrays = _read_as(flat, expected, placement)
 
   if fresh:
-    for name, value in _init_fresh(rng, cfg).items():
+    for name, value in _init_fresh(rng, cfg, fresh).items():
       value = np.asarray(value)
       arrays[name] = value if placement is None else jax.device_put(value, placement[name])
   if with_optimizer_state:
