@@ -1,5 +1,6 @@
 """Tests of pretrain.py: span corruption against hand-worked cases and seqio's properties, the
 batches of a step, and a tiny pre-training run whose checkpoint every model fine-tunes from."""
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import enct5
 import load_ckpt
 import pretrain
+import testutil
 from testutil import REPO
 
 
@@ -224,3 +226,30 @@ def test_checkpoint_loads_for_every_model(pretrained, model):
   stored = load_ckpt.read_t5x(checkpoint)['target']
   np.testing.assert_array_equal(params['encoder']['layers_1']['mlp']['wo']['kernel'],
                                 stored['encoder']['layers_1']['mlp']['wo']['kernel'])
+
+
+@pytest.mark.parametrize('model', ['enct5', 't5'])
+def test_train_fine_tunes_from_the_checkpoint_with_its_vocabulary(pretrained, model):
+  """train.py --checkpoint without --vocab reads the checkpoint's sentencepiece.model and
+  continues Adafactor's step count (paper §4.2)."""
+  rte = os.path.join(testutil.SHARED, 'glue', 'RTE')
+  if not os.path.isfile(os.path.join(rte, 'train.tsv')):
+    pytest.skip(f'GLUE RTE data not found at {rte} (set ENCT5_SHARED)')
+  tmp, _ = pretrained
+  data = tmp / f'rte_{model}'
+  data.mkdir()
+  for name, lines in (('train.tsv', 33), ('dev.tsv', 17)):  # header + 32 / 16 examples
+    with open(os.path.join(rte, name)) as f:
+      (data / name).write_text(''.join(f.readlines()[:lines]))
+  checkpoint = os.path.join(tmp, 'resumed', 'checkpoints', 'checkpoint_4')
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'train.py'), f'--model={model}', '--task=rte',
+       f'--data_dir={data}', f'--checkpoint={checkpoint}', '--train_steps=2', '--eval_every=2',
+       '--batch_size=4', '--max_input_length=32', '--max_target_length=32',
+       f'--output_dir={tmp / ("finetune_" + model)}'],
+      capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.join(checkpoint, pretrain.VOCAB_FILE) in result.stderr
+  with open(tmp / f'finetune_{model}' / 'metrics.jsonl') as f:
+    record = json.loads(f.readline())
+  assert record['step'] == 2 and record['t5x_step'] == 4 + 2
