@@ -153,17 +153,16 @@ def read_config(path):
   with open(os.path.join(path, CONFIG_FILE)) as f:
     config = json.load(f)
   expected = {  # key: (T5.1.1's value, HF's default when the key is absent)
-      'model_type': ('t5', None),
       'feed_forward_proj': ('gated-gelu', 'relu'),
       'tie_word_embeddings': (False, True),
       'relative_attention_num_buckets': (32, 32),
       'relative_attention_max_distance': (128, 128),
       'layer_norm_epsilon': (1e-6, 1e-6),
   }
-  if config.get('model_type') == 'mt5':
-    config = dict(config, model_type='t5')  # mT5 is T5.1.1's architecture
   wrong = [f'{key}={config.get(key, default)!r} (T5.1.1: {value!r})'
            for key, (value, default) in expected.items() if config.get(key, default) != value]
+  if config.get('model_type') not in ('t5', 'mt5'):  # ByT5's is 't5'; mT5's architecture too
+    wrong.append(f"model_type={config.get('model_type')!r} (T5.1.1: 't5' or 'mt5')")
   if wrong:
     tied = ('; a tied lm_head and ReLU are the original T5 (T5.1.0), which EncT5 does not '
             'build on' if config.get('tie_word_embeddings', True) else '')

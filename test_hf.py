@@ -20,7 +20,6 @@ import enct5
 import glue
 import hf_ckpt
 import load_ckpt
-import partitioning
 import t5
 import testutil
 
@@ -53,6 +52,7 @@ def hf_copy(tmp_path, name, **config_changes):
   """A copy of a fixture whose config.json is changed (None deletes a key)."""
   dst = tmp_path / name
   shutil.copytree(fixture(name), dst)
+  os.chmod(dst, 0o755)
   for f in os.listdir(dst):
     os.chmod(dst / f, 0o644)
   config = json.loads((dst / hf_ckpt.CONFIG_FILE).read_text())
@@ -88,6 +88,21 @@ def test_byt5_encoder_is_three_times_the_decoder(size):
   params = jax.eval_shape(lambda: enct5.init_params(jax.random.PRNGKey(0), cfg, 't5'))
   assert len([k for k in params['encoder'] if k.startswith('layers_')]) == cfg.num_layers
   assert len([k for k in params['decoder'] if k.startswith('layers_')]) == cfg.num_decoder_layers
+
+
+@pytest.mark.parametrize('size', ['tiny', 'mt5-tiny', 'byt5-tiny'])
+def test_tiny_config_of_each_family_runs_enct5_and_t5(size):
+  cfg = enct5.get_config(size, num_classes=3, dropout_rate=0.0)
+  inputs = np.array([[5, 6, 7, 1, 0, 0], [8, 9, 1, 10, 11, 1]], np.int32)
+  batch = dict(inputs=inputs, inputs_segment_ids=np.array([[1, 1, 1, 1, 0, 0],
+                                                            [1, 1, 1, 2, 2, 2]], np.int32),
+               targets=np.array([[2, 0], [1, 3]], np.int32))
+  logits = enct5.apply(enct5.init_params(jax.random.PRNGKey(0), cfg), cfg, batch)
+  assert logits.shape == (2, 2, 4) and np.isfinite(logits).all()
+  t5_batch = dict(inputs=inputs, decoder_input_tokens=np.array([[0, 4], [0, 5]], np.int32),
+                  decoder_target_tokens=np.array([[4, 1], [5, 1]], np.int32))
+  logits = t5.apply(enct5.init_params(jax.random.PRNGKey(0), cfg, 't5'), cfg, t5_batch)
+  assert logits.shape == (2, 2, cfg.vocab_size) and np.isfinite(logits).all()
 
 
 # ------------------------------------------------------------------------------- the name map
