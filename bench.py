@@ -11,7 +11,8 @@ the machine still move the numbers: the table ends with the load average.
   python bench.py --compare-hf     # also EncT5 built from Hugging Face's PyTorch T5 modules
 
 Sections: params, train (EncT5 vs T5 vs 1decT5 step, tokens/s, FLOP/s vs matmul peak, memory),
-infer (packed vs unpacked), ckpt (load time and bytes), hf (--compare-hf).
+infer (packed vs unpacked), pack (packing an SST-2-sized train set), ckpt (load time and bytes),
+hf (--compare-hf).
 """
 import argparse
 import math
@@ -35,7 +36,7 @@ import train
 
 SHARED = os.environ.get('ENCT5_SHARED',
                         os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared'))
-SECTIONS = ('params', 'train', 'infer', 'ckpt', 'hf')
+SECTIONS = ('params', 'train', 'infer', 'pack', 'ckpt', 'hf')
 LEARNING_RATE = 1e-3  # the paper's constant rate (§4.1)
 LABEL_TOKENS = 2  # T5 writes a GLUE label as text: ~2 SentencePiece tokens, then EOS
 
@@ -358,6 +359,21 @@ def bench_infer(table, args, rng):
             spread(ratios, '{:.2f}'), f'unpacked rows padded to {unpacked_length} (longest)')
 
 
+def bench_packing(table, args, rng):
+  """Host-side packing (packing.pack_examples) of an SST-2-train-sized set into rows of L
+  tokens and 62 slots: the cost paid once before training."""
+  lengths, source = sst2_lengths('train', 67_349, rng)
+  examples = [(np.append(np.full(n - 1, 3), t5.EOS_ID), 1) for n in lengths]
+  fns = {method: (lambda method=method: packing.pack_examples(examples, args.length, 62,
+                                                              method=method))
+         for method in ('next_fit', 'best_fit')}
+  times, _ = round_robin(fns, args.rounds, warmup=0)
+  for method in fns:
+    efficiency = packing.efficiency(fns[method]())
+    table.add('pack', f'{method}: s per {len(examples):,} examples', f'{med(times[method]):.2f}',
+              spread(times[method], '{:.2f}'), f'efficiency {efficiency:.3f}; lengths: {source}')
+
+
 def tree_bytes(tree):
   return sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))
 
@@ -533,7 +549,7 @@ def main():
   parser.add_argument('--quick', action='store_true', help='fewer rounds, smaller batches')
   parser.add_argument('--compare-hf', action='store_true',
                       help='also time EncT5 built from Hugging Face PyTorch T5 modules')
-  parser.add_argument('--sections', default='params,train,infer,ckpt',
+  parser.add_argument('--sections', default='params,train,infer,pack,ckpt',
                       help=f'comma-separated, of {SECTIONS} (hf is added by --compare-hf)')
   parser.add_argument('--rounds', type=int, help='timed rounds after warm-up (default 3 quick, 7)')
   parser.add_argument('--length', type=int, default=128, help='L, tokens per packed row')
@@ -564,6 +580,8 @@ def main():
     bench_train(table, args, rng)
   if 'infer' in sections:
     bench_infer(table, args, rng)
+  if 'pack' in sections:
+    bench_packing(table, args, rng)
   if 'ckpt' in sections:
     bench_checkpoint(table, args)
   if 'hf' in sections:

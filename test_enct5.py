@@ -67,9 +67,7 @@ def test_rms_norm_matches_formula_without_mean_subtraction():
   scale = np.linspace(0.5, 2.0, 5).astype(np.float32)
   expected = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6) * scale
   np.testing.assert_allclose(t5_layers.rms_norm(jnp.array(x), jnp.array(scale)), expected,
-                             rtol=1e-6)
-  layer_norm = (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True) * scale
-  assert not np.allclose(expected, layer_norm, atol=1e-2)  # the mean is not subtracted
+                             rtol=1e-6)  # x has mean ~3: subtracting it would fail here
 
 
 def test_rms_norm_keeps_activation_dtype():
@@ -142,6 +140,36 @@ def test_dropout_only_when_not_deterministic():
   assert not np.allclose(dropped, other, atol=1e-3)
   with pytest.raises(ValueError, match='needs an rng'):
     enct5.apply(params, cfg, batch, deterministic=False)
+
+
+def test_every_dropout_site_draws_its_own_mask_shared_as_t5x(monkeypatch):
+  """One training pass of EncT5: each dropout site (embeddings, attention probabilities, block
+  outputs, FFN activations, final norms; in every layer) draws its own key, and its mask is
+  shared along the axes T5X shares it: length (or slot) for [B, L, D] and [B, L, F], the query
+  axis for attention probabilities [B, H, q, k], none for the encoder's output."""
+  cfg = tiny_config(dropout_rate=0.5)
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+  calls = []  # (key, shape, mask) per dropout call, in call order
+  original = t5_layers.dropout
+
+  def recording(x, rate, rng, broadcast_dims=(-2,)):
+    if rng is not None:
+      mask = np.asarray(original(jnp.ones_like(x), rate, rng, broadcast_dims)) != 0
+      calls.append((tuple(np.asarray(rng).ravel()), x.shape, mask))
+    return original(x, rate, rng, broadcast_dims)
+  monkeypatch.setattr(t5_layers, 'dropout', recording)
+  enct5.apply(params, cfg, packed_batch(), deterministic=False, rng=jax.random.PRNGKey(7))
+
+  B, L, T, H, D, F = 2, 12, 3, cfg.num_heads, cfg.d_model, cfg.d_ff
+  layer = [((B, H, L, L), (2,)), ((B, L, D), (1,)), ((B, L, F), (1,)), ((B, L, D), (1,))]
+  expected = ([((B, L, D), (1,))] + layer * cfg.num_layers + [((B, L, D), ())]  # encoder
+              + [((B, T, D), (1,)), ((B, H, T, L), (2,)), ((B, T, D), (1,)),  # pooling block
+                 ((B, T, F), (1,)), ((B, T, D), (1,)), ((B, T, D), (1,))])
+  shared = lambda mask: tuple(axis for axis in range(mask.ndim)
+                              if (mask == mask.take([0], axis=axis)).all())
+  assert [(shape, shared(mask)) for _, shape, mask in calls] == expected
+  keys = [key for key, _, _ in calls]
+  assert len(set(keys)) == len(keys), 'two dropout sites share a key (the same mask)'
 
 
 def test_dropout_mask_is_shared_along_length():
@@ -284,7 +312,11 @@ def test_bfloat16_activations_stay_close_to_float32():
   bf16 = enct5.apply(params, dataclasses.replace(cfg, dtype='bfloat16'), batch)
   assert bf16.dtype == jnp.float32  # the projection runs in float32
   assert jax.tree.leaves(params)[0].dtype == jnp.float32
-  np.testing.assert_allclose(bf16, f32, atol=0.05)
+  # bfloat16 keeps 8 significant bits (each rounding is off by up to 2^-9 = 0.2%); through two
+  # layers and the pooling block the logits drift 0.8% of their largest value here (0.014 of
+  # 1.76). The bound, 2% of that value, is rounding's share; the float32 choices of single ops
+  # (RMSNorm statistics, softmax) move these logits less than that and are pinned by NOTEs.
+  np.testing.assert_allclose(bf16, f32, atol=0.02 * np.abs(f32).max())
   assert not np.array_equal(bf16, f32)
 
 

@@ -4,11 +4,12 @@ The key test (`test_packed_logits_equal_unpacked`) runs `enct5.apply` on the sam
 packed and unpacked (paper §3: packing must not change any example's output).
 """
 import os
-import time
 
 import jax
 import numpy as np
 import pytest
+from scipy import stats
+from sklearn import metrics as sklearn_metrics
 
 import enct5
 import glue
@@ -184,16 +185,6 @@ def test_best_fit_never_worse_than_next_fit():
     best = packing._best_fit_decreasing(lengths, max_length, max_slots)[0].max()
     greedy = packing._next_fit(lengths, max_length, max_slots)[0].max()
     assert best <= greedy
-
-
-def test_packing_is_fast():
-  # SST-2-sized: 67k examples of 5..40 tokens.
-  rng = np.random.default_rng(0)
-  examples = [([3] * (int(n) - 1) + [1], 1) for n in rng.integers(5, 41, 67_349)]
-  start = time.perf_counter()
-  packed = packing.pack_examples(examples, 128, 62)
-  assert time.perf_counter() - start < 5.0  # about 0.3 s alone; generous for busy machines
-  assert packing.efficiency(packed) > 0.99
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,8 +625,6 @@ def test_metrics_by_hand():
 
 
 def test_metrics_match_sklearn_and_scipy():
-  sklearn_metrics = pytest.importorskip('sklearn.metrics')
-  stats = pytest.importorskip('scipy.stats')
   rng = np.random.default_rng(0)
   for _ in range(20):
     n = int(rng.integers(2, 300))
@@ -664,7 +653,6 @@ def test_invalid_predictions_count_as_t5_counts_them():
   # As [2, 2, 1, 1]: one true positive, one false positive, one false negative.
   assert scores['mrpc/f1'] == pytest.approx(100 * 2 / 4)
   assert scores['mrpc/accuracy'] == pytest.approx(50.0)
-  sklearn_metrics = pytest.importorskip('sklearn.metrics')
   gold, predictions = [2, 1, 1, 2, 2, 1, 2], [2, invalid, 1, 1, invalid, 1, 2]
   scores = glue.compute_metrics(glue.get_task('cola'), 'validation', gold, predictions)
   assert scores['cola/matthews_corrcoef'] == pytest.approx(
