@@ -618,8 +618,21 @@ _SHARDED_WORKER = textwrap.dedent('''
                                           with_optimizer_state=True, shardings=shardings.params)
     v_row = default[1]['param_states']['token_embedder']['embedding']['v_row']
 
-    # Save from the global arrays (gathered, process 0 writes), restore sharded: same shards.
+    # Save: every process writes its own slices; only inline vectors are gathered.
+    written, gathered_ndims = {}, []
+    original_own_slices, original_host = load_ckpt._own_slices, load_ckpt._host
+    def counting_own_slices(x):
+      out = original_own_slices(x)
+      written[x.shape] = written.get(x.shape, 0) + sum(np.size(part) for _, part in out)
+      return out
+    def recording_host(x):
+      if isinstance(x, jax.Array) and not x.is_fully_replicated:
+        gathered_ndims.append(x.ndim)
+      return original_host(x)
+    load_ckpt._own_slices, load_ckpt._host = counting_own_slices, recording_host
     load_ckpt.save_checkpoint(sys.argv[5], 3, params, opt_state)
+
+    # Restored on the same mesh: the same shards, bit for bit.
     restored = load_ckpt.restore_checkpoint(sys.argv[5], shardings=shardings.params,
                                             opt_shardings=shardings.opt_state)
     ok &= jax.tree.structure((params, opt_state)) == jax.tree.structure(restored)
@@ -627,8 +640,21 @@ _SHARDED_WORKER = textwrap.dedent('''
       ok &= x.sharding == y.sharding and x.dtype == y.dtype
       for a, b in zip(x.addressable_shards, y.addressable_shards):
         ok &= a.index == b.index and np.asarray(a.data).tobytes() == np.asarray(b.data).tobytes()
+    # Restored onto another mesh (2 x half the devices): each shard as the saved array's slice.
+    other = partitioning.Shardings(cfg, partitioning.make_mesh('2x%d' % (jax.device_count() // 2)))
+    moved = load_ckpt.restore_checkpoint(sys.argv[5], shardings=other.params,
+                                         opt_shardings=other.opt_state)
+    saved = load_ckpt.flatten(load_ckpt.read_t5x(load_ckpt.latest_checkpoint(sys.argv[5])))
+    flat = {'target/' + k: v for k, v in load_ckpt.flatten(moved[0]).items()}
+    flat.update({'state/' + k: v for k, v in load_ckpt.flatten(moved[1]).items()})
+    ok &= sorted(flat) == sorted(saved)
+    for name, x in flat.items():
+      for shard in x.addressable_shards:
+        ok &= np.asarray(shard.data).tobytes() == saved[name][shard.index].tobytes()
     print(json.dumps({'ok': ok, 'devices': jax.device_count(),
                       'embedding_read': embedding_read,
+                      'embedding_written': written[(32128, 128)],
+                      'gathered_ndims': sorted(set(gathered_ndims)),
                       'embedding_spec': str(shardings.params['token_embedder']['embedding'].spec),
                       'default_v_row_replicated': v_row.sharding.is_fully_replicated}))
 ''')
@@ -637,8 +663,9 @@ _SHARDED_WORKER = textwrap.dedent('''
 @pytest.mark.parametrize('num_processes', [2])
 def test_sharded_load_reads_only_each_process_slices(tmp_path, num_processes):
   """4 CPU devices per process; with 2 processes 'model' spans both, so each reads half the
-  vocabulary rows of the embedding (T5X's rules shard 'vocab' on 'model'). Then a save from
-  the global arrays and a sharded restore give the same shards, bit for bit."""
+  vocabulary rows of the embedding (T5X's rules shard 'vocab' on 'model'). Then every process
+  saves its own half (nothing but inline vectors gathered); restores on the same mesh and on
+  another one give the saved values, and one process reads the checkpoint back bit for bit."""
   path = fixture(MINI)
   script = tmp_path / 'worker.py'
   script.write_text(_SHARDED_WORKER)
@@ -653,4 +680,11 @@ def test_sharded_load_reads_only_each_process_slices(tmp_path, num_processes):
     assert result['ok'] and result['devices'] == 4 * num_processes
     assert result['embedding_spec'] == "P('model', None)"
     assert result['embedding_read'] == 32128 * 128 // num_processes
+    assert result['embedding_written'] == 32128 * 128 // num_processes
+    assert result['gathered_ndims'] in ([], [1])  # factored v_row / v_col only
     assert result['default_v_row_replicated']
+  cfg = enct5.get_config('tiny', **load_ckpt.config_from_checkpoint(path))
+  expected = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(0), with_optimizer_state=True)
+  params, opt_state = load_ckpt.restore_checkpoint(str(tmp_path / 'run'))
+  assert_trees_equal({'target': params, 'state': opt_state},
+                     {'target': expected[0], 'state': expected[1]})
