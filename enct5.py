@@ -36,6 +36,8 @@ class EncT5Config:
   dropout_rate: float = 0.1  # T5's fine-tuning dropout
   num_classes: int = 2  # n real classes, ids 1..n; 1 means regression (STS-B)
   dtype: str = 'float32'  # activations: 'float32' or 'bfloat16'; parameters stay float32
+  remat_policy: str = 'none'  # T5X's: 'none', 'minimal' or 'full' (t5_layers.REMAT_POLICIES)
+  scan_layers: bool = False  # each stack's layers as one lax.scan (T5X's option)
 
   @property
   def is_regression(self):
@@ -110,6 +112,9 @@ def get_config(size, num_classes=2, **overrides):
     raise ValueError(f'unknown config fields {sorted(unknown)}; known: {sorted(fields)}')
   if overrides.get('dtype', 'float32') not in ('float32', 'bfloat16'):
     raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {overrides['dtype']!r}")
+  if overrides.get('remat_policy', 'none') not in t5_layers.REMAT_POLICIES:
+    raise ValueError(f'remat_policy must be one of {list(t5_layers.REMAT_POLICIES)}, '
+                     f"got {overrides['remat_policy']!r}")
   return EncT5Config(**{**SIZES[size], 'num_classes': num_classes, **overrides})
 
 

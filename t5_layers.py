@@ -278,6 +278,44 @@ def decoder_layer(layer, cfg, y, encoded, self_mask, self_bias, cross_mask, rng=
   return mlp_block(cfg, layer['pre_mlp_layer_norm']['scale'], layer['mlp'], y, mlp_rng)
 
 
+# NOTE: T5X's `remat_policy` names (`scalable_t5/network.py`): what each layer keeps for the
+# backward pass; the rest is recomputed there. 'minimal' keeps the outputs of the matmuls
+# with weights (dots without batch dims), 'full' keeps only the layer's inputs.
+REMAT_POLICIES = {
+    'none': None,  # no rematerialization: everything is kept
+    'minimal': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    'full': jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def layer_stack(layer_fn, layers, cfg, x, rngs):
+  """x through each layer in turn: `layer_fn(layer, x, rng) -> x` for `layers` (a list of
+  parameter trees `layers_i`) and their dropout keys `rngs`.
+
+  With `cfg.remat_policy` other than 'none', each layer is a `jax.checkpoint` with that
+  policy. With `cfg.scan_layers`, the layers are one `lax.scan` (T5X's option): XLA compiles
+  one layer body whatever the depth. The parameters stay per layer (`layers_0`, ...), as in
+  checkpoints, and are stacked here, inside the step: [layers, ...] per weight, one copy per
+  step; their gradients flow back to each `layers_i` through the stacking.
+  """
+  if cfg.remat_policy != 'none':
+    # NOTE: as T5X, `prevent_cse` is needed only outside a scan.
+    layer_fn = jax.checkpoint(layer_fn, policy=REMAT_POLICIES[cfg.remat_policy],
+                              prevent_cse=not cfg.scan_layers)
+  if not cfg.scan_layers:
+    for layer, rng in zip(layers, rngs):
+      x = layer_fn(layer, x, rng)
+    return x
+  stacked = jax.tree.map(lambda *weights: jnp.stack(weights), *layers)
+  stacked_rngs = None if rngs[0] is None else jnp.stack(rngs)
+
+  def body(x, layer_and_rng):
+    layer, rng = layer_and_rng
+    return layer_fn(layer, x, rng), None
+  x, _ = jax.lax.scan(body, x, (stacked, stacked_rngs))
+  return x
+
+
 def embed(embedding, ids, dtype):
   """Token embedding lookup: [B, L] int -> [B, L, D] in the activation dtype."""
   return jnp.take(embedding, ids, axis=0).astype(dtype)
@@ -296,8 +334,9 @@ def encoder(params, cfg, inputs, mask, rng=None):
   length = inputs.shape[1]
   bias = relative_position_bias(stack['relpos_bias']['rel_embedding'], length, length,
                                 bidirectional=True, cfg=cfg)
-  for i in range(cfg.num_layers):
-    x = encoder_layer(stack[f'layers_{i}'], cfg, x, mask, bias, layer_rngs[i])
+  layers = [stack[f'layers_{i}'] for i in range(cfg.num_layers)]
+  x = layer_stack(lambda layer, x, rng: encoder_layer(layer, cfg, x, mask, bias, rng),
+                  layers, cfg, x, layer_rngs)
   x = rms_norm(x, stack['encoder_norm']['scale'])
   # NOTE: T5X's `Encoder` drops its output without `broadcast_dims`: one mask per element.
   return dropout(x, cfg.dropout_rate, final_rng, broadcast_dims=())
@@ -321,8 +360,9 @@ def decoder(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask, n
   bias = relative_position_bias(stack['relpos_bias']['rel_embedding'], length, length,
                                 bidirectional=False, cfg=cfg)
   encoded = encoded.astype(cfg.activation_dtype)
-  for i in range(num_layers):
-    y = decoder_layer(stack[f'layers_{i}'], cfg, y, encoded, self_mask, bias, cross_mask,
-                      layer_rngs[i])
+  layers = [stack[f'layers_{i}'] for i in range(num_layers)]
+  y = layer_stack(lambda layer, y, rng: decoder_layer(layer, cfg, y, encoded, self_mask, bias,
+                                                      cross_mask, rng),
+                  layers, cfg, y, layer_rngs)
   y = rms_norm(y, stack['decoder_norm']['scale'])
   return dropout(y, cfg.dropout_rate, final_rng)

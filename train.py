@@ -21,7 +21,8 @@ Flags by section (each explained below, in alphabetical order):
   task and data      --task --data_dir --vocab --vocab_size --max_input_length
                      --max_target_length --pack
   model              --model --checkpoint --size --d_model --num_heads --head_dim --d_ff
-                     --num_layers --dropout_rate --dtype
+                     --num_layers --dropout_rate --dtype --remat_policy
+                     --scan_layers
   training           --batch_size --learning_rate --train_steps --eval_every --log_every
                      --keep_checkpoints --seed
   devices and hosts  --mesh --coordinator_address --num_processes --process_id
@@ -53,6 +54,7 @@ import load_ckpt
 import packing
 import partitioning
 import t5
+import t5_layers
 
 # ----------------------------------------------------------------------------------------------
 # Flags, by section, with the paper's defaults (§4.1: T5's fine-tuning recipe, Adafactor with a
@@ -105,6 +107,13 @@ flags.DEFINE_integer('num_layers', None, 'The encoder layers, instead of the siz
 flags.DEFINE_float('dropout_rate', 0.1, 'Dropout while training (T5 fine-tuning: 0.1).')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Activation dtype; parameters '
                   'and Adafactor state stay float32.')
+flags.DEFINE_enum('remat_policy', 'none', list(t5_layers.REMAT_POLICIES), 'T5X\'s '
+                  'rematerialization per layer, to fit larger batches or models: none; minimal '
+                  '(keep the matmuls\' outputs, recompute the rest); full (keep only each '
+                  'layer\'s input; about one more forward pass of compute). Same numbers.')
+flags.DEFINE_bool('scan_layers', False, 'Run each stack\'s layers as one lax.scan (T5X\'s '
+                  'option): compile time and program size no longer grow with depth (xl, xxl). '
+                  'Same numbers; checkpoints keep one tree per layer.')
 
 # Training.
 flags.DEFINE_integer('batch_size', 128, 'Packed rows per global batch (T5: 128 rows of 512 '
@@ -381,7 +390,8 @@ SHAPE_FLAGS = ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers')
 
 def model_config(task, vocab, checkpoint):
   """EncT5Config for `task`; `checkpoint` (T5.1.1 or EncT5, or None) fixes the shape."""
-  options = dict(num_classes=task.num_classes, dropout_rate=FLAGS.dropout_rate, dtype=FLAGS.dtype)
+  options = dict(num_classes=task.num_classes, dropout_rate=FLAGS.dropout_rate, dtype=FLAGS.dtype,
+                 remat_policy=FLAGS.remat_policy, scan_layers=FLAGS.scan_layers)
   overrides = {name: FLAGS[name].value for name in SHAPE_FLAGS if FLAGS[name].value is not None}
   if checkpoint:
     # The checkpoint fixes the shape; --size and the shape flags, if given, must agree.
