@@ -26,6 +26,7 @@ Flags by section (each explained below, in alphabetical order):
   training           --batch_size --learning_rate --train_steps --eval_every --log_every
                      --keep_checkpoints --seed
   devices and hosts  --mesh --coordinator_address --num_processes --process_id
+                     --compilation_cache
   run                --mode --predict_split --output_dir
 
 Reads top-down: flags; Adafactor (T5X `t5x/adafactor.py`); sharding over a ('data', 'model')
@@ -134,6 +135,10 @@ flags.DEFINE_string('mesh', None, 'Device mesh DATAxMODEL, e.g. 4x2: batches spl
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for several hosts.')
 flags.DEFINE_integer('num_processes', 1, 'Processes (hosts) running this same command.')
 flags.DEFINE_integer('process_id', 0, 'This process\'s index, 0..num_processes-1.')
+flags.DEFINE_string('compilation_cache', os.path.join(
+    os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'enct5', 'jax'),
+    'JAX\'s persistent compilation cache: a second run of the same command loads its compiled '
+    'steps from here instead of compiling them again. Empty: no cache.')
 
 # Run.
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'train: fine-tune (resuming '
@@ -744,6 +749,8 @@ def main(argv):
   logging.get_absl_handler().setFormatter(
       std_logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
   std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
+  if FLAGS.compilation_cache:
+    jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache)
   partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                       FLAGS.process_id)
   if jax.process_index() > 0:
