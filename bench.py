@@ -29,13 +29,13 @@ import numpy as np
 
 import adafactor
 import enct5
+import glue
 import load_ckpt
 import packing
+import partitioning
 import t5
 import train
 
-SHARED = os.environ.get('ENCT5_SHARED',
-                        os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared'))
 SECTIONS = ('params', 'train', 'infer', 'pack', 'ckpt', 'hf')
 LEARNING_RATE = 1e-3  # the paper's constant rate (§4.1)
 LABEL_TOKENS = 2  # T5 writes a GLUE label as text: ~2 SentencePiece tokens, then EOS
@@ -100,7 +100,7 @@ def sst2_lengths(split, num, rng):
   counts: ceil(1.2 * words) + 6 (the 'sst2 sentence:' prefix and EOS). Without the data,
   a log-normal with SST-2 train's mean is used and the table says so.
   """
-  path = os.path.join(SHARED, 'glue', 'SST-2', f'{split}.tsv')
+  path = os.path.join(glue.SHARED, 'glue', 'SST-2', f'{split}.tsv')
   if os.path.exists(path):
     with open(path) as f:
       words = np.array([len(line.split('\t')[0].split()) for line in f.read().splitlines()[1:]])
@@ -121,7 +121,7 @@ def random_examples(lengths, cfg, rng):
 def pack(examples, length, method='best_fit'):
   """packing.pack_examples with the paper's 62 target slots (§4.1)."""
   packed = packing.pack_examples(examples, length, 62, method=method)
-  return {k: packed[k] for k in ('inputs', 'inputs_segment_ids', 'inputs_positions', 'targets')}
+  return {k: packed[k] for k in ('inputs', 'inputs_segment_ids', 'targets')}
 
 
 def take_rows(packed, rows):
@@ -162,38 +162,22 @@ def bench_params(table):
               note=f'EncT5 = {counts["enct5"] / counts["t5"]:.1%} of T5')
 
 
-def make_train_step(cfg, model):
-  """jit(grad of the model's loss + adafactor.update), params and state donated.
-
-  Same for all three models: dropout 0.1 from a key folded with the step, as train.py.
-  """
-  def loss(params, batch, rng):
-    if model == 'enct5':
-      return enct5.loss_fn(params, cfg, batch, rng=rng)[0]
-    return t5.loss_fn(params, cfg, batch, model=model, rng=rng)[0]
-
-  def step(params, opt_state, batch):
-    rng = jax.random.fold_in(jax.random.PRNGKey(0), opt_state['step'])
-    value, grads = jax.value_and_grad(loss)(params, batch, rng)
-    params, opt_state = adafactor.update(grads, opt_state, params, LEARNING_RATE)
-    return params, opt_state, value
-
-  return jax.jit(step, donate_argnums=(0, 1))
-
-
 class Trainer:
   """A compiled train step and its (donated, hence replaced) state: call to take one step."""
 
   def __init__(self, cfg, model, batch):
-    self.params = enct5.init_params(jax.random.PRNGKey(0), cfg, model)
-    self.opt_state = adafactor.init(self.params)
-    self.batch = jax.device_put(batch)
-    self.compiled = make_train_step(cfg, model).lower(self.params, self.opt_state,
-                                                      self.batch).compile()
+    mesh = partitioning.make_mesh('1x1', jax.devices()[:1])
+    shardings = partitioning.Shardings(cfg, mesh, model)
+    self.params, self.opt_state = train.init_train_state(cfg, shardings, jax.random.PRNGKey(0),
+                                                         model)
+    self.batch = partitioning.global_batch(batch, shardings.batch)
+    step = train.make_train_step(cfg, shardings, train.MODELS[model].loss, LEARNING_RATE, seed=0)
+    self.compiled = step.lower(self.params, self.opt_state, self.batch).compile()
 
   def __call__(self):
-    self.params, self.opt_state, loss = self.compiled(self.params, self.opt_state, self.batch)
-    return loss
+    self.params, self.opt_state, metrics = self.compiled(self.params, self.opt_state,
+                                                         self.batch)
+    return metrics['loss']
 
   def flops(self):
     analysis = self.compiled.cost_analysis()
@@ -204,20 +188,6 @@ class Trainer:
     """(arguments, temporaries) in bytes from XLA's buffer assignment."""
     stats = self.compiled.memory_analysis()
     return stats.argument_size_in_bytes, stats.temp_size_in_bytes
-
-
-def enct5_train_flops(cfg, batch, length, slots):
-  """Matmul FLOPs of one EncT5 train step, analytically: 3x the forward (backward = 2x).
-
-  Forward per row: each encoder layer's q/k/v/out projections (4 * 2LD(HK)), scores and
-  context (2 * 2L^2(HK)), FFN (3 * 2LDF); the pooling block's cross-attention (k/v over L,
-  q/out over T, 2 * 2TL(HK)), FFN over T, the projection.
-  """
-  d, hk, f = cfg.d_model, cfg.num_heads * cfg.head_dim, cfg.d_ff
-  layer = 4 * 2 * length * d * hk + 2 * 2 * length * length * hk + 3 * 2 * length * d * f
-  pool = (2 * 2 * length * d * hk + 2 * 2 * slots * d * hk + 2 * 2 * slots * length * hk
-          + 3 * 2 * slots * d * f + 2 * slots * d * cfg.num_outputs)
-  return 3 * batch * (cfg.num_layers * layer + pool)
 
 
 def adafactor_fn(cfg):
@@ -258,6 +228,7 @@ def bench_train(table, args, rng):
   for EncT5); dropout 0.1; the same jitted grad + adafactor.update with donated buffers.
   T5 gets its targets packed as T5X packs them, as tight as they can be: each example's label
   is LABEL_TOKENS tokens + EOS, so Ld = 3T for T examples a row; EncT5 has T slots.
+  NOTE: one long function on purpose: each table row sits next to the measurement it reports.
   """
   lengths, source = sst2_lengths('train', 4000, rng)
   peak_fn, peak_flops = matmul_peak_fn(args.matmul_size)
@@ -303,7 +274,7 @@ def bench_train(table, args, rng):
     table.add('train', f'{size}: EncT5 tokens/s', f'{num_rows * args.length / step_s:,.0f}',
               note=f'{real_tokens / step_s:,.0f} real (non-padding) tokens/s')
     xla_flops = trainers['EncT5'].flops()
-    model_flops = enct5_train_flops(cfg, num_rows, args.length, slots)
+    model_flops = enct5.train_step_flops(cfg, 'enct5', num_rows, args.length, slots)
     achieved = [model_flops / t for t in times['EncT5']]
     peaks = [peak_flops / t for t in times['matmul']]
     table.add('train', f'{size}: EncT5 achieved FLOP/s', f'{med(achieved) / 1e9:.1f} GFLOP/s',
@@ -394,14 +365,14 @@ def bench_checkpoint(table, args):
     kept = [name for name in load_ckpt.flatten(enct5.param_specs(cfg))
             if name not in load_ckpt.FRESH_PARAMS]
     loads = {
-        'EncT5': lambda: load_ckpt.load_enct5_params(path, cfg, jax.random.PRNGKey(0),
-                                                     with_optimizer_state=True),
+        'EncT5': lambda: load_ckpt.load_params(path, cfg, jax.random.PRNGKey(0),
+                                               with_optimizer_state=True),
         'EncT5 leaves, read only': lambda: load_ckpt.read_t5x(
             path, [f'target/{n}' for n in kept] + [f'state/param_states/{n}' for n in kept]),
         'T5 (full tree)': lambda: load_ckpt.read_t5x(path)}
     loaded_bytes = {name: tree_bytes(fn()) for name, fn in loads.items()}
     times, _ = round_robin(loads, args.rounds, warmup=0)
-  notes = {'EncT5': 'load_ckpt.load_enct5_params(with_optimizer_state=True)',
+  notes = {'EncT5': 'load_ckpt.load_params(with_optimizer_state=True)',
            'EncT5 leaves, read only': 'read_t5x of the same leaves: the I/O part of the above',
            'T5 (full tree)': 'read_t5x of everything'}
   for name in loads:

@@ -8,7 +8,11 @@ The decoder of a pre-trained T5 is replaced by (§3, Figure 1):
 
 Class 0 is the padding class (T5 pads targets with 0), so packed rows with fewer examples
 than slots need no special case. Everything is a pure function of a nested dict of arrays
-whose names are those of a T5X T5.1.1 checkpoint (`t5_layers` has the building blocks).
+whose names are those of a T5X T5.1.1 checkpoint (`t5_layers` has the building blocks; the
+paper's T5 and 1decT5 baselines are `t5`, with parameters from the same table here).
+
+Reads top-down: configs; the parameter table (init, counts, model FLOPs); the forward pass
+(`encode`, `pool`, `apply`); losses and predictions.
 """
 import dataclasses
 import math
@@ -68,10 +72,6 @@ SIZES = {
                num_decoder_layers=24),
     'xxl': dict(d_model=4096, num_heads=64, head_dim=64, d_ff=10240, num_layers=24,
                 num_decoder_layers=24),
-}
-
-
-def get_config(size, num_classes=2, **overrides):
     # mT5 (T5X `mt5/{small,...}.gin`): T5.1.1's shapes over a 250,000-piece multilingual
     # SentencePiece vocabulary (+ 100 extra ids, padded to a multiple of 128).
     'mt5-tiny': dict(vocab_size=250112, d_model=64, num_heads=4, head_dim=16, d_ff=128,
@@ -101,6 +101,10 @@ def get_config(size, num_classes=2, **overrides):
                     num_layers=36, num_decoder_layers=12),
     'byt5-xxl': dict(vocab_size=384, d_model=4672, num_heads=64, head_dim=64, d_ff=12352,
                      num_layers=36, num_decoder_layers=12),
+}
+
+
+def get_config(size, num_classes=2, **overrides):
   """The config of a size, e.g. get_config('byt5-base', num_classes=3, dropout_rate=0.0)."""
   if size not in SIZES:
     raise ValueError(f'unknown size {size!r}; expected one of {sorted(SIZES)}')
@@ -186,7 +190,7 @@ def _decoder_layer_specs(cfg, with_self_attention):
   return layer
 
 
-MODELS = ('enct5', 't5', '1dect5')
+MODEL_NAMES = ('enct5', 't5', '1dect5')  # the parameter trees of `param_specs`
 
 
 def param_specs(cfg, model='enct5'):
@@ -197,8 +201,8 @@ def param_specs(cfg, model='enct5'):
   't5': the full T5.1.1 encoder-decoder with the untied vocabulary projection `logits_dense`.
   '1dect5': T5 with only the first decoder layer (paper §4.3's 1decT5).
   """
-  if model not in MODELS:
-    raise ValueError(f'unknown model {model!r}; expected one of {MODELS}')
+  if model not in MODEL_NAMES:
+    raise ValueError(f'unknown model {model!r}; expected one of {MODEL_NAMES}')
   encoder = {f'layers_{i}': {'pre_attention_layer_norm': _norm_spec(cfg),
                              'attention': _attention_specs(cfg),
                              'pre_mlp_layer_norm': _norm_spec(cfg),
@@ -250,24 +254,51 @@ def count_params(cfg, model='enct5'):
   return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
 
 
+def train_step_flops(cfg, model, batch_size, input_length, target_length):
+  """Model FLOPs of one train step on [batch_size, input_length] rows: 3x the forward pass
+  (the backward pass costs twice the forward), as nanoGPT's `estimate_mfu`.
+
+  `target_length`: EncT5's query slots T; T5's and 1decT5's decoder tokens. Counted: every
+  matmul (2 x in x out per token: projections, FFNs, the class projection or the vocabulary
+  logits) and attention's scores and context (2 x q x k x H*K each), over all positions,
+  padding included; not norms, softmax or embedding lookups.
+  """
+  d, inner, length = cfg.d_model, cfg.num_heads * cfg.head_dim, input_length
+
+  def attention(q, k):  # query/out over q tokens, key/value over k tokens, scores, context
+    return 2 * 2 * q * d * inner + 2 * 2 * k * d * inner + 2 * 2 * q * k * inner
+
+  def mlp(n):
+    return 3 * 2 * n * d * cfg.d_ff
+
+  encoder = cfg.num_layers * (attention(length, length) + mlp(length))
+  if model == 'enct5':
+    head = (attention(target_length, length) + mlp(target_length)
+            + 2 * target_length * d * cfg.num_outputs)
+  else:
+    layer = (attention(target_length, target_length) + attention(target_length, length)
+             + mlp(target_length))
+    head = (t5.num_decoder_layers(cfg, model) * layer
+            + 2 * target_length * d * cfg.vocab_size)
+  return 3 * batch_size * (encoder + head)
+
+
 # ---------------------------------------------------------------------------------------------
 # The forward pass (§3, Figure 1).
 # ---------------------------------------------------------------------------------------------
 
-def encode(params, cfg, inputs, segment_ids=None, positions=None, *, deterministic=True,
-           rng=None):
+def encode(params, cfg, inputs, segment_ids=None, *, deterministic=True, rng=None):
   """The T5.1.1 encoder. inputs [B, L] int32 (0 = padding) -> [B, L, D] float32.
 
   segment_ids [B, L]: 1, 2, ... per packed example, 0 = padding; without them the non-zero
-  tokens of a row form one example. `positions` are accepted as part of the packed batch but
-  not needed: see `t5_layers.relative_position_bias`.
+  tokens of a row form one example. No positions: relative offsets within an example are the
+  same wherever it sits in the row (see `t5_layers.relative_position_bias`).
   """
-  del positions  # relative offsets within an example do not depend on them
   if segment_ids is None:
     segment_ids = (inputs != 0).astype(jnp.int32)
   mask = t5_layers.self_attention_mask(segment_ids)  # [B, 1, L, L]
-  encoded = t5_layers.encoder(params, cfg, inputs, mask, t5_layers.training_rng(deterministic, rng))
-  return encoded.astype(jnp.float32)
+  rng = t5_layers.training_rng(deterministic, rng)
+  return t5_layers.encoder(params, cfg, inputs, mask, rng).astype(jnp.float32)
 
 
 def pool(params, cfg, encoded, segment_ids, num_slots, rng=None):
@@ -301,9 +332,9 @@ def pool(params, cfg, encoded, segment_ids, num_slots, rng=None):
 def apply(params, cfg, batch, *, deterministic=True, rng=None):
   """Logits of every target slot: [B, T, n+1] (class 0 = padding), regression [B, T].
 
-  `batch` is a packed batch (see `packing`): inputs, inputs_segment_ids, inputs_positions
-  [B, L] and targets [B, T], whose width T is the number of query slots. An unpacked batch
-  is a packed one with one example per row and T = 1.
+  `batch` is a packed batch (see `packing`): inputs, inputs_segment_ids [B, L] and targets
+  [B, T], whose width T is the number of query slots. An unpacked batch is a packed one with
+  one example per row and T = 1.
   """
   rng = t5_layers.training_rng(deterministic, rng)
   encoder_rng, pool_rng = t5_layers.split_rng(rng, 2)

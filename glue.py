@@ -6,6 +6,10 @@ then `feature: text` for each text feature in sorted feature order, e.g.
 `mnli hypothesis: ... premise: ...`. Labels are T5's label classes, numbered from 1 because
 class 0 is EncT5's padding class (§3); STS-B is regression on the raw score. Metrics are
 T5's GLUE metrics (`glue_utils.GLUE_METRICS`), scaled to 0-100 as T5 reports them.
+
+Reads top-down: the tasks (and the demo task); reading TSV files; SentencePiece; one split
+read, tokenized and packed (`load_packed`, the road train.py takes); labels as T5 text for the
+T5 and 1decT5 baselines (`LabelText`); metrics.
 """
 import dataclasses
 import logging
@@ -16,6 +20,10 @@ import numpy as np
 import sentencepiece as spm
 
 import packing
+
+# Real GLUE data (and the T5X-written test checkpoints) live outside the repository, in ../shared.
+SHARED = os.environ.get('ENCT5_SHARED',
+                        os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared'))
 
 # T5's SentencePiece ids (`seqio.SentencePieceVocabulary`): pad 0, EOS 1, unk 2, no BOS.
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -138,11 +146,26 @@ def format_text(task, fields):
   return ' '.join(parts)
 
 
+def task_dir(task, data_dir):
+  """The task's folder: `data_dir` is the GLUE root (holding SST-2/, ...) or that folder."""
+  own = os.path.join(data_dir, task.dir_name)
+  if os.path.isdir(own):
+    return own
+  if any(os.path.isfile(os.path.join(data_dir, f)) for f in task.files.values()):
+    return data_dir
+  raise FileNotFoundError(f'{data_dir}: found neither {own}/ nor the {task.name} files '
+                          f'{sorted(set(task.files.values()))} in it')
+
+
 def split_path(task, data_dir, split):
+  """The file of one split; `data_dir` as in `task_dir`."""
   if split not in task.files:
     raise ValueError(f'task {task.name} has no split {split!r}; expected one of '
                      f'{sorted(task.files)}')
-  return os.path.join(data_dir, task.dir_name, task.files[split])
+  path = os.path.join(task_dir(task, data_dir), task.files[split])
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} not found (the {split} split of {task.name})')
+  return path
 
 
 def read_split(task, data_dir, split, *, on_error='raise'):
@@ -285,6 +308,10 @@ def load_vocab(path):
   ids = (vocab.pad_id(), vocab.eos_id(), vocab.unk_id())
   if ids != (PAD_ID, EOS_ID, UNK_ID):
     raise ValueError(f'{path}: SentencePiece ids (pad, eos, unk) = {ids}; T5 needs '
+                     f'{(PAD_ID, EOS_ID, UNK_ID)}')
+  return vocab
+
+
 # ---------------------------------------------------------------------------------------------
 # ByT5's vocabulary: UTF-8 bytes, no model file.
 # ---------------------------------------------------------------------------------------------
@@ -331,10 +358,6 @@ class ByteVocabulary:
     return data.decode('utf-8', errors='ignore')
 
 
-                     f'{(PAD_ID, EOS_ID, UNK_ID)}')
-  return vocab
-
-
 def check_vocab_fits(vocab, vocab_size):
   """Every piece id must index the model's embedding table of `vocab_size` rows; ByT5's bytes
   need ByT5's embedding (384 rows: T5's or mT5's rows would be read as bytes)."""
@@ -369,19 +392,33 @@ def tokenize(vocab, examples, max_input_length, *, path='<examples>'):
   return tokenized, truncated
 
 
-def load_packed(task, data_dir, split, vocab, max_input_length, max_target_length, *,
-                method='best_fit', on_error='raise'):
-  """The whole road for one split: read, tokenize, pack. -> (examples, packed rows).
+def pack_split(task, examples, vocab, max_input_length, max_target_length, *,
+               method='best_fit', labels=None, path='<examples>'):
+  """Tokenized, packed rows of one split's examples (see `packing`).
 
+  EncT5: up to `max_target_length` examples a row, each label in its target slot. With
+  `labels` (a LabelText: T5's and 1decT5's training rows), each example's label as T5 text in
+  decoder rows of `max_target_length` tokens (`packing.pack_seq2seq_examples`).
   `packed['example_ids']` holds each example's `idx` (its data row in the file).
   """
-  path = split_path(task, data_dir, split)
-  examples = read_split(task, data_dir, split, on_error=on_error)
   tokenized, _ = tokenize(vocab, examples, max_input_length, path=path)
-  packed = packing.pack_examples(tokenized, max_input_length, max_target_length,
-                                 method=method, regression=task.is_regression,
-                                 ids=[example.idx for example in examples])
-  return examples, packed
+  ids = [example.idx for example in examples]
+  if labels is None:
+    return packing.pack_examples(tokenized, max_input_length, max_target_length,
+                                 method=method, regression=task.is_regression, ids=ids)
+  targets = labels.tokens([example.label for example in examples])
+  return packing.pack_seq2seq_examples(
+      [(tokens, target) for (tokens, _), target in zip(tokenized, targets)], max_input_length,
+      max_target_length, method=method, ids=ids)
+
+
+def load_packed(task, data_dir, split, vocab, max_input_length, max_target_length, *,
+                method='best_fit', labels=None, on_error='raise'):
+  """The whole road for one split: read, tokenize, pack. -> (examples, packed rows)."""
+  examples = read_split(task, data_dir, split, on_error=on_error)
+  return examples, pack_split(task, examples, vocab, max_input_length, max_target_length,
+                              method=method, labels=labels,
+                              path=split_path(task, data_dir, split))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ A Hugging Face model directory (config.json + safetensors) is read as the same t
 T5X's names (hf_ckpt.py): every function here that reads a checkpoint takes one.
 """
 import functools
+import logging
 import os
 import posixpath
 import re
@@ -28,7 +29,6 @@ import secrets
 import shutil
 import tempfile
 
-from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_dtypes  # noqa: F401  (registers numpy's 'bfloat16' dtype name)
@@ -61,7 +61,7 @@ class CheckpointError(ValueError):
 # Nested dicts <-> {'a/b/c': leaf}.
 # ---------------------------------------------------------------------------------------------
 
-def _is_spec(x):
+def _is_tensorstore_spec(x):
   """A TensorStore spec in the index (T5X `_is_leaf`: a dict with a driver and a kvstore)."""
   return isinstance(x, dict) and 'driver' in x and 'kvstore' in x
 
@@ -71,7 +71,7 @@ def flatten(tree, prefix=''):
   flat = {}
   for key, value in tree.items():
     name = f'{prefix}{key}'
-    if isinstance(value, dict) and not _is_spec(value):
+    if isinstance(value, dict) and not _is_tensorstore_spec(value):
       flat.update(flatten(value, name + '/'))
     else:
       flat[name] = value
@@ -93,7 +93,7 @@ def unflatten(flat):
 def _map_tree(fn, tree, prefix=''):
   """fn(name, leaf) on every leaf, keeping the tree's structure (empty dicts included)."""
   return {key: (_map_tree(fn, value, f'{prefix}{key}/')
-                if isinstance(value, dict) and not _is_spec(value)
+                if isinstance(value, dict) and not _is_tensorstore_spec(value)
                 else fn(f'{prefix}{key}', value))
           for key, value in tree.items()}
 
@@ -141,7 +141,7 @@ def _dirname(path):
   return (posixpath if path.startswith('gs://') else os.path).dirname(path)
 
 
-def _read_bytes(path):
+def read_bytes(path):
   """The bytes of a local or gs:// file, or None when there is no such file."""
   if path.startswith('gs://'):
     directory, name = path.rsplit('/', 1)
@@ -187,10 +187,10 @@ def read_index(path):
   if hf_ckpt.is_hf_checkpoint(path):
     return hf_ckpt.read_index(path)
   index_path = _join(path, INDEX_FILE)
-  data = _read_bytes(index_path)
+  data = read_bytes(index_path)
   checkpoint_dir = path
   if data is None:  # not a directory: a single-file checkpoint?
-    index_path, data = path, _read_bytes(path)
+    index_path, data = path, read_bytes(path)
     checkpoint_dir = _dirname(path)
   if data is None:
     raise CheckpointError(f'no T5X checkpoint at {path}: no index {_join(path, INDEX_FILE)}, '
@@ -203,12 +203,12 @@ def read_index(path):
     raise CheckpointError(f'{index_path} is not a checkpoint index (top level: {type(tree)})')
   tree = _unchunk(tree.get('optimizer', tree))
   return _map_tree(lambda _, leaf: absolute_spec(leaf, checkpoint_dir)
-                   if _is_spec(leaf) else leaf, tree)
+                   if _is_tensorstore_spec(leaf) else leaf, tree)
 
 
 def leaf_shape(leaf):
   """Shape of an index leaf, without reading it."""
-  if _is_spec(leaf):
+  if _is_tensorstore_spec(leaf):
     return tuple(leaf['metadata']['shape'])
   return np.shape(leaf)
 
@@ -259,7 +259,7 @@ def _result(future, name, spec):
 def _read_all(leaves):
   """{name: index leaf} -> {name: numpy array}: inline arrays as they are, the others read
   through TensorStore, all reads in flight at once."""
-  specs = {name: leaf for name, leaf in leaves.items() if _is_spec(leaf)}
+  specs = {name: leaf for name, leaf in leaves.items() if _is_tensorstore_spec(leaf)}
   stores = _open_all(specs)
   futures = {name: store.read() for name, store in stores.items()}
   return {name: _result(futures[name], name, leaf) if name in specs else np.asarray(leaf)
@@ -371,7 +371,7 @@ def _read_as(flat, names, placement):
   leaves = {name: flat[name] for name in names}
   if placement is None:
     return {name: np.asarray(x, dtype(name)) for name, x in _read_all(leaves).items()}
-  stores = _open_all({name: leaf for name, leaf in leaves.items() if _is_spec(leaf)})
+  stores = _open_all({name: leaf for name, leaf in leaves.items() if _is_tensorstore_spec(leaf)})
   return {name: _read_sharded(leaf, stores.get(name), name, placement[name], dtype(name))
           for name, leaf in leaves.items()}
 
@@ -458,13 +458,6 @@ def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, sh
 
   tree = unflatten(arrays)
   return (tree['target'], tree['state']) if with_optimizer_state else tree['target']
-
-
-def load_enct5_params(path, cfg, rng, *, with_optimizer_state=False, shardings=None,
-                      opt_shardings=None):
-  """EncT5 parameters from a T5.1.1 checkpoint (paper §4.2): `load_params` with 'enct5'."""
-  return load_params(path, cfg, rng, model='enct5', with_optimizer_state=with_optimizer_state,
-                     shardings=shardings, opt_shardings=opt_shardings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,7 +662,7 @@ def restore_checkpoint(directory, *, shardings=None, opt_shardings=None):
   """(params, opt_state) of the newest complete checkpoint in `directory`, or None.
 
   Exactly what `save_checkpoint` wrote (same dtypes, bit for bit): numpy arrays, or with
-  `shardings` (and `opt_shardings`, as in `load_enct5_params`) global jax.Arrays of which each
+  `shardings` (and `opt_shardings`, as in `load_params`) global jax.Arrays of which each
   process reads only its own slices.
   """
   path = latest_checkpoint(directory)
@@ -685,7 +678,7 @@ def restore_checkpoint(directory, *, shardings=None, opt_shardings=None):
     missing = sorted(set(flat) ^ set(placement))
     if missing:
       raise CheckpointError(f'{path}: the checkpoint and the shardings differ at {missing}')
-    stores = _open_all({name: leaf for name, leaf in flat.items() if _is_spec(leaf)})
+    stores = _open_all({name: leaf for name, leaf in flat.items() if _is_tensorstore_spec(leaf)})
     tree = unflatten({name: _read_sharded(leaf, stores.get(name), name, placement[name])
                       for name, leaf in flat.items()})
   return tree['target'], tree['state']

@@ -1,8 +1,10 @@
 """Packing: several GLUE examples share one fixed-shape input row (EncT5 paper §3, §4.1).
 
 A packed row carries `inputs`, `inputs_segment_ids` (1, 2, ... per example, 0 = padding),
-`inputs_positions` (restarting at 0 per example) and `targets`: slot j holds the label of
-segment j+1 and 0, the padding class, where the row has fewer examples.
+`inputs_positions` (restarting at 0 per example; as T5X's packed rows, though the model needs
+only the segment ids) and `targets`: slot j holds the label of segment j+1 and 0, the padding
+class, where the row has fewer examples. The attention masks made from the segment ids are
+`t5_layers`'; this module is numpy only.
 
 For the T5 and 1decT5 baselines (§4.3), `pack_seq2seq_examples` also writes each example's
 target tokens into a decoder row, segment by segment, as T5X's packed feature converter does.
@@ -168,8 +170,8 @@ def pack_seq2seq_examples(examples, max_input_length, max_target_length, *, meth
 
   Returns:
     dict of numpy int32 arrays: inputs, inputs_segment_ids, inputs_positions [R, L];
-    decoder_target_tokens, decoder_input_tokens, decoder_segment_ids, decoder_positions
-    [R, Ld]; example_ids [R, S], -1 on empty slots, with S = Ld // (longest target).
+    decoder_target_tokens, decoder_input_tokens, decoder_segment_ids [R, Ld]; example_ids
+    [R, S], -1 on empty slots, with S = Ld // (longest target).
     decoder_input_tokens are the targets shifted right by one within each segment, BOS 0
     first (seqio `make_autoregressive_inputs` with `sequence_id`): targets [3, 8, 1, 9, 1]
     in segments [1, 1, 1, 2, 2] give decoder inputs [0, 3, 8, 0, 9].
@@ -208,7 +210,6 @@ def pack_seq2seq_examples(examples, max_input_length, max_target_length, *, meth
   packed['decoder_input_tokens'] = np.where(positions > 0, np.roll(targets, 1, axis=1),
                                             0).astype(np.int32)
   packed['decoder_segment_ids'] = segment_ids
-  packed['decoder_positions'] = positions
   packed['example_ids'] = np.full((num_rows, max_slots), -1, np.int32)
   packed['example_ids'][row, slot] = ids
   if n:

@@ -206,8 +206,8 @@ _GS_CLIENT = textwrap.dedent('''
                                           for k in a)
     if what == 'enct5':
       cfg = enct5.get_config('tiny', **load_ckpt.config_from_checkpoint(gs))
-      ok = same(load_ckpt.load_enct5_params(gs, cfg, jax.random.PRNGKey(0)),
-                load_ckpt.load_enct5_params(local, cfg, jax.random.PRNGKey(0)))
+      ok = same(load_ckpt.load_params(gs, cfg, jax.random.PRNGKey(0)),
+                load_ckpt.load_params(local, cfg, jax.random.PRNGKey(0)))
     else:
       ok = same(load_ckpt.read_t5x(gs), load_ckpt.read_t5x(local))
     print(json.dumps(ok))
@@ -262,7 +262,7 @@ def test_only_selected_leaves_are_read(tmp_path):
   assert_trees_equal(tree, reference)
   with pytest.raises(CheckpointError, match='target/nope'):
     load_ckpt.read_t5x(path, ['target/nope'])
-  load_ckpt.load_enct5_params(path, config_of(path), jax.random.PRNGKey(0))  # never reads them
+  load_ckpt.load_params(path, config_of(path), jax.random.PRNGKey(0))  # never reads them
 
 
 def test_config_from_checkpoint():
@@ -283,8 +283,8 @@ def test_config_from_checkpoint():
 def mini_loaded():
   path = fixture(MINI)
   cfg = config_of(path, num_classes=3)
-  params, opt_state = load_ckpt.load_enct5_params(path, cfg, jax.random.PRNGKey(7),
-                                                  with_optimizer_state=True)
+  params, opt_state = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(7),
+                                            with_optimizer_state=True)
   return path, cfg, params, opt_state
 
 
@@ -388,7 +388,7 @@ def test_encode_matches_golden_values_from_the_tensorstore_checkpoint():
   golden = np.load(golden_path)
   path = fixture(TINY)
   cfg = config_of(path, dropout_rate=0.0)
-  params = load_ckpt.load_enct5_params(path, cfg, jax.random.PRNGKey(0))
+  params = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(0))
   inputs = golden['inputs']
   encoded = np.asarray(jax.jit(enct5.encode, static_argnums=1)(params, cfg, inputs))
   real = inputs != 0
@@ -406,7 +406,7 @@ def test_truncated_chunk(tmp_path):
   with pytest.raises(CheckpointError, match=pattern):
     load_ckpt.read_t5x(path)
   with pytest.raises(CheckpointError, match=pattern):
-    load_ckpt.load_enct5_params(path, config_of(path), jax.random.PRNGKey(0))
+    load_ckpt.load_params(path, config_of(path), jax.random.PRNGKey(0))
 
 
 def test_missing_array_directory(tmp_path):
@@ -414,7 +414,7 @@ def test_missing_array_directory(tmp_path):
   shutil.rmtree(os.path.join(path, 'target.encoder.layers_1.attention.out.kernel'))
   with pytest.raises(CheckpointError, match="'target/encoder/layers_1/attention/out/kernel'.*"
                      'missing'):
-    load_ckpt.load_enct5_params(path, config_of(path), jax.random.PRNGKey(0))
+    load_ckpt.load_params(path, config_of(path), jax.random.PRNGKey(0))
 
 
 def test_wrong_shape_in_the_index(tmp_path):
@@ -426,7 +426,7 @@ def test_wrong_shape_in_the_index(tmp_path):
   edit_index(path, widen)
   with pytest.raises(CheckpointError, match=r"'target/encoder/layers_1/mlp/wi_1/kernel' has "
                      r'shape \(8, 17\) in the checkpoint, expected \(8, 16\)'):
-    load_ckpt.load_enct5_params(path, cfg, jax.random.PRNGKey(0))
+    load_ckpt.load_params(path, cfg, jax.random.PRNGKey(0))
   with pytest.raises(CheckpointError, match=r"'target/encoder/layers_1/mlp/wi_1/kernel'.*does "
                      'not match the checkpoint index'):
     load_ckpt.read_t5x(path)  # the .zarray says (8, 16)
@@ -436,7 +436,7 @@ def test_parameter_missing_from_the_index(tmp_path):
   path = writable_copy(tmp_path, TINY)
   edit_index(path, lambda tree: tree['target']['encoder']['layers_1']['mlp'].pop('wo'))
   with pytest.raises(CheckpointError, match="'target/encoder/layers_1/mlp/wo/kernel' is missing"):
-    load_ckpt.load_enct5_params(path, config_of(path), jax.random.PRNGKey(0))
+    load_ckpt.load_params(path, config_of(path), jax.random.PRNGKey(0))
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -449,7 +449,7 @@ def test_parameter_missing_from_the_index(tmp_path):
 def test_config_that_does_not_match(overrides, message):
   path = fixture(TINY)
   with pytest.raises(CheckpointError, match=message):
-    load_ckpt.load_enct5_params(path, config_of(path, **overrides), jax.random.PRNGKey(0))
+    load_ckpt.load_params(path, config_of(path, **overrides), jax.random.PRNGKey(0))
 
 
 def test_unreadable_index_and_missing_checkpoint(tmp_path):
@@ -598,7 +598,7 @@ _SHARDED_WORKER = textwrap.dedent('''
     cfg = enct5.get_config('tiny', **load_ckpt.config_from_checkpoint(path))
     mesh = partitioning.make_mesh('1x%d' % jax.device_count())  # 'model' spans every process
     shardings = partitioning.Shardings(cfg, mesh)
-    params, opt_state = load_ckpt.load_enct5_params(
+    params, opt_state = load_ckpt.load_params(
         path, cfg, jax.random.PRNGKey(0), with_optimizer_state=True,
         shardings=shardings.params, opt_shardings=shardings.opt_state)
     ok = all(x.sharding == s for x, s in zip(jax.tree.leaves(params),
@@ -614,8 +614,8 @@ _SHARDED_WORKER = textwrap.dedent('''
       if name in raw:
         for shard in x.addressable_shards:
           ok &= bool(np.array_equal(np.asarray(shard.data), raw[name][shard.index]))
-    default = load_ckpt.load_enct5_params(path, cfg, jax.random.PRNGKey(0),
-                                          with_optimizer_state=True, shardings=shardings.params)
+    default = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(0),
+                                    with_optimizer_state=True, shardings=shardings.params)
     v_row = default[1]['param_states']['token_embedder']['embedding']['v_row']
 
     # Save: every process writes its own slices; only inline vectors are gathered.

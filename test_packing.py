@@ -289,7 +289,6 @@ def test_seq2seq_packing_by_hand():
   np.testing.assert_array_equal(packed['decoder_target_tokens'], [[3, 8, 1, 9, 1, 5, 4, 1, 0, 0]])
   np.testing.assert_array_equal(packed['decoder_input_tokens'], [[0, 3, 8, 0, 9, 0, 5, 4, 0, 0]])
   np.testing.assert_array_equal(packed['decoder_segment_ids'], [[1, 1, 1, 2, 2, 3, 3, 3, 0, 0]])
-  np.testing.assert_array_equal(packed['decoder_positions'], [[0, 1, 2, 0, 1, 0, 1, 2, 0, 0]])
   np.testing.assert_array_equal(packed['example_ids'], [[7, 8, 9]])  # 10 // 3 = 3 slots
   # Best fit takes the longest input first; each target follows its input's segment.
   packed = packing.pack_seq2seq_examples(examples, 10, 10)

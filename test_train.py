@@ -336,6 +336,30 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
   assert int(_params(tmp_path / 'checkpoints')['state']['step']) == 3
 
 
+def test_run_recorded_resume_checked_and_eval_from_output_dir_alone(tmp_path, caplog):
+  """config.json (in OUTPUT_DIR and every checkpoint) records the run: re-running with another
+  --size, --vocab or --task stops naming the flag, and --mode=eval needs only --output_dir
+  (the demo's data lives there)."""
+  out = tmp_path / 'run'
+  _main('--train_steps=2', '--eval_every=2', f'--output_dir={out}', *TINY)
+  record = json.loads((out / 'config.json').read_text())
+  assert record['flags']['size'] == 'tiny' and record['flags']['d_model'] == 32
+  assert record['config']['d_model'] == 32 and record['config']['num_classes'] == 2
+  assert record['vocab_file'] == str(out / 'vocab' / 'synthetic.model')
+  for directory in ('checkpoints', 'best'):
+    assert json.loads((out / directory / 'checkpoint_2' / 'config.json').read_text()) == record
+  for flag, changed in [('--size', ['--size=small']), ('--vocab', [f'--vocab={tmp_path}/x']),
+                        ('--task', ['--task=rte', f'--data_dir={tmp_path}'])]:
+    with pytest.raises(train.app.UsageError,
+                       match=f'{flag}=.* but the run in .* was trained with {flag}='):
+      _main('--train_steps=4', '--eval_every=2', f'--output_dir={out}', *TINY, *changed)
+  score = json.loads((out / 'metrics.jsonl').read_text().splitlines()[-1])['score']
+  caplog.clear()
+  caplog.set_level('INFO')
+  _main('--mode=eval', f'--output_dir={out}')
+  assert f'score {score:.2f}' in caplog.text
+
+
 def _glue_sample(tmp_path, task_dir='SST-2', train_rows=64, dev_rows=32):
   source = os.path.join(SHARED, 'glue', task_dir)
   if not os.path.isdir(source):

@@ -3,9 +3,10 @@ import os
 import socket
 import subprocess
 
+import glue
+
 REPO = os.path.dirname(os.path.abspath(__file__))
-# Real GLUE data and T5X-written checkpoints, never copied into the repository.
-SHARED = os.environ.get('ENCT5_SHARED', os.path.join(REPO, '..', 'shared'))
+SHARED = glue.SHARED  # real GLUE data and T5X-written checkpoints, never copied into the repo
 
 
 def free_port():

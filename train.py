@@ -9,13 +9,16 @@
   python train.py --task=mnli --data_dir=glue_data \
       --checkpoint=gs://t5-data/pretrained_models/t5x/t5_1_1_small/checkpoint_1000000 \
       --vocab=gs://t5-data/vocabs/cc_all.32000/sentencepiece.model --output_dir=runs/mnli
-  python train.py ... --mode=eval                    # metrics of OUTPUT_DIR/best
-  python train.py ... --mode=predict                 # GLUE submission TSVs
+  python train.py --mode=eval --output_dir=runs/mnli # metrics of OUTPUT_DIR/best
+  python train.py --mode=predict --output_dir=...    # GLUE submission TSVs
   python train.py ... --model=t5                     # the T5 baseline (paper §4.3): labels as
                                                      # text, predictions decoded greedily
 
-Re-running the same command resumes from OUTPUT_DIR/checkpoints exactly. Many hosts: run the
-same command on each with --coordinator_address, --num_processes and --process_id.
+Re-running the same command resumes from OUTPUT_DIR/checkpoints exactly. OUTPUT_DIR/config.json
+(copied into every checkpoint) records the run's flags, vocabulary and model config: resuming
+with another --task, --model, --size, --vocab or shape flag stops, and --mode=eval/predict take
+the training run's flags from it. Many hosts: run the same command on each with
+--coordinator_address, --num_processes and --process_id.
 
 Flags by section (each explained below, in alphabetical order):
   task and data      --task --data_dir --vocab --vocab_size --max_input_length
@@ -29,11 +32,12 @@ Flags by section (each explained below, in alphabetical order):
                      --compilation_cache
   run                --mode --predict_split --output_dir
 
-Reads top-down: flags; Adafactor (T5X `t5x/adafactor.py`); sharding over a ('data', 'model')
-mesh (T5X's partitioning rules, `jax.jit` with `NamedSharding`); the models (all that differs
-between EncT5, T5 and 1decT5); the train and eval steps; data; checkpoints; evaluation; the
-loop; main.
+Reads top-down: flags; the models (all that differs between EncT5, T5 and 1decT5); the train
+and eval steps (`adafactor`, `partitioning`); the vocabulary and the model's shape; the run's
+record (config.json); checkpoints; evaluation and prediction; the loop (`prepare_run`, then
+`train_loop`); main. The data road is `glue`'s: read, tokenize, pack.
 """
+import dataclasses
 import json
 import logging as std_logging
 import os
@@ -46,7 +50,6 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
-import tensorstore as ts
 
 import adafactor
 import enct5
@@ -74,10 +77,10 @@ flags.DEFINE_integer('vocab_size', 8000, 'Pieces (at most) of the SentencePiece 
                      '--vocab is unset.')
 flags.DEFINE_integer('max_input_length', 512, 'Tokens per packed input row (L); longer examples '
                      'are truncated, keeping their EOS.')
-flags.DEFINE_integer('max_target_length', 62, 'Example slots per packed row (T): at most this '
-                     'many examples share a row (paper: 62). --model=t5/1dect5: decoder tokens '
-                     'per packed row (T5X\'s targets length), each example taking its label\'s '
-                     'tokens and EOS.')
+flags.DEFINE_integer('max_target_length', 62, 'Two meanings, by --model. enct5: example slots '
+                     'per packed row (T), so at most this many examples share a row (paper: '
+                     '62). t5 and 1dect5: decoder tokens per packed row (T5X\'s `targets` '
+                     'length), each example taking its label\'s tokens and EOS.')
 flags.DEFINE_bool('pack', True, 'Pack several examples per row (paper §3); --nopack: one '
                   'example per row.')
 
@@ -201,7 +204,7 @@ def _seq2seq_model(name, model):
                predictions=lambda tokens, cfg, labels: labels.parse(tokens)[:, None])
 
 
-_ENCT5_KEYS = ('inputs', 'inputs_segment_ids', 'inputs_positions', 'targets')
+_ENCT5_KEYS = ('inputs', 'inputs_segment_ids', 'targets')
 MODELS = {
     'enct5': Model(name='EncT5', labels_as_text=False, train_keys=_ENCT5_KEYS,
                    eval_keys=_ENCT5_KEYS, loss=_enct5_loss, outputs=_enct5_outputs,
@@ -265,85 +268,33 @@ def init_train_state(cfg, shardings, rng, model='enct5'):
 
 
 # ----------------------------------------------------------------------------------------------
-# Data: a GLUE task (glue.py: TSV -> T5 text -> SentencePiece -> packed rows), or the demo task.
+# The vocabulary and the model's shape: from the checkpoint when there is one, else from --size
+# (+ overrides).
 # ----------------------------------------------------------------------------------------------
 
-def task_dir(task, data_dir):
-  """`data_dir` is the GLUE root (holding SST-2/, ...) or the task's own folder."""
-  own = os.path.join(data_dir, task.dir_name)
-  if os.path.isdir(own):
-    return own
-  if any(os.path.isfile(os.path.join(data_dir, f)) for f in task.files.values()):
-    return data_dir
-  raise FileNotFoundError(f'--data_dir={data_dir}: found neither {own}/ nor the {task.name} '
-                          f'files {sorted(set(task.files.values()))} in it')
-
-
-def read_split(task, directory, split):
-  if split not in task.files:
-    raise ValueError(f'task {task.name} has no split {split!r}; it has {sorted(task.files)}')
-  path = os.path.join(directory, task.files[split])
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} not found (the {split} split of {task.name})')
-  return glue.read_tsv(task, path, labeled=not split.startswith('test'))
-
-
-def pack_split(task, examples, vocab, path):
-  """Tokenized rows as the model reads them: EncT5's packed rows (one example per row, one
-  slot, with --nopack); for T5 and 1decT5 one example per row (greedy decoding reads one
-  example per row; their training rows are `pack_train_split`'s)."""
-  tokenized, _ = glue.tokenize(vocab, examples, FLAGS.max_input_length, path=path)
-  pack = FLAGS.pack and not MODELS[FLAGS.model].labels_as_text
-  return packing.pack_examples(
-      tokenized, FLAGS.max_input_length, FLAGS.max_target_length if pack else 1,
-      method='best_fit' if pack else 'unpacked', regression=task.is_regression,
-      ids=[example.idx for example in examples])
-
-
-def pack_train_split(task, examples, vocab, path, labels):
-  """The training rows: `pack_split`'s, or for T5 and 1decT5 (`labels`, a LabelText) the inputs
-  packed with their labels as T5 text in the decoder rows (`packing.pack_seq2seq_examples`)."""
-  if labels is None:
-    return pack_split(task, examples, vocab, path)
-  tokenized, _ = glue.tokenize(vocab, examples, FLAGS.max_input_length, path=path)
-  targets = labels.tokens([example.label for example in examples])
-  return packing.pack_seq2seq_examples(
-      [(tokens, target) for (tokens, _), target in zip(tokenized, targets)],
-      FLAGS.max_input_length, FLAGS.max_target_length,
-      method='best_fit' if FLAGS.pack else 'unpacked', ids=[example.idx for example in examples])
-
-
 CHECKPOINT_VOCAB = 'sentencepiece.model'  # a checkpoint's own vocabulary, if it has one
+SHAPE_FLAGS = ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers')
 
 
-def _local_copy(path, directory):
-  """A gs:// file copied into `directory` (SentencePiece reads local files only)."""
-  if not path.startswith('gs://'):
-    return path
-  bucket, _, key = path[len('gs://'):].partition('/')
-  parent, _, name = key.rpartition('/')
-  store = ts.KvStore.open({'driver': 'gcs', 'bucket': bucket, 'path': parent + '/'}).result()
-  result = store.read(name).result()
-  if result.state != 'value':
-    raise FileNotFoundError(f'--vocab {path} not found')
-  os.makedirs(directory, exist_ok=True)
-  local = os.path.join(directory, name)
-  with open(local, 'wb') as f:
-    f.write(result.value)
-  return local
-
-
-def get_vocab(task, train_examples, *, must_exist=False):
-  """--vocab, or the `sentencepiece.model` inside --checkpoint (pretrain.py writes it there), or
-  the SentencePiece model trained earlier into output_dir/vocab/, or one trained now on the
-  task's training text. Every process uses process 0's model file."""
+def vocab_file(task, train_examples, *, must_exist=False):
+  """The SentencePiece model's local path: --vocab (a gs:// file is copied into
+  OUTPUT_DIR/vocab/), else the `sentencepiece.model` inside --checkpoint (pretrain.py writes it
+  there), else the model trained earlier into OUTPUT_DIR/vocab/, else one trained now on the
+  task's training text. Every process uses process 0's file."""
   vocab_dir = os.path.join(FLAGS.output_dir, 'vocab')
+  if FLAGS.vocab and FLAGS.vocab.startswith('gs://'):
+    path = os.path.join(vocab_dir, FLAGS.vocab.rsplit('/', 1)[1])
+    data = load_ckpt.read_bytes(FLAGS.vocab)
+    if data is None:
+      raise FileNotFoundError(f'--vocab {FLAGS.vocab} not found')
+    _write_atomically(path, data)
+    return path
   if FLAGS.vocab:
-    return glue.load_vocab(_local_copy(FLAGS.vocab, vocab_dir))
+    return FLAGS.vocab
   beside_checkpoint = os.path.join(FLAGS.checkpoint or '', CHECKPOINT_VOCAB)
   if FLAGS.checkpoint and os.path.isfile(beside_checkpoint):
     logging.info('no --vocab: using the checkpoint\'s vocabulary, %s', beside_checkpoint)
-    return glue.load_vocab(beside_checkpoint)
+    return beside_checkpoint
   path = os.path.join(vocab_dir, f'{task.name}.model')
   if jax.process_index() == 0:
     if os.path.isfile(path):
@@ -360,7 +311,7 @@ def get_vocab(task, train_examples, *, must_exist=False):
     _share_file(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'no --vocab and no trained vocabulary at {path}')
-  return glue.load_vocab(path)
+  return path
 
 
 def _share_file(path):
@@ -386,13 +337,6 @@ def _write_atomically(path, data):
   os.replace(tmp, path)
 
 
-# ----------------------------------------------------------------------------------------------
-# The model's shape: from the checkpoint when there is one, else from --size (+ overrides).
-# ----------------------------------------------------------------------------------------------
-
-SHAPE_FLAGS = ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers')
-
-
 def model_config(task, vocab, checkpoint):
   """EncT5Config for `task`; `checkpoint` (T5.1.1 or EncT5, or None) fixes the shape."""
   options = dict(num_classes=task.num_classes, dropout_rate=FLAGS.dropout_rate, dtype=FLAGS.dtype,
@@ -412,15 +356,64 @@ def model_config(task, vocab, checkpoint):
     cfg = enct5.get_config(FLAGS.size or 'small', **shape, **options)
   else:
     # A from-scratch vocabulary of N pieces: N rounded up to a multiple of 128, as T5's 32128.
-    # T5.1.1 has as many decoder layers as encoder layers; EncT5 and 1decT5 keep the first.
+    # T5.1.1 has as many decoder layers as encoder layers (t5.num_decoder_layers: which are used).
     vocab_size = -(-vocab.GetPieceSize() // 128) * 128
     num_layers = overrides.get('num_layers', enct5.SIZES[FLAGS.size or 'tiny']['num_layers'])
-    num_decoder_layers = num_layers if FLAGS.model == 't5' else 1
     cfg = enct5.get_config(FLAGS.size or 'tiny', vocab_size=vocab_size,
-                           num_decoder_layers=num_decoder_layers,
-                           **overrides, **options)
+                           num_decoder_layers=num_layers, **overrides, **options)
   glue.check_vocab_fits(vocab, cfg.vocab_size)
   return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# The run's record: OUTPUT_DIR/config.json, and a copy in every checkpoint, holds this run's
+# flags, vocabulary file and model config. A resumed run must keep RUN_FLAGS; --mode=eval and
+# --mode=predict take the training run's flags and model config from it.
+# ----------------------------------------------------------------------------------------------
+
+CONFIG_FILE = 'config.json'
+RUN_FLAGS = ('task', 'model', 'size', 'vocab') + SHAPE_FLAGS
+# What --mode=eval/predict choose for themselves: the run, and the devices it runs on.
+NOT_RECORDED = ('mode', 'output_dir', 'checkpoint', 'predict_split', 'mesh',
+                'coordinator_address', 'num_processes', 'process_id', 'compilation_cache')
+
+
+def run_record(cfg, vocab_path):
+  """config.json's contents (bytes): the flags of this run, its vocabulary and model config."""
+  flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(__name__)}
+  record = dict(flags=flag_values, vocab_file=os.path.abspath(vocab_path),
+                config=dataclasses.asdict(cfg))
+  return (json.dumps(record, indent=2, sort_keys=True) + '\n').encode()
+
+
+def read_run_record():
+  """OUTPUT_DIR/config.json as a dict, or None for a new run."""
+  path = os.path.join(FLAGS.output_dir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def check_same_run(record):
+  """A run resumed in OUTPUT_DIR must be the same model, size, task and vocabulary."""
+  for name in RUN_FLAGS:
+    was = record['flags'].get(name)
+    if FLAGS[name].value != was:
+      raise app.UsageError(
+          f'--{name}={FLAGS[name].value} but the run in {FLAGS.output_dir} was trained with '
+          f'--{name}={was} ({os.path.join(FLAGS.output_dir, CONFIG_FILE)}): resume it with the '
+          'same flags, or give another --output_dir')
+
+
+def use_recorded_flags(record):
+  """--mode=eval/predict: every flag not given on the command line takes the training run's
+  value, and --vocab its vocabulary file."""
+  for name, value in record['flags'].items():
+    if name in FLAGS and name not in NOT_RECORDED and not FLAGS[name].present:
+      FLAGS[name].value = value
+  if not FLAGS['vocab'].present:
+    FLAGS.vocab = record['vocab_file']
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,7 +421,7 @@ def model_config(task, vocab, checkpoint):
 # output_dir/best the best by the task's metric (paper §4.1).
 # ----------------------------------------------------------------------------------------------
 
-def _place(tree, shardings):
+def _global_arrays(tree, shardings):
   """Host numpy arrays (the same on every process) -> global arrays laid out by `shardings`."""
   return jax.tree.map(lambda x, s: jax.make_array_from_callback(np.shape(x), s,
                                                                 lambda index: x[index]),
@@ -446,7 +439,7 @@ def checkpoint_step(path):
   return int(load_ckpt.read_t5x(path, ['state/step'])['state']['step'])
 
 
-def load_params(path, cfg, shardings, *, with_optimizer_state):
+def load_checkpoint(path, cfg, shardings, *, with_optimizer_state):
   """Params (and Adafactor state) from an EncT5 checkpoint of ours or a T5.1.1 checkpoint (T5's
   and 1decT5's checkpoints of ours are T5.1.1 checkpoints)."""
   if FLAGS.model == 'enct5' and is_enct5_checkpoint(path):
@@ -454,8 +447,10 @@ def load_params(path, cfg, shardings, *, with_optimizer_state):
     got = tree['target']['decoder']['class_projection']['bias'].shape
     if got != (cfg.num_outputs,):
       raise ValueError(f'{path}: its head has {got[0]} outputs; task needs {cfg.num_outputs}')
-    params = _place(tree['target'], shardings.params)
-    return (params, _place(tree['state'], shardings.opt_state)) if with_optimizer_state else params
+    params = _global_arrays(tree['target'], shardings.params)
+    if not with_optimizer_state:
+      return params
+    return params, _global_arrays(tree['state'], shardings.opt_state)
   rng = jax.random.PRNGKey(FLAGS.seed)
   load = lambda **kwargs: load_ckpt.load_params(path, cfg, rng, model=FLAGS.model,
                                                 shardings=shardings.params, **kwargs)
@@ -474,6 +469,15 @@ def load_params(path, cfg, shardings, *, with_optimizer_state):
 # Evaluation and prediction: EncT5's packed inference, the padding class ignored
 # (enct5.predict); T5's and 1decT5's greedy decoding, the text mapped back to a label.
 # ----------------------------------------------------------------------------------------------
+
+def load_eval_split(task, data_dir, split, vocab):
+  """(examples, rows) of a split as the eval step reads them: EncT5's packed rows (one example
+  a row with --nopack); one example a row for T5 and 1decT5, which decode greedily."""
+  pack = FLAGS.pack and not MODELS[FLAGS.model].labels_as_text
+  return glue.load_packed(task, data_dir, split, vocab, FLAGS.max_input_length,
+                          FLAGS.max_target_length if pack else 1,
+                          method='best_fit' if pack else 'unpacked')
+
 
 def infer(eval_step, params, packed, cfg, shardings, labels=None):
   """Per-example predictions of a split's rows -> (example ids ascending, predictions).
@@ -515,9 +519,257 @@ def prediction_file(task, split):
   return f'{task.dir_name}.{split}.tsv'
 
 
+def inference_checkpoint():
+  """--checkpoint, else the best, else the latest checkpoint in --output_dir."""
+  path = (FLAGS.checkpoint or load_ckpt.latest_checkpoint(os.path.join(FLAGS.output_dir, 'best'))
+          or load_ckpt.latest_checkpoint(os.path.join(FLAGS.output_dir, 'checkpoints')))
+  if not path:
+    raise FileNotFoundError(f'--mode={FLAGS.mode}: no --checkpoint and no checkpoint in '
+                            f'{FLAGS.output_dir}/best or {FLAGS.output_dir}/checkpoints')
+  return path
+
+
+def evaluate_or_predict(task, data_dir, mesh, record):
+  """--mode=eval: the task's metrics on its validation split(s). --mode=predict: GLUE
+  submission TSVs (index, prediction) for --predict_split into output_dir/predictions.
+  `record`: the training run's config.json (its model config), or None."""
+  path = inference_checkpoint()
+  vocab = glue.load_vocab(vocab_file(task, None, must_exist=True))
+  labels = glue.LabelText(task, vocab) if MODELS[FLAGS.model].labels_as_text else None
+  cfg = enct5.EncT5Config(**record['config']) if record else model_config(task, vocab, path)
+  shardings = partitioning.Shardings(cfg, mesh, FLAGS.model)
+  params = load_checkpoint(path, cfg, shardings, with_optimizer_state=False)
+  eval_step = make_eval_step(cfg, shardings, FLAGS.model,
+                             decode_length=labels.decode_length if labels else None)
+  logging.info('%s with %s', FLAGS.mode, path)
+  if FLAGS.mode == 'eval':
+    eval_sets = {split: load_eval_split(task, data_dir, split, vocab)
+                 for split in task.eval_names}
+    scores = evaluate(eval_step, params, task, eval_sets, cfg, shardings, labels)
+    logging.info('eval %s | %s | score %.2f', path,
+                 ' '.join(f'{k} {v:.2f}' for k, v in scores.items()),
+                 glue.task_score(task, scores))
+    return scores
+  splits = ([s for s in task.files if s.startswith('test')] if FLAGS.predict_split == 'test'
+            else [FLAGS.predict_split])
+  written = []
+  for split in splits:
+    _, packed = load_eval_split(task, data_dir, split, vocab)
+    ids, predictions = infer(eval_step, params, packed, cfg, shardings, labels)
+    written.append(write_predictions(task, split, ids, predictions))
+  return written
+
+
+def write_predictions(task, split, ids, predictions):
+  """OUTPUT_DIR/predictions/<GLUE submission name>: index and predicted label per line."""
+  invalid = predictions == glue.INVALID_PREDICTION
+  if not task.is_regression and invalid.any():
+    logging.warning('%s: %d of %d decoded strings are no label; written as %r (a submission '
+                    'needs one)', split, invalid.sum(), len(predictions), task.raw_label(1))
+    predictions = np.maximum(predictions, 1)
+  out = os.path.join(FLAGS.output_dir, 'predictions', prediction_file(task, split))
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, 'w') as f:
+      f.write('index\tprediction\n')
+      f.writelines(f'{i}\t{task.raw_label(p)}\n' for i, p in zip(ids, predictions))
+    logging.info('wrote %d predictions to %s', len(ids), out)
+  return out
+
+
 # ----------------------------------------------------------------------------------------------
-# The loop.
+# The loop: `prepare_run` (data, vocabulary, model, state), then `train_loop`.
 # ----------------------------------------------------------------------------------------------
+
+class Run(NamedTuple):
+  """A fine-tuning run, prepared: what `train_loop` needs."""
+  task: glue.Task
+  cfg: enct5.EncT5Config
+  shardings: partitioning.Shardings
+  labels: object      # the glue.LabelText that T5 and 1decT5 train and decode with, else None
+  packed: dict        # the training rows
+  eval_sets: dict     # validation split -> (examples, rows)
+  params: dict
+  opt_state: dict
+  start: int          # fine-tuning steps taken before this run (resumed), 0 for a new run
+  best: dict          # the best evaluation so far (a metrics.jsonl record), or None
+  record: bytes       # config.json, written into OUTPUT_DIR and every checkpoint
+
+
+def prepare_run(task, data_dir, mesh):
+  """Reads and packs the data, fixes the vocabulary and the model, writes config.json, and
+  restores the state: the latest checkpoint in OUTPUT_DIR, else --checkpoint, else random."""
+  model = MODELS[FLAGS.model]
+  train_examples = glue.read_split(task, data_dir, 'train')
+  vocab_path = vocab_file(task, train_examples)
+  vocab = glue.load_vocab(vocab_path)
+  labels = glue.LabelText(task, vocab) if model.labels_as_text else None
+  ckpt_dir = os.path.join(FLAGS.output_dir, 'checkpoints')
+  latest = load_ckpt.latest_checkpoint(ckpt_dir)
+  cfg = model_config(task, vocab, latest or FLAGS.checkpoint)
+  shardings = partitioning.Shardings(cfg, mesh, FLAGS.model)
+  logging.info('%s %s: %s parameters; mesh %s', model.name, cfg,
+               f'{enct5.count_params(cfg, FLAGS.model):,}', dict(mesh.shape))
+  record = run_record(cfg, vocab_path)
+  if jax.process_index() == 0:
+    _write_atomically(os.path.join(FLAGS.output_dir, CONFIG_FILE), record)
+
+  # Data: the training split packed once; rows shuffled per epoch by (seed, epoch), so the
+  # batch of step s is the same whether or not the run was interrupted (packing.train_batches).
+  # EncT5 with --nopack: one example, one slot a row; T5's decoder rows keep their length.
+  targets = FLAGS.max_target_length if FLAGS.pack or labels else 1
+  packed = glue.pack_split(task, train_examples, vocab, FLAGS.max_input_length, targets,
+                           method='best_fit' if FLAGS.pack else 'unpacked', labels=labels,
+                           path=glue.split_path(task, data_dir, 'train'))
+  eval_sets = {split: load_eval_split(task, data_dir, split, vocab)
+               for split in task.eval_names}
+  info = packing.stats(packed)
+  logging.info('train: %d examples in %d rows of %d tokens (packing efficiency %.3f); '
+               '%.1f steps per epoch', info['examples'], info['rows'], FLAGS.max_input_length,
+               info['efficiency'], info['rows'] / FLAGS.batch_size)
+
+  base_step = checkpoint_step(FLAGS.checkpoint) if FLAGS.checkpoint else 0
+  if latest:
+    params, opt_state = load_ckpt.restore_checkpoint(ckpt_dir, shardings=shardings.params,
+                                                     opt_shardings=shardings.opt_state)
+    logging.info('resuming from %s', latest)
+  elif FLAGS.checkpoint:
+    params, opt_state = load_checkpoint(FLAGS.checkpoint, cfg, shardings,
+                                        with_optimizer_state=True)
+    logging.info('fine-tuning %s from Adafactor step %d', FLAGS.checkpoint, base_step)
+  else:
+    params, opt_state = init_train_state(cfg, shardings, jax.random.PRNGKey(FLAGS.seed),
+                                         FLAGS.model)
+    logging.info('random init (seed %d)', FLAGS.seed)
+  start = int(jax.device_get(opt_state['step'])) - base_step
+  best = max((r for r in read_metrics() if r['step'] <= start), key=lambda r: r['score'],
+             default=None)
+  return Run(task, cfg, shardings, labels, packed, eval_sets, params, opt_state, start, best,
+             record)
+
+
+def train_loop(run):
+  """Fine-tunes up to --train_steps; logs every --log_every steps; every --eval_every steps
+  (and at the end) saves a checkpoint, evaluates, and keeps the best. -> the best record."""
+  model = MODELS[FLAGS.model]
+  train_step = make_train_step(run.cfg, run.shardings, model.loss, FLAGS.learning_rate,
+                               FLAGS.seed)
+  eval_step = make_eval_step(run.cfg, run.shardings, FLAGS.model,
+                             decode_length=run.labels.decode_length if run.labels else None)
+  batches = packing.train_batches(run.packed, FLAGS.batch_size, FLAGS.seed,
+                                  start_step=run.start)
+  meter = Meter(run)
+  params, opt_state, best = run.params, run.opt_state, run.best
+  for step in range(run.start + 1, FLAGS.train_steps + 1):
+    batch = next(batches)
+    inputs = {k: batch[k] for k in model.train_keys}
+    params, opt_state, metrics = train_step(params, opt_state,
+                                            partitioning.global_batch(inputs, run.shardings.batch))
+    loss = float(metrics['loss'])
+    if not np.isfinite(loss):
+      good = load_ckpt.latest_checkpoint(os.path.join(FLAGS.output_dir, 'checkpoints'))
+      raise NonFiniteLoss(
+          f'loss is {loss} at step {step}: stopping. The last good checkpoint, '
+          f'{good or "(none saved yet)"}, is left as it is; try a lower --learning_rate, '
+          '--dtype=float32 or another --seed.')
+    meter.add(batch, metrics)
+    last = step == FLAGS.train_steps
+    if step % FLAGS.log_every == 0 or last:
+      meter.log(step)
+    if step % FLAGS.eval_every == 0 or last:
+      eval_start = time.time()
+      best = save_and_evaluate(run, eval_step, params, opt_state, step, meter, best)
+      meter.pause(time.time() - eval_start)
+  return best
+
+
+def save_and_evaluate(run, eval_step, params, opt_state, step, meter, best):
+  """Checkpoints the state, evaluates it, appends it to metrics.jsonl, and makes it
+  OUTPUT_DIR/best if it is the best so far. -> the best record."""
+  t5x_step = int(jax.device_get(opt_state['step']))
+  extra_files = {CONFIG_FILE: run.record}
+  load_ckpt.save_checkpoint(os.path.join(FLAGS.output_dir, 'checkpoints'), t5x_step, params,
+                            opt_state, keep=FLAGS.keep_checkpoints, extra_files=extra_files)
+  scores = evaluate(eval_step, params, run.task, run.eval_sets, run.cfg, run.shardings,
+                    run.labels)
+  score = glue.task_score(run.task, scores)
+  record = dict(step=step, t5x_step=t5x_step, train_loss=meter.train_loss_since_eval(),
+                scores=scores, score=score, elapsed_s=round(meter.elapsed(), 1))
+  if best is None or score > best['score']:
+    load_ckpt.save_checkpoint(os.path.join(FLAGS.output_dir, 'best'), t5x_step, params,
+                              opt_state, keep=1, extra_files=extra_files)
+    best = record
+  append_metrics(record)
+  logging.info('eval step %d | %s | best %.2f at step %d', step,
+               ' '.join(f'{k} {v:.2f}' for k, v in scores.items()), best['score'], best['step'])
+  return best
+
+
+class Meter:
+  """The numbers of the training log: loss per example, examples and tokens per second, packing,
+  model FLOPs utilization (MFU), ETA. Time spent evaluating is left out (`pause`)."""
+
+  def __init__(self, run):
+    self.start_step = run.start
+    targets = run.packed['decoder_target_tokens' if run.labels else 'targets']  # [rows, T]
+    self.flops_per_step = enct5.train_step_flops(run.cfg, FLAGS.model, FLAGS.batch_size,
+                                                 FLAGS.max_input_length, targets.shape[1])
+    self.peak_flops = matmul_peak_flops(run.cfg.activation_dtype) * jax.device_count()
+    logging.info('model FLOPs per step %.3g; matmul peak %.3g FLOP/s (%d devices, %s)',
+                 self.flops_per_step, self.peak_flops, jax.device_count(), run.cfg.dtype)
+    self.run_start = self.interval_start = time.time()
+    self.paused = 0.0
+    self.interval = dict(loss_sum=0.0, examples=0, tokens=0, slots=0, steps=0)
+    self.since_eval = dict(loss_sum=0.0, examples=0)
+
+  def add(self, batch, metrics):
+    for acc in (self.interval, self.since_eval):
+      acc['loss_sum'] += float(metrics['loss_sum'])
+      acc['examples'] += int(metrics['num_examples'])
+    self.interval['tokens'] += int((batch['inputs_segment_ids'] > 0).sum())
+    self.interval['slots'] += batch['inputs'].size
+    self.interval['steps'] += 1
+
+  def log(self, step):
+    now = time.time()
+    seconds, i = now - self.interval_start, self.interval
+    per_step = self.elapsed() / (step - self.start_step)
+    mfu = self.flops_per_step * i['steps'] / seconds / self.peak_flops
+    logging.info('step %d/%d | loss %.4f | %.0f examples/s | %.0f tokens/s | packing %.2f '
+                 '| MFU %.1f%% | ETA %s', step, FLAGS.train_steps,
+                 i['loss_sum'] / max(i['examples'], 1), i['examples'] / seconds,
+                 i['tokens'] / seconds, i['tokens'] / i['slots'], 100 * mfu,
+                 _duration(per_step * (FLAGS.train_steps - step)))
+    self.interval = dict(loss_sum=0.0, examples=0, tokens=0, slots=0, steps=0)
+    self.interval_start = now
+
+  def train_loss_since_eval(self):
+    loss = self.since_eval['loss_sum'] / max(self.since_eval['examples'], 1)
+    self.since_eval = dict(loss_sum=0.0, examples=0)
+    return loss
+
+  def pause(self, seconds):
+    self.paused += seconds
+    self.interval_start += seconds
+
+  def elapsed(self):
+    """Seconds of training since the run started, evaluations left out."""
+    return time.time() - self.run_start - self.paused
+
+
+def matmul_peak_flops(dtype, size=2048):
+  """FLOP/s of one device's best of a few [size, size] @ [size, size] matmuls in `dtype`: the
+  practical peak that MFU is measured against (bench.py measures it the same way)."""
+  a = jnp.ones((size, size), dtype)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, a).block_until_ready()
+  best = float('inf')
+  for _ in range(3):
+    start = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best
+
 
 def _duration(seconds):
   seconds = int(seconds)
@@ -527,114 +779,6 @@ def _duration(seconds):
 
 class NonFiniteLoss(FloatingPointError):
   pass
-
-
-def fine_tune(task, directory, mesh):
-  """Fine-tune; evaluate every --eval_every steps; keep the latest and the best checkpoint."""
-  model = MODELS[FLAGS.model]
-  train_examples = read_split(task, directory, 'train')
-  vocab = get_vocab(task, train_examples)
-  labels = glue.LabelText(task, vocab) if model.labels_as_text else None
-  ckpt_dir = os.path.join(FLAGS.output_dir, 'checkpoints')
-  best_dir = os.path.join(FLAGS.output_dir, 'best')
-  latest = load_ckpt.latest_checkpoint(ckpt_dir)
-  cfg = model_config(task, vocab, latest or FLAGS.checkpoint)
-  shardings = partitioning.Shardings(cfg, mesh, FLAGS.model)
-  logging.info('%s %s: %s parameters; mesh %s', model.name, cfg,
-               f'{enct5.count_params(cfg, FLAGS.model):,}', dict(mesh.shape))
-
-  # Data: the training split packed once; rows shuffled per epoch by (seed, epoch), so the
-  # batch of step s is the same whether or not the run was interrupted (packing.train_batches).
-  packed = pack_train_split(task, train_examples, vocab, task.files['train'], labels)
-  eval_sets = {}
-  for split in task.eval_names:
-    examples = read_split(task, directory, split)
-    eval_sets[split] = (examples, pack_split(task, examples, vocab, task.files[split]))
-  info = packing.stats(packed)
-  logging.info('train: %d examples in %d rows of %d tokens (packing efficiency %.3f); '
-               '%.1f steps per epoch', info['examples'], info['rows'], FLAGS.max_input_length,
-               info['efficiency'], info['rows'] / FLAGS.batch_size)
-
-  # State: resume from the latest checkpoint, else the --checkpoint, else random init.
-  base_step = checkpoint_step(FLAGS.checkpoint) if FLAGS.checkpoint else 0
-  if latest:
-    params, opt_state = load_ckpt.restore_checkpoint(ckpt_dir, shardings=shardings.params,
-                                                     opt_shardings=shardings.opt_state)
-    logging.info('resuming from %s', latest)
-  elif FLAGS.checkpoint:
-    params, opt_state = load_params(FLAGS.checkpoint, cfg, shardings, with_optimizer_state=True)
-    logging.info('fine-tuning %s from Adafactor step %d', FLAGS.checkpoint, base_step)
-  else:
-    params, opt_state = init_train_state(cfg, shardings, jax.random.PRNGKey(FLAGS.seed),
-                                         FLAGS.model)
-    logging.info('random init (seed %d)', FLAGS.seed)
-  start = int(jax.device_get(opt_state['step'])) - base_step
-  history = read_metrics()
-  best = max((r for r in history if r['step'] <= start), key=lambda r: r['score'], default=None)
-  if start >= FLAGS.train_steps:
-    logging.info('already trained %d of --train_steps=%d steps; nothing to do', start,
-                 FLAGS.train_steps)
-    return cfg, best
-
-  train_step = make_train_step(cfg, shardings, model.loss, FLAGS.learning_rate, FLAGS.seed)
-  eval_step = make_eval_step(cfg, shardings, FLAGS.model,
-                             decode_length=labels.decode_length if labels else None)
-  batches = packing.train_batches(packed, FLAGS.batch_size, FLAGS.seed, start_step=start)
-  run_start = interval_start = time.time()
-  eval_time = 0.0
-  interval = dict(loss_sum=0.0, examples=0, tokens=0, slots=0)
-  since_eval = dict(loss_sum=0.0, examples=0)
-  for step in range(start + 1, FLAGS.train_steps + 1):
-    batch = next(batches)
-    inputs = {k: batch[k] for k in model.train_keys}
-    params, opt_state, metrics = train_step(params, opt_state,
-                                            partitioning.global_batch(inputs, shardings.batch))
-    loss = float(metrics['loss'])
-    if not np.isfinite(loss):
-      good = load_ckpt.latest_checkpoint(ckpt_dir)
-      raise NonFiniteLoss(
-          f'loss is {loss} at step {step}: stopping. The last good checkpoint, '
-          f'{good or "(none saved yet)"}, is left as it is; try a lower --learning_rate, '
-          '--dtype=float32 or another --seed.')
-    for acc in (interval, since_eval):
-      acc['loss_sum'] += float(metrics['loss_sum'])
-      acc['examples'] += int(metrics['num_examples'])
-    interval['tokens'] += int((batch['inputs_segment_ids'] > 0).sum())
-    interval['slots'] += batch['inputs'].size
-    last = step == FLAGS.train_steps
-    if step % FLAGS.log_every == 0 or last:
-      now = time.time()
-      seconds = now - interval_start
-      per_step = (now - run_start - eval_time) / (step - start)
-      logging.info('step %d/%d | loss %.4f | %.0f examples/s | %.0f tokens/s | packing %.2f '
-                   '| ETA %s', step, FLAGS.train_steps,
-                   interval['loss_sum'] / max(interval['examples'], 1),
-                   interval['examples'] / seconds, interval['tokens'] / seconds,
-                   interval['tokens'] / interval['slots'],
-                   _duration(per_step * (FLAGS.train_steps - step)))
-      interval = dict(loss_sum=0.0, examples=0, tokens=0, slots=0)
-      interval_start = now
-    if step % FLAGS.eval_every == 0 or last:
-      eval_start = time.time()
-      t5x_step = int(jax.device_get(opt_state['step']))
-      load_ckpt.save_checkpoint(ckpt_dir, t5x_step, params, opt_state,
-                                keep=FLAGS.keep_checkpoints)
-      scores = evaluate(eval_step, params, task, eval_sets, cfg, shardings, labels)
-      score = glue.task_score(task, scores)
-      train_loss = since_eval['loss_sum'] / max(since_eval['examples'], 1)
-      since_eval = dict(loss_sum=0.0, examples=0)
-      record = dict(step=step, t5x_step=t5x_step, train_loss=train_loss, scores=scores,
-                    score=score, elapsed_s=round(time.time() - run_start, 1))
-      if best is None or score > best['score']:
-        load_ckpt.save_checkpoint(best_dir, t5x_step, params, opt_state, keep=1)
-        best = record
-      append_metrics(record)
-      logging.info('eval step %d | %s | best %.2f at step %d', step,
-                   ' '.join(f'{k} {v:.2f}' for k, v in scores.items()), best['score'],
-                   best['step'])
-      eval_time += time.time() - eval_start
-      interval_start += time.time() - eval_start
-  return cfg, best
 
 
 def read_metrics():
@@ -651,63 +795,6 @@ def append_metrics(record):
       f.write(json.dumps(record) + '\n')
 
 
-def inference_checkpoint():
-  """--checkpoint, else the best, else the latest checkpoint in --output_dir."""
-  path = (FLAGS.checkpoint or load_ckpt.latest_checkpoint(os.path.join(FLAGS.output_dir, 'best'))
-          or load_ckpt.latest_checkpoint(os.path.join(FLAGS.output_dir, 'checkpoints')))
-  if not path:
-    raise FileNotFoundError(f'--mode={FLAGS.mode}: no --checkpoint and no checkpoint in '
-                            f'{FLAGS.output_dir}/best or {FLAGS.output_dir}/checkpoints')
-  return path
-
-
-def evaluate_or_predict(task, directory, mesh):
-  """--mode=eval: the task's metrics on its validation split(s). --mode=predict: GLUE
-  submission TSVs (index, prediction) for --predict_split into output_dir/predictions."""
-  path = inference_checkpoint()
-  vocab = get_vocab(task, None, must_exist=True)
-  labels = glue.LabelText(task, vocab) if MODELS[FLAGS.model].labels_as_text else None
-  cfg = model_config(task, vocab, path)
-  shardings = partitioning.Shardings(cfg, mesh, FLAGS.model)
-  params = load_params(path, cfg, shardings, with_optimizer_state=False)
-  eval_step = make_eval_step(cfg, shardings, FLAGS.model,
-                             decode_length=labels.decode_length if labels else None)
-  logging.info('%s with %s', FLAGS.mode, path)
-  if FLAGS.mode == 'eval':
-    eval_sets = {}
-    for split in task.eval_names:
-      examples = read_split(task, directory, split)
-      eval_sets[split] = (examples, pack_split(task, examples, vocab, task.files[split]))
-    scores = evaluate(eval_step, params, task, eval_sets, cfg, shardings, labels)
-    logging.info('eval %s | %s | score %.2f', path,
-                 ' '.join(f'{k} {v:.2f}' for k, v in scores.items()),
-                 glue.task_score(task, scores))
-    return scores
-  splits = ([s for s in task.files if s.startswith('test')] if FLAGS.predict_split == 'test'
-            else [FLAGS.predict_split])
-  out_dir = os.path.join(FLAGS.output_dir, 'predictions')
-  written = []
-  for split in splits:
-    examples = read_split(task, directory, split)
-    ids, predictions = infer(eval_step, params, pack_split(task, examples, vocab,
-                                                           task.files[split]), cfg, shardings,
-                             labels)
-    invalid = predictions == glue.INVALID_PREDICTION
-    if not task.is_regression and invalid.any():
-      logging.warning('%s: %d of %d decoded strings are no label; written as %r (a submission '
-                      'needs one)', split, invalid.sum(), len(predictions), task.raw_label(1))
-      predictions = np.maximum(predictions, 1)
-    if jax.process_index() == 0:
-      os.makedirs(out_dir, exist_ok=True)
-      out = os.path.join(out_dir, prediction_file(task, split))
-      with open(out, 'w') as f:
-        f.write('index\tprediction\n')
-        f.writelines(f'{i}\t{task.raw_label(p)}\n' for i, p in zip(ids, predictions))
-      logging.info('wrote %d predictions to %s', len(ids), out)
-      written.append(out)
-  return written
-
-
 # ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
@@ -716,13 +803,13 @@ def evaluate_or_predict(task, directory, mesh):
 # command line still win).
 DEMO_FLAGS = dict(size='tiny', vocab_size=1000, max_input_length=128, max_target_length=16,
                   batch_size=16, train_steps=300, eval_every=100, log_every=25)
-GLUE_PLACES = (os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'glue'),
-               'glue_data')
+GLUE_PLACES = (os.path.join(glue.SHARED, 'glue'), 'glue_data')
 
 
-def _demo_setup():
+def _demo_setup(with_demo_flags):
+  """The demo's data, written into OUTPUT_DIR/data (and its flags, unless given) -> data dir."""
   for name, value in DEMO_FLAGS.items():
-    if not FLAGS[name].present:
+    if with_demo_flags and not FLAGS[name].present:
       FLAGS[name].value = value
   if FLAGS.data_dir:
     raise app.UsageError('--data_dir needs --task (one of %s)' % ', '.join(sorted(glue.TASKS)))
@@ -736,11 +823,11 @@ def _demo_setup():
       logging.info('GLUE data found at %s: fine-tune on it with e.g. `python train.py '
                    '--task=sst2 --data_dir=%s --size=tiny`', os.path.normpath(place),
                    os.path.normpath(os.path.join(place, 'SST-2')))
-  directory = os.path.join(FLAGS.output_dir, 'data', glue.DEMO_TASK.dir_name)
+  data_dir = os.path.join(FLAGS.output_dir, 'data', glue.DEMO_TASK.dir_name)
   # Every process writes the same files (same seed), atomically; dev.tsv is written last.
-  if not os.path.isfile(os.path.join(directory, glue.DEMO_TASK.files['validation'])):
-    glue.write_demo_task(directory, FLAGS.seed)
-  return directory
+  if not os.path.isfile(os.path.join(data_dir, glue.DEMO_TASK.files['validation'])):
+    glue.write_demo_task(data_dir, FLAGS.seed)
+  return data_dir
 
 
 def main(argv):
@@ -755,32 +842,45 @@ def main(argv):
                                       FLAGS.process_id)
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
+  if FLAGS.output_dir is None and FLAGS.task:
+    FLAGS.output_dir = os.path.join('runs', FLAGS.task)
+  record = read_run_record() if FLAGS.output_dir else None
+  recorded_flags = record is not None and FLAGS.mode != 'train'
+  if recorded_flags:
+    use_recorded_flags(record)
   demo = FLAGS.task is None
   if demo:
-    directory = _demo_setup()
+    data_dir = _demo_setup(with_demo_flags=not recorded_flags)
+  elif FLAGS.data_dir is None:
+    found = [p for p in GLUE_PLACES if os.path.isdir(p)]
+    hint = f' (GLUE data found: --data_dir={os.path.normpath(found[0])})' if found else ''
+    raise app.UsageError(f'--task={FLAGS.task} needs --data_dir{hint}')
   else:
-    if FLAGS.data_dir is None:
-      found = [p for p in GLUE_PLACES if os.path.isdir(p)]
-      hint = f' (GLUE data found: --data_dir={os.path.normpath(found[0])})' if found else ''
-      raise app.UsageError(f'--task={FLAGS.task} needs --data_dir{hint}')
-    directory = task_dir(glue.get_task(FLAGS.task), FLAGS.data_dir)
-    if FLAGS.output_dir is None:
-      FLAGS.output_dir = os.path.join('runs', FLAGS.task)
+    data_dir = FLAGS.data_dir
+  if record and FLAGS.mode == 'train':
+    check_same_run(record)
   task = glue.get_task(glue.DEMO_TASK.name if demo else FLAGS.task)
+  glue.task_dir(task, data_dir)  # fails early if the task's files are not there
   mesh = partitioning.make_mesh(FLAGS.mesh)
   if FLAGS.batch_size % mesh.shape['data']:
     raise app.UsageError(f'--batch_size={FLAGS.batch_size} must be a multiple of the mesh\'s '
                          f'data axis ({mesh.shape["data"]})')
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   if FLAGS.mode != 'train':
-    evaluate_or_predict(task, directory, mesh)
+    evaluate_or_predict(task, data_dir, mesh, record)
     return
   try:
-    _, best = fine_tune(task, directory, mesh)
+    run = prepare_run(task, data_dir, mesh)
+    if run.start >= FLAGS.train_steps:
+      logging.info('already trained %d of --train_steps=%d steps; nothing to do', run.start,
+                   FLAGS.train_steps)
+      best = run.best
+    else:
+      best = train_loop(run)
   except NonFiniteLoss as e:
     logging.error('%s', e)
     raise SystemExit(1)
-  curve = [r for r in read_metrics()]
+  curve = read_metrics()
   if curve:
     logging.info('learning curve (validation %s): %s', ', '.join(task.metric_keys),
                  ', '.join(f'step {r["step"]}: {r["score"]:.1f}' for r in curve))

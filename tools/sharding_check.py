@@ -21,8 +21,7 @@ import train
 
 def synthetic_batch(rng, cfg, rows=8, length=32, slots=4):
   """Packed rows of 1..slots examples with random tokens and labels."""
-  batch = {k: np.zeros((rows, length), np.int32)
-           for k in ('inputs', 'inputs_segment_ids', 'inputs_positions')}
+  batch = {k: np.zeros((rows, length), np.int32) for k in ('inputs', 'inputs_segment_ids')}
   batch['targets'] = np.zeros((rows, slots), np.int32)
   for r in range(rows):
     start = 0
@@ -30,7 +29,6 @@ def synthetic_batch(rng, cfg, rows=8, length=32, slots=4):
       n = int(rng.integers(2, length // slots + 1))
       batch['inputs'][r, start:start + n] = rng.integers(2, cfg.vocab_size, n)
       batch['inputs_segment_ids'][r, start:start + n] = seg
-      batch['inputs_positions'][r, start:start + n] = np.arange(n)
       batch['targets'][r, seg - 1] = rng.integers(1, cfg.num_classes + 1)
       start += n
   return batch
