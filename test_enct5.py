@@ -190,10 +190,11 @@ def test_classification_loss_by_hand():
   loss, aux = enct5.loss_fn(params, cfg, batch)
   logits = np.asarray(aux['logits'], np.float64)
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  expected = -np.mean([log_probs[0, 0, 1], log_probs[0, 1, 2], log_probs[0, 2, 3],
-                       log_probs[1, 0, 2]])
+  expected = -np.sum([log_probs[0, 0, 1], log_probs[0, 1, 2], log_probs[0, 2, 3],
+                      log_probs[1, 0, 2]])  # summed, as T5X
   assert int(aux['num_examples']) == 4
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  np.testing.assert_allclose(aux['loss_sum'], expected, rtol=1e-5)
 
 
 def test_padding_slots_get_no_gradient():
@@ -223,7 +224,7 @@ def test_regression_loss_by_hand():
   # Slots with an example: row 0 has 3 segments (the score 0.0 is a real label), row 1 has 1.
   errors = [(predictions[0, 0] - 0.5) ** 2, (predictions[0, 1] - 3.0) ** 2,
             (predictions[0, 2] - 0.0) ** 2, (predictions[1, 0] - 4.2) ** 2]
-  np.testing.assert_allclose(loss, np.mean(errors), rtol=1e-5)
+  np.testing.assert_allclose(loss, np.sum(errors), rtol=1e-5)
 
 
 def test_predict_ignores_padding_class():
