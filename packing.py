@@ -18,6 +18,8 @@ import logging
 
 import numpy as np
 
+log = logging.getLogger(__name__)  # pretrain.py quiets it: it packs a batch every step
+
 METHODS = ('best_fit', 'next_fit', 'unpacked')
 
 
@@ -148,7 +150,7 @@ def pack_examples(examples, max_input_length, max_target_length, *, method='best
   packed['example_ids'] = np.full((num_rows, max_target_length), -1, np.int32)
   packed['example_ids'][row, slot] = ids
   if n:
-    logging.info('packed %d examples into %d rows of %d tokens (%s): efficiency %.4f',
+    log.info('packed %d examples into %d rows of %d tokens (%s): efficiency %.4f',
                  n, num_rows, max_input_length, method, efficiency(packed))
   return packed
 
@@ -213,7 +215,7 @@ def pack_seq2seq_examples(examples, max_input_length, max_target_length, *, meth
   packed['example_ids'] = np.full((num_rows, max_slots), -1, np.int32)
   packed['example_ids'][row, slot] = ids
   if n:
-    logging.info('packed %d examples into %d rows of %d tokens, %d target tokens (%s): '
+    log.info('packed %d examples into %d rows of %d tokens, %d target tokens (%s): '
                  'efficiency %.4f', n, num_rows, max_input_length, max_target_length, method,
                  efficiency(packed))
   return packed

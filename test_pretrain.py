@@ -12,6 +12,7 @@ import pytest
 import enct5
 import load_ckpt
 import pretrain
+import train
 import testutil
 from testutil import REPO
 
@@ -197,7 +198,7 @@ def test_pretraining_writes_a_t5x_checkpoint_with_its_vocabulary(pretrained):
   tmp, log = pretrained
   assert 'resuming from' in log and 'held-out loss' in log
   checkpoint = os.path.join(tmp, 'resumed', 'checkpoints', 'checkpoint_4')
-  assert os.path.isfile(os.path.join(checkpoint, pretrain.VOCAB_FILE))
+  assert os.path.isfile(os.path.join(checkpoint, train.CHECKPOINT_VOCAB))
   tree = load_ckpt.read_t5x(checkpoint)
   assert int(tree['state']['step']) == 4
   assert 'logits_dense' in tree['target']['decoder']
@@ -249,7 +250,7 @@ def test_train_fine_tunes_from_the_checkpoint_with_its_vocabulary(pretrained, mo
        f'--output_dir={tmp / ("finetune_" + model)}'],
       capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert os.path.join(checkpoint, pretrain.VOCAB_FILE) in result.stderr
+  assert os.path.join(checkpoint, train.CHECKPOINT_VOCAB) in result.stderr
   with open(tmp / f'finetune_{model}' / 'metrics.jsonl') as f:
     record = json.loads(f.readline())
   assert record['step'] == 2 and record['t5x_step'] == 4 + 2

@@ -739,7 +739,7 @@ class Meter:
                  '| MFU %.1f%% | ETA %s', step, FLAGS.train_steps,
                  i['loss_sum'] / max(i['examples'], 1), i['examples'] / seconds,
                  i['tokens'] / seconds, i['tokens'] / i['slots'], 100 * mfu,
-                 _duration(per_step * (FLAGS.train_steps - step)))
+                 duration(per_step * (FLAGS.train_steps - step)))
     self.interval = dict(loss_sum=0.0, examples=0, tokens=0, slots=0, steps=0)
     self.interval_start = now
 
@@ -771,7 +771,7 @@ def matmul_peak_flops(dtype, size=2048):
   return 2 * size ** 3 / best
 
 
-def _duration(seconds):
+def duration(seconds):
   seconds = int(seconds)
   return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else \
       f'{seconds // 60}m{seconds % 60:02d}s'
