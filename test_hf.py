@@ -308,3 +308,30 @@ def test_byte_vocabulary_needs_a_byt5_embedding():
   path = fixture('hf_byt5_tiny')
   assert hf_ckpt.vocabulary(path) == glue.BYT5_VOCAB
   assert hf_ckpt.vocabulary(fixture('hf_mt5_tiny')) is None  # no spiece.model in the fixture
+
+
+# ------------------------------------------------------------------------ train.py, per family
+
+@pytest.mark.parametrize('name, flags', [
+    ('hf_t5_v1_1_tiny', []), ('hf_mt5_tiny', []), ('hf_byt5_tiny', []),
+    ('hf_t5_v1_1_tiny_encoder_only', ['--fresh_pooling_block'])])
+def test_train_fine_tunes_from_a_hugging_face_checkpoint(tmp_path, name, flags):
+  """A few steps of the demo task from each family's HF checkpoint, with its tokenizer: ByT5's
+  bytes, which its config.json names; for T5.1.1 and mT5 (the fixtures have no spiece.model) a
+  SentencePiece model trained on the task, which fits their embeddings."""
+  path, output_dir = fixture(name), tmp_path / 'run'
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'train.py'), f'--checkpoint={path}',
+       f'--output_dir={output_dir}', '--train_steps=3', '--eval_every=3', '--log_every=1',
+       '--batch_size=4', '--max_input_length=64', '--max_target_length=4', *flags],
+      capture_output=True, text=True, timeout=600, cwd=REPO,
+      env={k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'})
+  assert out.returncode == 0, out.stderr[-3000:]
+  record = json.loads((output_dir / 'config.json').read_text())
+  assert record['config']['d_model'] == load_ckpt.config_from_checkpoint(path)['d_model']
+  if name == 'hf_byt5_tiny':
+    assert record['vocab_file'] == glue.BYT5_VOCAB and not (output_dir / 'vocab').exists()
+  else:
+    assert record['vocab_file'].startswith(str(output_dir / 'vocab'))
+  metrics = [json.loads(line) for line in open(output_dir / 'metrics.jsonl')]
+  assert metrics[-1]['step'] == 3 and np.isfinite(metrics[-1]['train_loss']), metrics

@@ -9,6 +9,8 @@
   python train.py --task=mnli --data_dir=glue_data \
       --checkpoint=gs://t5-data/pretrained_models/t5x/t5_1_1_small/checkpoint_1000000 \
       --vocab=gs://t5-data/vocabs/cc_all.32000/sentencepiece.model --output_dir=runs/mnli
+  python train.py --task=rte --data_dir=glue_data --checkpoint=google/mt5-small  # a local HF dir
+  python train.py --size=byt5-tiny --vocab=byt5      # the demo with ByT5's shape and bytes
   python train.py --mode=eval --output_dir=runs/mnli # metrics of OUTPUT_DIR/best
   python train.py --mode=predict --output_dir=...    # GLUE submission TSVs
   python train.py ... --model=t5                     # the T5 baseline (paper §4.3): labels as
@@ -23,8 +25,8 @@ the training run's flags from it. Many hosts: run the same command on each with
 Flags by section (each explained below, in alphabetical order):
   task and data      --task --data_dir --vocab --vocab_size --max_input_length
                      --max_target_length --pack
-  model              --model --checkpoint --size --d_model --num_heads --head_dim --d_ff
-                     --num_layers --dropout_rate --dtype --remat_policy
+  model              --model --checkpoint --size --fresh_pooling_block --d_model --num_heads
+                     --head_dim --d_ff --num_layers --dropout_rate --dtype --remat_policy
                      --scan_layers
   training           --batch_size --learning_rate --train_steps --eval_every --log_every
                      --keep_checkpoints --seed
@@ -59,6 +61,7 @@ import packing
 import partitioning
 import t5
 import t5_layers
+import hf_ckpt
 
 # ----------------------------------------------------------------------------------------------
 # Flags, by section, with the paper's defaults (§4.1: T5's fine-tuning recipe, Adafactor with a
@@ -71,8 +74,11 @@ flags.DEFINE_string('task', None, 'GLUE task: cola, sst2, mrpc, stsb, qqp, mnli,
 flags.DEFINE_string('data_dir', None, 'GLUE data as download_glue_data.py lays it out: the root '
                     '(holding SST-2/, MNLI/, ...) or one task folder such as glue_data/SST-2.')
 flags.DEFINE_string('vocab', None, 'SentencePiece model, local or gs:// (T5: gs://t5-data/vocabs/'
-                    'cc_all.32000/sentencepiece.model). Unset: a new one is trained on the task\'s '
-                    'training text into OUTPUT_DIR/vocab/ (for training from scratch).')
+                    'cc_all.32000/sentencepiece.model), or byt5 for ByT5\'s UTF-8 bytes. Unset: '
+                    'the checkpoint\'s own (sentencepiece.model in a T5X checkpoint of '
+                    'pretrain.py; spiece.model or ByT5\'s tokenizer_class in a Hugging Face '
+                    'one), else a new one trained on the task\'s training text into '
+                    'OUTPUT_DIR/vocab/ (for training from scratch).')
 flags.DEFINE_integer('vocab_size', 8000, 'Pieces (at most) of the SentencePiece model trained when '
                      '--vocab is unset.')
 flags.DEFINE_integer('max_input_length', 512, 'Tokens per packed input row (L); longer examples '
@@ -90,14 +96,22 @@ flags.DEFINE_enum('model', 'enct5', ['enct5', 't5', '1dect5'], 'enct5: the T5 en
                   'encoder-decoder, labels as T5 text, predictions decoded greedily and mapped '
                   'back to labels (§4.3 baseline). 1dect5: the same with only the first decoder '
                   'layer (§4.3).')
-flags.DEFINE_string('checkpoint', None, 'T5.1.1 checkpoint in T5X format, local or gs:// (e.g. '
-                    'gs://t5-data/pretrained_models/t5x/t5_1_1_small/checkpoint_1000000): its '
+flags.DEFINE_string('checkpoint', None, 'T5.1.1, mT5 or ByT5 checkpoint: T5X\'s format, local '
+                    'or gs:// (e.g. gs://t5-data/pretrained_models/t5x/t5_1_1_small/'
+                    'checkpoint_1000000), or a Hugging Face model directory (config.json + '
+                    'safetensors, e.g. a local copy of google/mt5-small): its '
                     'encoder and first decoder layer are loaded with their Adafactor state '
                     '(paper §4.2; --model=t5: all of it; 1dect5: all but decoder layers 1 and '
                     'up), and its shapes fix the model. Unset: random init. With '
                     '--mode=eval/predict: the checkpoint to use (default OUTPUT_DIR/best).')
-flags.DEFINE_enum('size', None, list(enct5.SIZES), 'T5.1.1 size. With --checkpoint: checked '
-                  'against it. Without: the model to train from scratch (default tiny).')
+flags.DEFINE_enum('size', None, list(enct5.SIZES), 'T5.1.1 (small..xxl), mT5 (mt5-small..) or '
+                  'ByT5 (byt5-small..) size, or a tiny one of each family. With --checkpoint: '
+                  'checked against it. Without: the model to train from scratch (default tiny; '
+                  'the vocabulary fixes its vocab_size).')
+flags.DEFINE_bool('fresh_pooling_block', False, 'From an encoder-only checkpoint (Hugging '
+                  'Face T5EncoderModel, Sentence-T5): start EncT5\'s pooling block (the first '
+                  'decoder layer\'s cross-attention and FFN) from random init instead of '
+                  'stopping because the checkpoint has none.')
 flags.DEFINE_integer('d_model', None, 'The model dim, instead of the size\'s; with a '
                      'checkpoint: checked against it.')
 flags.DEFINE_integer('num_heads', None, 'The attention heads, instead of the size\'s; with a '
@@ -277,10 +291,11 @@ SHAPE_FLAGS = ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers')
 
 
 def vocab_file(task, train_examples, *, must_exist=False):
-  """The SentencePiece model's local path: --vocab (a gs:// file is copied into
-  OUTPUT_DIR/vocab/), else the `sentencepiece.model` inside --checkpoint (pretrain.py writes it
-  there), else the model trained earlier into OUTPUT_DIR/vocab/, else one trained now on the
-  task's training text. Every process uses process 0's file."""
+  """The SentencePiece model's local path (or 'byt5', for `glue.load_vocab`): --vocab (a gs://
+  file is copied into OUTPUT_DIR/vocab/), else the `sentencepiece.model` inside --checkpoint
+  (pretrain.py writes it there), else the one a Hugging Face --checkpoint names
+  (`hf_ckpt.vocabulary`), else the model trained earlier into OUTPUT_DIR/vocab/, else one
+  trained now on the task's training text. Every process uses process 0's file."""
   vocab_dir = os.path.join(FLAGS.output_dir, 'vocab')
   if FLAGS.vocab and FLAGS.vocab.startswith('gs://'):
     path = os.path.join(vocab_dir, FLAGS.vocab.rsplit('/', 1)[1])
@@ -331,6 +346,11 @@ def _share_file(path):
 
 def _write_atomically(path, data):
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  if FLAGS.checkpoint and hf_ckpt.is_hf_checkpoint(FLAGS.checkpoint):
+    named = hf_ckpt.vocabulary(FLAGS.checkpoint)
+    if named:
+      logging.info('no --vocab: using the Hugging Face checkpoint\'s vocabulary, %s', named)
+      return named
   tmp = f'{path}.tmp-{jax.process_index()}'
   with open(tmp, 'wb') as f:
     f.write(data)
@@ -358,9 +378,10 @@ def model_config(task, vocab, checkpoint):
     # A from-scratch vocabulary of N pieces: N rounded up to a multiple of 128, as T5's 32128.
     # T5.1.1 has as many decoder layers as encoder layers (t5.num_decoder_layers: which are used).
     vocab_size = -(-vocab.GetPieceSize() // 128) * 128
-    num_layers = overrides.get('num_layers', enct5.SIZES[FLAGS.size or 'tiny']['num_layers'])
+    size = enct5.SIZES[FLAGS.size or 'tiny']
+    num_decoder_layers = overrides.get('num_layers', size['num_decoder_layers'])
     cfg = enct5.get_config(FLAGS.size or 'tiny', vocab_size=vocab_size,
-                           num_decoder_layers=num_layers, **overrides, **options)
+                           num_decoder_layers=num_decoder_layers, **overrides, **options)
   glue.check_vocab_fits(vocab, cfg.vocab_size)
   return cfg
 
@@ -381,7 +402,9 @@ NOT_RECORDED = ('mode', 'output_dir', 'checkpoint', 'predict_split', 'mesh',
 def run_record(cfg, vocab_path):
   """config.json's contents (bytes): the flags of this run, its vocabulary and model config."""
   flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(__name__)}
-  record = dict(flags=flag_values, vocab_file=os.path.abspath(vocab_path),
+  if vocab_path != glue.BYT5_VOCAB:  # a file; 'byt5' names ByT5's bytes
+    vocab_path = os.path.abspath(vocab_path)
+  record = dict(flags=flag_values, vocab_file=vocab_path,
                 config=dataclasses.asdict(cfg))
   return (json.dumps(record, indent=2, sort_keys=True) + '\n').encode()
 
@@ -393,6 +416,7 @@ def read_run_record():
     return None
   with open(path) as f:
     return json.load(f)
+    # ByT5's sizes keep their 3:1 encoder:decoder depth unless --num_layers changes it.
 
 
 def check_same_run(record):
@@ -452,8 +476,9 @@ def load_checkpoint(path, cfg, shardings, *, with_optimizer_state):
       return params
     return params, _global_arrays(tree['state'], shardings.opt_state)
   rng = jax.random.PRNGKey(FLAGS.seed)
-  load = lambda **kwargs: load_ckpt.load_params(path, cfg, rng, model=FLAGS.model,
-                                                shardings=shardings.params, **kwargs)
+  load = lambda **kwargs: load_ckpt.load_params(
+      path, cfg, rng, model=FLAGS.model, shardings=shardings.params,
+      fresh_pooling_block=FLAGS.fresh_pooling_block, **kwargs)
   if not with_optimizer_state:
     if FLAGS.model == 'enct5':
       logging.warning('%s is a T5.1.1 checkpoint: the EncT5 head is untrained', path)
@@ -891,3 +916,5 @@ def main(argv):
 
 if __name__ == '__main__':
   app.run(main)
+    if name == 'size' and FLAGS.checkpoint:
+      continue  # the checkpoint's shape is the model's
