@@ -834,6 +834,8 @@ GLUE_PLACES = (os.path.join(glue.SHARED, 'glue'), 'glue_data')
 def _demo_setup(with_demo_flags):
   """The demo's data, written into OUTPUT_DIR/data (and its flags, unless given) -> data dir."""
   for name, value in DEMO_FLAGS.items():
+    if name == 'size' and FLAGS.checkpoint:
+      continue  # the checkpoint's shape is the model's
     if with_demo_flags and not FLAGS[name].present:
       FLAGS[name].value = value
   if FLAGS.data_dir:
@@ -916,5 +918,3 @@ def main(argv):
 
 if __name__ == '__main__':
   app.run(main)
-    if name == 'size' and FLAGS.checkpoint:
-      continue  # the checkpoint's shape is the model's
