@@ -403,18 +403,61 @@ def _read_metrics(path, until_step):
   return kept
 
 
+class Progress:
+  """Sums of the step metrics since the last log line and since the last evaluation."""
+  KEYS = ('cross_entropy', 'z_loss', 'num_tokens', 'correct', 'inputs')
+
+  def __init__(self, start, elapsed):
+    self.start, self.elapsed = start, elapsed  # elapsed: seconds of the runs before a resume
+    self.run_start = self.interval_start = time.time()
+    self.interval, self.since_eval = dict.fromkeys(self.KEYS, 0), dict.fromkeys(self.KEYS, 0)
+
+  def add(self, metrics, batch):
+    metrics = dict(metrics, inputs=(batch['inputs_segment_ids'] > 0).sum())
+    for sums in (self.interval, self.since_eval):
+      for key in self.KEYS:
+        sums[key] += float(metrics[key])
+    if not math.isfinite(self.interval['cross_entropy']):
+      raise FloatingPointError('the loss is not finite; the last checkpoint is left as it is')
+
+  def log(self, step):
+    """The progress line: per-target-token loss, z-loss, accuracy, throughput, ETA."""
+    now, sums = time.time(), self.interval
+    tokens = max(sums['num_tokens'], 1)
+    eta = (now - self.run_start) / (step - self.start) * (FLAGS.train_steps - step)
+    logging.info('step %d/%d | loss %.4f | z-loss %.4f | token accuracy %.2f%% | lr %.4g | '
+                 '%.0f input tokens/s | ETA %s', step, FLAGS.train_steps,
+                 sums['cross_entropy'] / tokens, sums['z_loss'] / tokens,
+                 100.0 * sums['correct'] / tokens, float(learning_rate(step - 1)),
+                 sums['inputs'] / (now - self.interval_start), train.duration(eta))
+    self.interval, self.interval_start = dict.fromkeys(self.KEYS, 0), now
+
+  def record(self, step, validation_loss, validation_accuracy):
+    """metrics.jsonl's row of an evaluation (train figures since the previous one)."""
+    sums, tokens = self.since_eval, max(self.since_eval['num_tokens'], 1)
+    self.since_eval = dict.fromkeys(self.KEYS, 0)
+    return dict(step=step, train_loss=sums['cross_entropy'] / tokens,
+                train_accuracy=100.0 * sums['correct'] / tokens,
+                validation_loss=validation_loss, validation_accuracy=validation_accuracy,
+                elapsed_s=round(self.elapsed + time.time() - self.run_start, 1))
+
+
+def restore_or_init(cfg, shardings, ckpt_dir):
+  """The latest checkpoint in `ckpt_dir`, else T5X's initialization (seed --seed)."""
+  if not load_ckpt.latest_checkpoint(ckpt_dir):
+    return train.init_train_state(cfg, shardings, jax.random.PRNGKey(FLAGS.seed), 't5')
+  logging.info('resuming from %s', load_ckpt.latest_checkpoint(ckpt_dir))
+  return load_ckpt.restore_checkpoint(ckpt_dir, shardings=shardings.params,
+                                      opt_shardings=shardings.opt_state)
+
+
 def pretrain(cfg, mesh, batches, validation, vocab_path):
   """The loop: T5X's loss, Adafactor with T5's schedule, a checkpoint and the held-out loss
-  every --eval_every steps, progress every --log_every steps."""
+  every --eval_every steps, progress every --log_every steps; SIGTERM or SIGINT: a checkpoint,
+  then exit status INTERRUPTED."""
   shardings = partitioning.Shardings(cfg, mesh, 't5')
   ckpt_dir = os.path.join(FLAGS.output_dir, 'checkpoints')
-  if load_ckpt.latest_checkpoint(ckpt_dir):
-    params, opt_state = load_ckpt.restore_checkpoint(ckpt_dir, shardings=shardings.params,
-                                                     opt_shardings=shardings.opt_state)
-    logging.info('resuming from %s', load_ckpt.latest_checkpoint(ckpt_dir))
-  else:
-    params, opt_state = train.init_train_state(cfg, shardings, jax.random.PRNGKey(FLAGS.seed),
-                                               't5')
+  params, opt_state = restore_or_init(cfg, shardings, ckpt_dir)
   start = int(jax.device_get(opt_state['step']))
   metrics_path = os.path.join(FLAGS.output_dir, 'metrics.jsonl')
   history = _read_metrics(metrics_path, start)
@@ -427,59 +470,32 @@ def pretrain(cfg, mesh, batches, validation, vocab_path):
   logging.info('T5.1.1 %s: %s parameters; %d training chunks of %d tokens; batch %d; steps '
                '%d..%d', cfg, f'{enct5.count_params(cfg, "t5"):,}', len(batches.chunks),
                batches.chunks.shape[1], FLAGS.batch_size, start, FLAGS.train_steps)
-
-  def save_and_evaluate(step, since):
-    load_ckpt.save_checkpoint(ckpt_dir, step, params, opt_state, keep=FLAGS.keep_checkpoints,
-                              extra_files=extra_files)
-    val_loss, val_accuracy = evaluate(eval_step, params, validation, shardings)
-    record = dict(step=step, train_loss=since['cross_entropy'] / max(since['num_tokens'], 1),
-                  train_accuracy=100.0 * since['correct'] / max(since['num_tokens'], 1),
-                  validation_loss=val_loss, validation_accuracy=val_accuracy,
-                  elapsed_s=round(elapsed + time.time() - run_start, 1))
-    if jax.process_index() == 0:
-      with open(metrics_path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
-    logging.info('eval step %d | held-out loss %.4f | token accuracy %.2f%% | train loss %.4f',
-                 step, val_loss, val_accuracy, record['train_loss'])
-
-  elapsed = history[-1]['elapsed_s'] if history else 0.0
   received = _stop_on_signals()
-  run_start = interval_start = time.time()
-  zeros = lambda: dict(cross_entropy=0.0, z_loss=0.0, num_tokens=0, correct=0, inputs=0)
-  interval, since_eval = zeros(), zeros()
-  for step in range(start, FLAGS.train_steps):
-    batch = batches(step)
+  progress = Progress(start, history[-1]['elapsed_s'] if history else 0.0)
+  for step in range(start + 1, FLAGS.train_steps + 1):
+    batch = batches(step - 1)
     params, opt_state, metrics = train_step(
         params, opt_state, partitioning.global_batch({k: batch[k] for k in TRAIN_KEYS},
                                                      shardings.batch))
-    for acc in (interval, since_eval):
-      for key in ('cross_entropy', 'z_loss', 'num_tokens', 'correct'):
-        acc[key] += float(metrics[key])
-      acc['inputs'] += int((batch['inputs_segment_ids'] > 0).sum())
-    done = step + 1
-    if not math.isfinite(interval['cross_entropy']):
-      raise FloatingPointError(f'loss is not finite at step {done}; the last checkpoint in '
-                               f'{ckpt_dir} is left as it is')
-    if done % FLAGS.log_every == 0 or done == FLAGS.train_steps:
-      now = time.time()
-      tokens = max(interval['num_tokens'], 1)
-      logging.info('step %d/%d | loss %.4f | z-loss %.4f | token accuracy %.2f%% | lr %.4g | '
-                   '%.0f input tokens/s | ETA %s', done, FLAGS.train_steps,
-                   interval['cross_entropy'] / tokens, interval['z_loss'] / tokens,
-                   100.0 * interval['correct'] / tokens, float(learning_rate(step)),
-                   interval['inputs'] / (now - interval_start),
-                   train.duration((now - run_start) / (done - start)
-                                  * (FLAGS.train_steps - done)))
-      interval, interval_start = zeros(), now
-    if done % FLAGS.eval_every == 0 or done == FLAGS.train_steps:
-      save_and_evaluate(done, since_eval)
-      since_eval = zeros()
-    elif received:
-      load_ckpt.save_checkpoint(ckpt_dir, done, params, opt_state, keep=FLAGS.keep_checkpoints,
+    progress.add(metrics, batch)
+    last = step == FLAGS.train_steps
+    if step % FLAGS.log_every == 0 or last:
+      progress.log(step)
+    evaluate_now = step % FLAGS.eval_every == 0 or last
+    if evaluate_now or received:
+      load_ckpt.save_checkpoint(ckpt_dir, step, params, opt_state, keep=FLAGS.keep_checkpoints,
                                 extra_files=extra_files)
+    if evaluate_now:
+      record = progress.record(step, *evaluate(eval_step, params, validation, shardings))
+      if jax.process_index() == 0:
+        with open(metrics_path, 'a') as f:
+          f.write(json.dumps(record) + '\n')
+      logging.info('eval step %d | held-out loss %.4f | token accuracy %.2f%% | train loss '
+                   '%.4f', step, record['validation_loss'], record['validation_accuracy'],
+                   record['train_loss'])
     if received:
       logging.warning('signal %d: stopped after step %d, checkpoint in %s; run the same '
-                      'command again to resume', received[0], done, ckpt_dir)
+                      'command again to resume', received[0], step, ckpt_dir)
       raise SystemExit(INTERRUPTED)
   return params
 
