@@ -36,6 +36,11 @@ _MNLI_FILES = {'train': 'train.tsv',
                'test_mismatched': 'test_mismatched.tsv'}
 
 
+class DataError(ValueError):
+  """A data or vocabulary file that cannot be used as it is; the message names it (and the
+  line) and says what is wrong."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   """One GLUE task: where its files are, how a row becomes T5 text, its labels and metrics."""
@@ -178,11 +183,12 @@ def read_tsv(task, path, *, labeled=True, on_error='raise'):
   """Reads a GLUE TSV file in its official layout into Examples.
 
   Like TFDS's GLUE builder: tab-separated, no quoting (`csv.QUOTE_NONE`), columns found by
-  header name; CoLA's train/dev files have no header; a UTF-8 BOM (MRPC) is ignored.
+  header name; CoLA's train/dev files have no header; a UTF-8 BOM (MRPC), CRLF line ends and
+  empty trailing fields (a tab at the end of a line) are ignored.
   `labeled=False` reads test files, which have no label column (label None).
 
   Bad rows (wrong number of columns, unknown label, a score that is not a number in [0, 5])
-  raise ValueError naming file and line when on_error='raise' (default). With
+  raise DataError naming file and line when on_error='raise' (default). With
   on_error='skip' they are left out, each logged with its line, and counted in the log; the
   other examples keep their `idx`. Empty files are always an error. Empty text fields are
   kept, as T5 keeps them, and logged.
@@ -190,25 +196,25 @@ def read_tsv(task, path, *, labeled=True, on_error='raise'):
   if on_error not in ('raise', 'skip'):
     raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
   examples, skipped, empty_fields = [], [], []
-  with open(path, encoding='utf-8-sig', newline='\n') as f:
-    lines = (line[:-1] if line.endswith('\n') else line for line in f)
-    lines = (line[:-1] if line.endswith('\r') else line for line in lines)
-    header, lines, first_line = _header(task, path, lines)
+  with open(path, 'rb') as f:
+    header, lines, first_line = _header(task, path, _text_lines(path, f))
     columns = {name: i for i, name in enumerate(header)}
     wanted = [column for _, column in task.features] + ([task.label_column] if labeled else [])
     missing = [column for column in wanted if column not in columns]
     if missing:
-      raise ValueError(f'{path}: columns {missing} missing from the header {header} of a '
-                       f'{task.name} file' + (' (test files: labeled=False)' if labeled else ''))
+      raise DataError(f'{path}: columns {missing} missing from the header {header} of a '
+                      f'{task.name} file' + (' (test files: labeled=False)' if labeled else ''))
     for idx, (line_no, line) in enumerate(enumerate(lines, first_line)):
       fields = line.split('\t')
+      if len(fields) > len(header) and not any(fields[len(header):]):
+        fields = fields[:len(header)]  # trailing tabs
       try:
         if len(fields) != len(header):
           raise ValueError(f'{len(fields)} columns; the header has {len(header)}')
         label = _parse_label(task, fields[columns[task.label_column]]) if labeled else None
       except ValueError as e:
         if on_error == 'raise':
-          raise ValueError(f'{path}:{line_no}: {e}') from None
+          raise DataError(f'{path}:{line_no}: {e}') from None
         skipped.append(line_no)
         logging.warning('%s:%d: skipped: %s', path, line_no, e)
         continue
@@ -217,23 +223,37 @@ def read_tsv(task, path, *, labeled=True, on_error='raise'):
         empty_fields.append(line_no)
       examples.append(Example(idx, line_no, format_text(task, text_fields), label))
   if not examples and not skipped:
-    raise ValueError(f'{path}: no examples (empty file)')
+    raise DataError(f'{path}: no examples, only a header')
   if empty_fields:
     logging.warning('%s: %d rows with an empty text field, kept as T5 does (lines %s)',
                     path, len(empty_fields), empty_fields[:10])
   logging.info('%s: read %d %s examples, skipped %d bad rows%s', path, len(examples),
                task.name, len(skipped), f' (lines {skipped[:10]})' if skipped else '')
   if not examples:
-    raise ValueError(f'{path}: all {len(skipped)} rows are bad')
+    raise DataError(f'{path}: all {len(skipped)} rows are bad')
   return examples
+
+
+def _text_lines(path, f):
+  """The lines of a binary file as text, without line ends or a leading UTF-8 BOM; bytes that
+  are not UTF-8 raise DataError naming the line."""
+  for line_no, line in enumerate(f, 1):
+    try:
+      text = line.decode('utf-8-sig' if line_no == 1 else 'utf-8')
+    except UnicodeDecodeError as e:
+      raise DataError(f'{path}:{line_no}: byte {line[e.start]:#04x} at column {e.start + 1} is '
+                      'not UTF-8; GLUE files are UTF-8 text') from None
+    yield text.rstrip('\r\n')
 
 
 def _header(task, path, lines):
   """(column names, the data lines, the line number of the first data line)."""
   first = next(lines, None)
   if first is None or not first.strip():
-    raise ValueError(f'{path}: empty file (no header and no rows)')
+    raise DataError(f'{path}: empty file (no header and no rows)')
   fields = first.split('\t')
+  while len(fields) > 1 and not fields[-1]:  # trailing tabs
+    fields.pop()
   if task.headerless_columns and fields[0] != 'index':  # CoLA train/dev: data from line 1
     return task.headerless_columns, _prepend(first, lines), 1
   return fields, lines, 2
@@ -249,12 +269,12 @@ def _parse_label(task, value):
     try:
       score = float(value)
     except ValueError:
-      raise ValueError(f'score {value!r} is not a number') from None
+      raise DataError(f'score {value!r} is not a number') from None
     if not 0.0 <= score <= 5.0:  # also rejects nan
-      raise ValueError(f'score {value!r} is outside STS-B\'s range [0, 5]')
+      raise DataError(f'score {value!r} is outside STS-B\'s range [0, 5]')
     return score
   if value not in task.raw_labels:
-    raise ValueError(f'unknown label {value!r}; {task.name} labels are {task.raw_labels}')
+    raise DataError(f'unknown label {value!r}; {task.name} labels are {task.raw_labels}')
   return task.raw_labels.index(value) + 1
 
 
@@ -304,11 +324,14 @@ def load_vocab(path):
   ByT5's `ByteVocabulary`."""
   if path == BYT5_VOCAB:
     return ByteVocabulary()
-  vocab = spm.SentencePieceProcessor(model_file=path)
+  try:
+    vocab = spm.SentencePieceProcessor(model_file=path)
+  except (OSError, RuntimeError) as e:  # RuntimeError: a missing or unparsable file
+    raise DataError(f'{path}: not a SentencePiece model ({e})') from None
   ids = (vocab.pad_id(), vocab.eos_id(), vocab.unk_id())
   if ids != (PAD_ID, EOS_ID, UNK_ID):
-    raise ValueError(f'{path}: SentencePiece ids (pad, eos, unk) = {ids}; T5 needs '
-                     f'{(PAD_ID, EOS_ID, UNK_ID)}')
+    raise DataError(f'{path}: SentencePiece ids (pad, eos, unk) = {ids}; T5 needs '
+                    f'{(PAD_ID, EOS_ID, UNK_ID)}')
   return vocab
 
 
@@ -362,14 +385,14 @@ def check_vocab_fits(vocab, vocab_size):
   """Every piece id must index the model's embedding table of `vocab_size` rows; ByT5's bytes
   need ByT5's embedding (384 rows: T5's or mT5's rows would be read as bytes)."""
   if isinstance(vocab, ByteVocabulary) and vocab_size != vocab.GetPieceSize():
-    raise ValueError(f'ByT5\'s byte vocabulary has {vocab.GetPieceSize()} ids but the model '
-                     f'embeds {vocab_size} (cfg.vocab_size): bytes need a ByT5 model '
-                     f'(vocab_size {vocab.GetPieceSize()}); for T5 or mT5 pass their '
-                     'SentencePiece model as --vocab')
+    raise DataError(f'ByT5\'s byte vocabulary has {vocab.GetPieceSize()} ids but the model '
+                    f'embeds {vocab_size} (cfg.vocab_size): bytes need a ByT5 model '
+                    f'(vocab_size {vocab.GetPieceSize()}); for T5 or mT5 pass their '
+                    'SentencePiece model as --vocab')
   if vocab.GetPieceSize() > vocab_size:
-    raise ValueError(f'the SentencePiece vocabulary has {vocab.GetPieceSize()} pieces but the '
-                     f'model embeds only {vocab_size} (cfg.vocab_size): ids >= {vocab_size} '
-                     'would have no embedding')
+    raise DataError(f'the SentencePiece vocabulary has {vocab.GetPieceSize()} pieces but the '
+                    f'model embeds only {vocab_size} (cfg.vocab_size): ids >= {vocab_size} '
+                    'would have no embedding; pass the model\'s own vocabulary as --vocab')
 
 
 def tokenize(vocab, examples, max_input_length, *, path='<examples>'):
@@ -382,7 +405,7 @@ def tokenize(vocab, examples, max_input_length, *, path='<examples>'):
   tokenized, truncated = [], 0
   for example, ids in zip(examples, pieces):
     if not ids:
-      raise ValueError(f'{path}:{example.line}: text {example.text!r} tokenizes to nothing')
+      raise DataError(f'{path}:{example.line}: text {example.text!r} tokenizes to nothing')
     if len(ids) >= max_input_length:
       truncated += len(ids) > max_input_length - 1
       ids = ids[:max_input_length - 1]
@@ -453,9 +476,9 @@ class LabelText:
     self.task, self.vocab = task, vocab
     for text in label_texts(task):
       if vocab.decode(vocab.encode(text)) != text:
-        raise ValueError(f'the vocabulary cannot spell the {task.name} label {text!r} (it '
-                         f'decodes as {vocab.decode(vocab.encode(text))!r}); use T5\'s '
-                         'vocabulary, or let train.py train one on the texts and labels')
+        raise DataError(f'the vocabulary cannot spell the {task.name} label {text!r} (it '
+                        f'decodes as {vocab.decode(vocab.encode(text))!r}); use T5\'s '
+                        'vocabulary, or let train.py train one on the texts and labels')
     # Decoding stops after the longest label and its EOS: anything longer is no label.
     self.decode_length = max(len(vocab.encode(text)) for text in label_texts(task)) + 1
 

@@ -628,7 +628,7 @@ def save_checkpoint(directory, step, params, opt_state, *, keep=3, extra_files=N
   return final_dir
 
 
-def _complete_checkpoints(directory):
+def complete_checkpoints(directory):
   """[(step, path)] of the complete checkpoints in `directory`, oldest first."""
   if not os.path.isdir(directory):
     return []
@@ -646,7 +646,7 @@ def _remove_old_checkpoints(directory, keep):
   crash mid-delete never leaves a partial `checkpoint_<step>`."""
   if not keep:
     return
-  for step, path in _complete_checkpoints(directory)[:-keep]:
+  for step, path in complete_checkpoints(directory)[:-keep]:
     doomed = tempfile.mkdtemp(prefix=f'checkpoint_{step}.deleting-', dir=directory)
     os.rename(path, os.path.join(doomed, 'old'))
     shutil.rmtree(doomed)
@@ -654,20 +654,25 @@ def _remove_old_checkpoints(directory, keep):
 
 def latest_checkpoint(directory):
   """Path of the newest complete `checkpoint_<step>` in `directory` (with its index), or None."""
-  found = _complete_checkpoints(directory)
+  found = complete_checkpoints(directory)
   return found[-1][1] if found else None
 
 
 def restore_checkpoint(directory, *, shardings=None, opt_shardings=None):
-  """(params, opt_state) of the newest complete checkpoint in `directory`, or None.
-
-  Exactly what `save_checkpoint` wrote (same dtypes, bit for bit): numpy arrays, or with
-  `shardings` (and `opt_shardings`, as in `load_params`) global jax.Arrays of which each
-  process reads only its own slices.
-  """
+  """(params, opt_state) of the newest complete checkpoint in `directory` (`read_checkpoint`),
+  or None."""
   path = latest_checkpoint(directory)
   if path is None:
     return None
+  return read_checkpoint(path, shardings=shardings, opt_shardings=opt_shardings)
+
+
+def read_checkpoint(path, *, shardings=None, opt_shardings=None):
+  """(params, opt_state) of the checkpoint at `path`, exactly what `save_checkpoint` wrote
+  (same dtypes, bit for bit): numpy arrays, or with `shardings` (and `opt_shardings`, as in
+  `load_params`) global jax.Arrays of which each process reads only its own slices. A damaged
+  file (a truncated array) raises CheckpointError.
+  """
   if shardings is None:
     tree = read_t5x(path)
   else:

@@ -39,10 +39,15 @@ and eval steps (`adafactor`, `partitioning`); the vocabulary and the model's sha
 record (config.json); checkpoints; evaluation and prediction; the loop (`prepare_run`, then
 `train_loop`); main. The data road is `glue`'s: read, tokenize, pack.
 """
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import logging as std_logging
 import os
+import signal
+import sys
 import tempfile
 import time
 from typing import Callable, NamedTuple
@@ -137,12 +142,14 @@ flags.DEFINE_bool('scan_layers', False, 'Run each stack\'s layers as one lax.sca
 flags.DEFINE_integer('batch_size', 128, 'Packed rows per global batch (T5: 128 rows of 512 '
                      'tokens), split over the mesh\'s data axis and the processes.')
 flags.DEFINE_float('learning_rate', 1e-3, 'Adafactor\'s constant learning rate (paper §4.1).')
-flags.DEFINE_integer('train_steps', 262144, 'Fine-tuning steps (T5: 2^18), counted from the '
-                     'start of fine-tuning, not from the checkpoint\'s step.')
+flags.DEFINE_integer('train_steps', 50000, 'Fine-tuning steps (paper §4.1: 50k), counted from '
+                     'the start of fine-tuning, not from the checkpoint\'s step.')
 flags.DEFINE_integer('eval_every', 1000, 'Evaluate on the validation split(s) and save a '
-                     'checkpoint every this many steps (and at the end).')
-flags.DEFINE_integer('log_every', 100, 'Steps per training log line.')
-flags.DEFINE_integer('keep_checkpoints', 2, 'Latest checkpoints kept in OUTPUT_DIR/checkpoints.')
+                     'checkpoint every this many steps (and at the end); default ours: 50 '
+                     'evaluations over the paper\'s 50k steps.')
+flags.DEFINE_integer('log_every', 100, 'Steps per training log line (default ours).')
+flags.DEFINE_integer('keep_checkpoints', 2, 'Latest checkpoints kept in OUTPUT_DIR/checkpoints '
+                     '(default ours: one to fall back on if the newest is damaged).')
 flags.DEFINE_integer('seed', 0, 'Seed of init, data order and dropout (a function of seed and '
                      'step, so a resumed run is exact).')
 
@@ -167,6 +174,33 @@ flags.DEFINE_string('output_dir', None, 'Checkpoints, best checkpoint, metrics.j
                     'trained vocabulary, predictions. Default: runs/TASK (demo: a new temp dir).')
 
 FLAGS = flags.FLAGS
+
+# Exit statuses: 0 done; 1 a programming error (with its traceback) or a non-finite loss;
+# USER_ERROR a mistake in the flags, files or data (one line on stderr; ENCT5_TRACEBACK=1 shows
+# the traceback); INTERRUPTED stopped by SIGTERM or SIGINT after writing a checkpoint.
+USER_ERROR = 2
+INTERRUPTED = 3
+
+
+class UserError(Exception):
+  """A mistake the user can fix (a flag, a file, the data): the message names it."""
+
+
+def check_flags():
+  """Numbers that cannot work stop here, before anything is read or compiled."""
+  if FLAGS.task and FLAGS.task not in glue.TASKS:
+    raise UserError(f'--task={FLAGS.task}: no such GLUE task; one of {sorted(glue.TASKS)}')
+  for name in ('batch_size', 'train_steps', 'eval_every', 'log_every', 'keep_checkpoints',
+               'max_input_length', 'max_target_length', 'vocab_size') + SHAPE_FLAGS:
+    if FLAGS[name].value is not None and FLAGS[name].value < 1:
+      raise UserError(f'--{name}={FLAGS[name].value}: must be at least 1')
+  if not FLAGS.learning_rate > 0:
+    raise UserError(f'--learning_rate={FLAGS.learning_rate}: must be positive')
+  if not 0 <= FLAGS.dropout_rate < 1:
+    raise UserError(f'--dropout_rate={FLAGS.dropout_rate}: must be in [0, 1)')
+  if FLAGS['eval_every'].present and FLAGS.eval_every > FLAGS.train_steps:
+    raise UserError(f'--eval_every={FLAGS.eval_every} is larger than --train_steps='
+                    f'{FLAGS.train_steps}: the run would evaluate only at its end')
 
 # ----------------------------------------------------------------------------------------------
 # The models: EncT5 and the paper's baselines T5 and 1decT5 (§4.3). All that differs between
@@ -301,9 +335,11 @@ def vocab_file(task, train_examples, *, must_exist=False):
     path = os.path.join(vocab_dir, FLAGS.vocab.rsplit('/', 1)[1])
     data = load_ckpt.read_bytes(FLAGS.vocab)
     if data is None:
-      raise FileNotFoundError(f'--vocab {FLAGS.vocab} not found')
+      raise UserError(f'--vocab={FLAGS.vocab}: not found')
     _write_atomically(path, data)
     return path
+  if FLAGS.vocab and FLAGS.vocab != glue.BYT5_VOCAB and not os.path.isfile(FLAGS.vocab):
+    raise UserError(f'--vocab={FLAGS.vocab}: no such file')
   if FLAGS.vocab:
     return FLAGS.vocab
   beside_checkpoint = os.path.join(FLAGS.checkpoint or '', CHECKPOINT_VOCAB)
@@ -371,8 +407,8 @@ def model_config(task, vocab, checkpoint):
     wrong = [f'{k} {shape[k]} (checkpoint) vs {v} ({flag})'
              for k, (v, flag) in asked.items() if shape[k] != v]
     if wrong:
-      raise ValueError(f'the checkpoint {checkpoint} does not match the flags: '
-                       + '; '.join(wrong))
+      raise UserError(f'the checkpoint {checkpoint} does not match the flags: '
+                      + '; '.join(wrong))
     cfg = enct5.get_config(FLAGS.size or 'small', **shape, **options)
   else:
     # A from-scratch vocabulary of N pieces: N rounded up to a multiple of 128, as T5's 32128.
@@ -461,6 +497,26 @@ def checkpoint_step(path):
   if 'state/step' not in load_ckpt.flatten(load_ckpt.read_index(path)):
     return 0
   return int(load_ckpt.read_t5x(path, ['state/step'])['state']['step'])
+
+
+def restore_latest(ckpt_dir, shardings):
+  """(params, opt_state) of the newest checkpoint in `ckpt_dir` that reads back whole. A
+  damaged one (e.g. a truncated array file) is said so, renamed `<name>.damaged` (kept to look
+  at, out of the way of the step that saves it again) and the previous one is tried."""
+  for _, path in reversed(load_ckpt.complete_checkpoints(ckpt_dir)):
+    try:
+      params, opt_state = load_ckpt.read_checkpoint(path, shardings=shardings.params,
+                                                    opt_shardings=shardings.opt_state)
+    except load_ckpt.CheckpointError as e:
+      logging.warning('%s is damaged, not resuming from it (renamed %s.damaged): %s', path,
+                      path, e)
+      if jax.process_index() == 0:
+        os.rename(path, f'{path}.damaged')
+      continue
+    logging.info('resuming from %s', path)
+    return params, opt_state
+  raise UserError(f'every checkpoint in {ckpt_dir} is damaged (see the log); remove '
+                  f'{FLAGS.output_dir} to start over')
 
 
 def load_checkpoint(path, cfg, shardings, *, with_optimizer_state):
@@ -655,9 +711,7 @@ def prepare_run(task, data_dir, mesh):
 
   base_step = checkpoint_step(FLAGS.checkpoint) if FLAGS.checkpoint else 0
   if latest:
-    params, opt_state = load_ckpt.restore_checkpoint(ckpt_dir, shardings=shardings.params,
-                                                     opt_shardings=shardings.opt_state)
-    logging.info('resuming from %s', latest)
+    params, opt_state = restore_latest(ckpt_dir, shardings)
   elif FLAGS.checkpoint:
     params, opt_state = load_checkpoint(FLAGS.checkpoint, cfg, shardings,
                                         with_optimizer_state=True)
@@ -667,8 +721,7 @@ def prepare_run(task, data_dir, mesh):
                                          FLAGS.model)
     logging.info('random init (seed %d)', FLAGS.seed)
   start = int(jax.device_get(opt_state['step'])) - base_step
-  best = max((r for r in read_metrics() if r['step'] <= start), key=lambda r: r['score'],
-             default=None)
+  best = max(read_metrics(until_step=start), key=lambda r: r['score'], default=None)
   return Run(task, cfg, shardings, labels, packed, eval_sets, params, opt_state, start, best,
              record)
 
@@ -685,6 +738,7 @@ def train_loop(run):
                                   start_step=run.start)
   meter = Meter(run)
   params, opt_state, best = run.params, run.opt_state, run.best
+  received = stop_on_signals()
   for step in range(run.start + 1, FLAGS.train_steps + 1):
     batch = next(batches)
     inputs = {k: batch[k] for k in model.train_keys}
@@ -705,26 +759,49 @@ def train_loop(run):
       eval_start = time.time()
       best = save_and_evaluate(run, eval_step, params, opt_state, step, meter, best)
       meter.pause(time.time() - eval_start)
+    elif received:
+      save_checkpoint(run, params, opt_state, 'checkpoints', FLAGS.keep_checkpoints)
+    if received:
+      logging.warning('signal %d: stopped after step %d, checkpoint in %s; run the same '
+                      'command again to resume', received[0], step,
+                      os.path.join(FLAGS.output_dir, 'checkpoints'))
+      raise SystemExit(INTERRUPTED)
   return best
 
 
+def stop_on_signals():
+  """SIGTERM and SIGINT append to the returned list; the loop finishes its step, saves and
+  exits with INTERRUPTED."""
+  received = []
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, lambda signum, frame: received.append(signum))
+  return received
+
+
+def save_checkpoint(run, params, opt_state, directory, keep):
+  """OUTPUT_DIR/<directory>/checkpoint_<Adafactor step>, with config.json; the newest `keep`
+  are kept."""
+  return load_ckpt.save_checkpoint(os.path.join(FLAGS.output_dir, directory),
+                                   int(jax.device_get(opt_state['step'])), params, opt_state,
+                                   keep=keep, extra_files={CONFIG_FILE: run.record})
+
+
 def save_and_evaluate(run, eval_step, params, opt_state, step, meter, best):
-  """Checkpoints the state, evaluates it, appends it to metrics.jsonl, and makes it
-  OUTPUT_DIR/best if it is the best so far. -> the best record."""
+  """Evaluates the state, makes it OUTPUT_DIR/best if it is the best so far, appends it to
+  metrics.jsonl, and checkpoints it, in this order: a checkpoint's evaluation is always
+  recorded (rows after the checkpoint resumed from are dropped, `read_metrics`). -> the best
+  record."""
   t5x_step = int(jax.device_get(opt_state['step']))
-  extra_files = {CONFIG_FILE: run.record}
-  load_ckpt.save_checkpoint(os.path.join(FLAGS.output_dir, 'checkpoints'), t5x_step, params,
-                            opt_state, keep=FLAGS.keep_checkpoints, extra_files=extra_files)
   scores = evaluate(eval_step, params, run.task, run.eval_sets, run.cfg, run.shardings,
                     run.labels)
   score = glue.task_score(run.task, scores)
   record = dict(step=step, t5x_step=t5x_step, train_loss=meter.train_loss_since_eval(),
                 scores=scores, score=score, elapsed_s=round(meter.elapsed(), 1))
   if best is None or score > best['score']:
-    load_ckpt.save_checkpoint(os.path.join(FLAGS.output_dir, 'best'), t5x_step, params,
-                              opt_state, keep=1, extra_files=extra_files)
+    save_checkpoint(run, params, opt_state, 'best', keep=1)
     best = record
   append_metrics(record)
+  save_checkpoint(run, params, opt_state, 'checkpoints', FLAGS.keep_checkpoints)
   logging.info('eval step %d | %s | best %.2f at step %d', step,
                ' '.join(f'{k} {v:.2f}' for k, v in scores.items()), best['score'], best['step'])
   return best
@@ -806,12 +883,20 @@ class NonFiniteLoss(FloatingPointError):
   pass
 
 
-def read_metrics():
+def read_metrics(until_step=None):
+  """metrics.jsonl's rows; with `until_step` (resuming), the rows after it are dropped from
+  the file too: the resumed run writes them again."""
   path = os.path.join(FLAGS.output_dir, 'metrics.jsonl')
   if not os.path.isfile(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    rows = [json.loads(line) for line in f if line.strip()]
+  if until_step is None:
+    return rows
+  kept = [row for row in rows if row['step'] <= until_step]
+  if len(kept) < len(rows) and jax.process_index() == 0:
+    _write_atomically(path, ''.join(json.dumps(row) + '\n' for row in kept).encode())
+  return kept
 
 
 def append_metrics(record):
@@ -857,7 +942,49 @@ def _demo_setup(with_demo_flags):
   return data_dir
 
 
+LOCK_FILE = 'lock'
+
+
+def lock_output_dir():
+  """OUTPUT_DIR/lock, held (fcntl.flock) while the returned file is open: a second run in the
+  same directory stops. The OS releases it when the process ends, however it ends."""
+  path = os.path.join(FLAGS.output_dir, LOCK_FILE)
+  try:
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    f = open(path, 'a+')
+  except OSError as e:
+    raise UserError(f'--output_dir={FLAGS.output_dir} cannot be written: {e}') from None
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    raise UserError(f'--output_dir={FLAGS.output_dir} is in use by another run (process '
+                    f'{f.read().strip() or "?"} holds {path}): wait for it, stop it, or give '
+                    'another --output_dir') from None
+  f.truncate(0)
+  f.write(f'{os.getpid()}\n')
+  f.flush()
+  return f
+
+
 def main(argv):
+  """`run_command`, a user's mistake answered with one line on stderr and exit status
+  USER_ERROR (ENCT5_TRACEBACK=1: with the traceback)."""
+  try:
+    run_command(argv)
+  except (UserError, app.UsageError, glue.DataError, load_ckpt.CheckpointError, OSError) as e:
+    if os.environ.get('ENCT5_TRACEBACK'):
+      raise
+    message = str(e)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+      message += ('; free some space (or move --output_dir), then run the same command to '
+                  'resume from the last checkpoint')
+    print(f'train.py: error: {message}', file=sys.stderr)
+    raise SystemExit(USER_ERROR) from None
+
+
+def run_command(argv):
+  """Train (resuming), evaluate or predict, as the flags say."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}; flags are --name=value')
   logging.get_absl_handler().setFormatter(
@@ -875,6 +1002,7 @@ def main(argv):
   recorded_flags = record is not None and FLAGS.mode != 'train'
   if recorded_flags:
     use_recorded_flags(record)
+  check_flags()
   demo = FLAGS.task is None
   if demo:
     data_dir = _demo_setup(with_demo_flags=not recorded_flags)
@@ -888,14 +1016,26 @@ def main(argv):
     check_same_run(record)
   task = glue.get_task(glue.DEMO_TASK.name if demo else FLAGS.task)
   glue.task_dir(task, data_dir)  # fails early if the task's files are not there
-  mesh = partitioning.make_mesh(FLAGS.mesh)
+  if FLAGS.mode == 'train':
+    for split in ('train', *task.eval_names):
+      glue.split_path(task, data_dir, split)
+  try:
+    mesh = partitioning.make_mesh(FLAGS.mesh)
+  except ValueError as e:
+    raise UserError(str(e)) from None
   if FLAGS.batch_size % mesh.shape['data']:
     raise app.UsageError(f'--batch_size={FLAGS.batch_size} must be a multiple of the mesh\'s '
                          f'data axis ({mesh.shape["data"]})')
-  os.makedirs(FLAGS.output_dir, exist_ok=True)
   if FLAGS.mode != 'train':
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
     evaluate_or_predict(task, data_dir, mesh, record)
     return
+  with (lock_output_dir() if jax.process_index() == 0 else contextlib.nullcontext()):
+    fine_tune(task, data_dir, mesh, demo)
+
+
+def fine_tune(task, data_dir, mesh, demo):
+  """--mode=train: `prepare_run`, then `train_loop`; the learning curve logged."""
   try:
     run = prepare_run(task, data_dir, mesh)
     if run.start >= FLAGS.train_steps:
