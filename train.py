@@ -61,12 +61,12 @@ from jax.experimental import multihost_utils
 import adafactor
 import enct5
 import glue
+import hf_ckpt
 import load_ckpt
 import packing
 import partitioning
 import t5
 import t5_layers
-import hf_ckpt
 
 # ----------------------------------------------------------------------------------------------
 # Flags, by section, with the paper's defaults (§4.1: T5's fine-tuning recipe, Adafactor with a
@@ -346,6 +346,11 @@ def vocab_file(task, train_examples, *, must_exist=False):
   if FLAGS.checkpoint and os.path.isfile(beside_checkpoint):
     logging.info('no --vocab: using the checkpoint\'s vocabulary, %s', beside_checkpoint)
     return beside_checkpoint
+  if FLAGS.checkpoint and hf_ckpt.is_hf_checkpoint(FLAGS.checkpoint):
+    named = hf_ckpt.vocabulary(FLAGS.checkpoint)
+    if named:
+      logging.info('no --vocab: using the Hugging Face checkpoint\'s vocabulary, %s', named)
+      return named
   path = os.path.join(vocab_dir, f'{task.name}.model')
   if jax.process_index() == 0:
     if os.path.isfile(path):
@@ -382,11 +387,6 @@ def _share_file(path):
 
 def _write_atomically(path, data):
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  if FLAGS.checkpoint and hf_ckpt.is_hf_checkpoint(FLAGS.checkpoint):
-    named = hf_ckpt.vocabulary(FLAGS.checkpoint)
-    if named:
-      logging.info('no --vocab: using the Hugging Face checkpoint\'s vocabulary, %s', named)
-      return named
   tmp = f'{path}.tmp-{jax.process_index()}'
   with open(tmp, 'wb') as f:
     f.write(data)
@@ -413,6 +413,7 @@ def model_config(task, vocab, checkpoint):
   else:
     # A from-scratch vocabulary of N pieces: N rounded up to a multiple of 128, as T5's 32128.
     # T5.1.1 has as many decoder layers as encoder layers (t5.num_decoder_layers: which are used).
+    # ByT5's sizes keep their 3:1 encoder:decoder depth unless --num_layers changes it.
     vocab_size = -(-vocab.GetPieceSize() // 128) * 128
     size = enct5.SIZES[FLAGS.size or 'tiny']
     num_decoder_layers = overrides.get('num_layers', size['num_decoder_layers'])
@@ -452,7 +453,6 @@ def read_run_record():
     return None
   with open(path) as f:
     return json.load(f)
-    # ByT5's sizes keep their 3:1 encoder:decoder depth unless --num_layers changes it.
 
 
 def check_same_run(record):
