@@ -279,11 +279,12 @@ TINY = ['--max_input_length=64', '--max_target_length=8', '--batch_size=4', '--l
 
 
 def _main(*argv):
-  """train.py's main in this process, with these flags (the others at their defaults)."""
+  """train.py's main in this process, with these flags (the others at their defaults); a
+  user's mistake raised, not turned into an exit status (`train.run_command`)."""
   train.FLAGS.unparse_flags()
   train.FLAGS(['train.py', *argv])
   train.logging.set_verbosity(train.logging.INFO)  # as app.run does
-  train.main(['train.py'])
+  train.run_command(['train.py'])
 
 
 def _params(checkpoint_dir):
@@ -298,10 +299,14 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
   command = ['--train_steps=6', '--eval_every=3', f'--output_dir={tmp_path}/b',
              f'--vocab={tmp_path}/a/vocab/synthetic.model', *TINY]
 
-  def crash(record):
-    raise KeyboardInterrupt('interrupted after the step-3 checkpoint')
+  save_checkpoint = train.save_checkpoint
+
+  def crash(run, params, opt_state, directory, keep):
+    save_checkpoint(run, params, opt_state, directory, keep)
+    if directory == 'checkpoints':
+      raise KeyboardInterrupt('interrupted after the step-3 checkpoint')
   with monkeypatch.context() as m:
-    m.setattr(train, 'append_metrics', crash)
+    m.setattr(train, 'save_checkpoint', crash)
     with pytest.raises(KeyboardInterrupt):
       _main(*command)
   assert sorted(os.listdir(tmp_path / 'b' / 'checkpoints')) == ['checkpoint_3']
@@ -407,7 +412,7 @@ def test_fine_tune_t5x_mini_checkpoint_then_eval_and_predict(tmp_path, caplog):
   assert [int(l.split('\t')[0]) for l in lines[1:]] == list(range(32))
   assert {l.split('\t')[1] for l in lines[1:]} <= {'0', '1'}
   # --size is checked against the checkpoint's shape.
-  with pytest.raises(ValueError, match='does not match the flags: d_model 128'):
+  with pytest.raises(train.UserError, match='does not match the flags: d_model 128'):
     _main(f'--checkpoint={MINI_CKPT}', '--size=small', f'--output_dir={tmp_path}/other',
           *common[:2], *common[3:])
 

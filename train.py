@@ -85,9 +85,9 @@ flags.DEFINE_string('vocab', None, 'SentencePiece model, local or gs:// (T5: gs:
                     'one), else a new one trained on the task\'s training text into '
                     'OUTPUT_DIR/vocab/ (for training from scratch).')
 flags.DEFINE_integer('vocab_size', 8000, 'Pieces (at most) of the SentencePiece model trained when '
-                     '--vocab is unset.')
-flags.DEFINE_integer('max_input_length', 512, 'Tokens per packed input row (L); longer examples '
-                     'are truncated, keeping their EOS.')
+                     '--vocab is unset (default ours).')
+flags.DEFINE_integer('max_input_length', 512, 'Tokens per packed input row (L; paper §4.1: '
+                     '512); longer examples are truncated, keeping their EOS.')
 flags.DEFINE_integer('max_target_length', 62, 'Two meanings, by --model. enct5: example slots '
                      'per packed row (T), so at most this many examples share a row (paper: '
                      '62). t5 and 1dect5: decoder tokens per packed row (T5X\'s `targets` '
