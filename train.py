@@ -728,7 +728,8 @@ def prepare_run(task, data_dir, mesh):
 
 def train_loop(run):
   """Fine-tunes up to --train_steps; logs every --log_every steps; every --eval_every steps
-  (and at the end) saves a checkpoint, evaluates, and keeps the best. -> the best record."""
+  (and at the end) evaluates, keeps the best and saves a checkpoint. SIGTERM or SIGINT: the
+  step finishes, a checkpoint is saved, exit status INTERRUPTED. -> the best record."""
   model = MODELS[FLAGS.model]
   train_step = make_train_step(run.cfg, run.shardings, model.loss, FLAGS.learning_rate,
                                FLAGS.seed)
@@ -738,44 +739,49 @@ def train_loop(run):
                                   start_step=run.start)
   meter = Meter(run)
   params, opt_state, best = run.params, run.opt_state, run.best
-  received = stop_on_signals()
-  for step in range(run.start + 1, FLAGS.train_steps + 1):
-    batch = next(batches)
-    inputs = {k: batch[k] for k in model.train_keys}
-    params, opt_state, metrics = train_step(params, opt_state,
-                                            partitioning.global_batch(inputs, run.shardings.batch))
-    loss = float(metrics['loss'])
-    if not np.isfinite(loss):
-      good = load_ckpt.latest_checkpoint(os.path.join(FLAGS.output_dir, 'checkpoints'))
-      raise NonFiniteLoss(
-          f'loss is {loss} at step {step}: stopping. The last good checkpoint, '
-          f'{good or "(none saved yet)"}, is left as it is; try a lower --learning_rate, '
-          '--dtype=float32 or another --seed.')
-    meter.add(batch, metrics)
-    last = step == FLAGS.train_steps
-    if step % FLAGS.log_every == 0 or last:
-      meter.log(step)
-    if step % FLAGS.eval_every == 0 or last:
-      eval_start = time.time()
-      best = save_and_evaluate(run, eval_step, params, opt_state, step, meter, best)
-      meter.pause(time.time() - eval_start)
-    elif received:
-      save_checkpoint(run, params, opt_state, 'checkpoints', FLAGS.keep_checkpoints)
-    if received:
-      logging.warning('signal %d: stopped after step %d, checkpoint in %s; run the same '
-                      'command again to resume', received[0], step,
-                      os.path.join(FLAGS.output_dir, 'checkpoints'))
-      raise SystemExit(INTERRUPTED)
+  with stop_on_signals() as received:
+    for step in range(run.start + 1, FLAGS.train_steps + 1):
+      batch = next(batches)
+      inputs = {k: batch[k] for k in model.train_keys}
+      batch_arrays = partitioning.global_batch(inputs, run.shardings.batch)
+      params, opt_state, metrics = train_step(params, opt_state, batch_arrays)
+      loss = float(metrics['loss'])
+      if not np.isfinite(loss):
+        good = load_ckpt.latest_checkpoint(os.path.join(FLAGS.output_dir, 'checkpoints'))
+        raise NonFiniteLoss(
+            f'loss is {loss} at step {step}: stopping. The last good checkpoint, '
+            f'{good or "(none saved yet)"}, is left as it is; try a lower --learning_rate, '
+            '--dtype=float32 or another --seed.')
+      meter.add(batch, metrics)
+      last = step == FLAGS.train_steps
+      if step % FLAGS.log_every == 0 or last:
+        meter.log(step)
+      if step % FLAGS.eval_every == 0 or last:
+        eval_start = time.time()
+        best = save_and_evaluate(run, eval_step, params, opt_state, step, meter, best)
+        meter.pause(time.time() - eval_start)
+      elif received:
+        save_checkpoint(run, params, opt_state, 'checkpoints', FLAGS.keep_checkpoints)
+      if received:
+        logging.warning('signal %d: stopped after step %d, checkpoint in %s; run the same '
+                        'command again to resume', received[0], step,
+                        os.path.join(FLAGS.output_dir, 'checkpoints'))
+        raise SystemExit(INTERRUPTED)
   return best
 
 
+@contextlib.contextmanager
 def stop_on_signals():
-  """SIGTERM and SIGINT append to the returned list; the loop finishes its step, saves and
-  exits with INTERRUPTED."""
+  """Inside, SIGTERM and SIGINT append to the list it yields (the loop finishes its step,
+  saves and exits with INTERRUPTED); the previous handlers come back after."""
   received = []
-  for signum in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(signum, lambda signum, frame: received.append(signum))
-  return received
+  previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+              for signum in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield received
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
 
 
 def save_checkpoint(run, params, opt_state, directory, keep):
