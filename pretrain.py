@@ -41,7 +41,7 @@ import partitioning
 import t5
 import train
 
-SHARED_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'corpus')
+SHARED_CORPUS = os.path.join(glue.SHARED, 'corpus')
 
 flags.DEFINE_string('corpus', os.path.join(SHARED_CORPUS, 'enwiki-2015-wikiextractor'),
                     'Directory of plain-text training files (read recursively, in name order).')
@@ -65,8 +65,6 @@ DEFAULTS = dict(model='t5', size='small', d_model=128, num_heads=4, head_dim=32,
                 dropout_rate=0.0, train_steps=1500, eval_every=250, log_every=25,
                 keep_checkpoints=2,
                 output_dir=os.path.join('runs', 'pretrain'))
-for _name, _value in DEFAULTS.items():
-  FLAGS.set_default(_name, _value)
 
 
 
@@ -532,4 +530,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Here, not at import: tests import both this module and train.py's flags.
+  for name, value in DEFAULTS.items():
+    FLAGS.set_default(name, value)
   app.run(main)
