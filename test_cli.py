@@ -147,6 +147,8 @@ def results(files):
 
   def run(name):
     args, _ = cases[name]
+    if not any(arg.startswith('--output_dir=') for arg in args):  # the lock: one run a directory
+      args = [*args, f'--output_dir={os.path.join(files["root"], "out", "case_" + name)}']
     if name == 'full_disk':
       return subprocess.run([sys.executable, '-c', FULL_DISK, *args], cwd=REPO, env=ENV,
                             capture_output=True, text=True, timeout=120)
