@@ -19,7 +19,6 @@ are T5X checkpoints of the whole T5.1.1 tree with Adafactor's state and step, an
 `sentencepiece.model`.
 """
 import glob
-import json
 import logging as std_logging
 import math
 import os
@@ -386,21 +385,6 @@ def _stop_on_signals():
   return received
 
 
-def _read_metrics(path, until_step):
-  """metrics.jsonl rows up to `until_step` (rows after the checkpoint resumed from are
-  dropped: the resumed run writes them again)."""
-  if not os.path.isfile(path):
-    return []
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  kept = [row for row in rows if row['step'] <= until_step]
-  if len(kept) < len(rows):
-    with open(path + '.tmp', 'w') as f:
-      f.writelines(json.dumps(row) + '\n' for row in kept)
-    os.replace(path + '.tmp', path)
-  return kept
-
-
 class Progress:
   """Sums of the step metrics since the last log line and since the last evaluation."""
   KEYS = ('cross_entropy', 'z_loss', 'num_tokens', 'correct', 'inputs')
@@ -457,8 +441,7 @@ def pretrain(cfg, mesh, batches, validation, vocab_path):
   ckpt_dir = os.path.join(FLAGS.output_dir, 'checkpoints')
   params, opt_state = restore_or_init(cfg, shardings, ckpt_dir)
   start = int(jax.device_get(opt_state['step']))
-  metrics_path = os.path.join(FLAGS.output_dir, 'metrics.jsonl')
-  history = _read_metrics(metrics_path, start)
+  history = train.read_metrics(until_step=start)
   train_step = train.make_train_step(cfg, shardings, loss_fn, learning_rate, FLAGS.seed)
   eval_step = jax.jit(lambda p, batch: loss_fn(p, cfg, batch)[1],
                       in_shardings=(shardings.params, shardings.batch),
@@ -485,9 +468,7 @@ def pretrain(cfg, mesh, batches, validation, vocab_path):
                                 extra_files=extra_files)
     if evaluate_now:
       record = progress.record(step, *evaluate(eval_step, params, validation, shardings))
-      if jax.process_index() == 0:
-        with open(metrics_path, 'a') as f:
-          f.write(json.dumps(record) + '\n')
+      train.append_metrics(record)
       logging.info('eval step %d | held-out loss %.4f | token accuracy %.2f%% | train loss '
                    '%.4f', step, record['validation_loss'], record['validation_accuracy'],
                    record['train_loss'])
