@@ -22,7 +22,6 @@ import glob
 import logging as std_logging
 import math
 import os
-import signal
 import time
 from typing import NamedTuple
 
@@ -377,14 +376,6 @@ def model_config(vocab):
                           dropout_rate=FLAGS.dropout_rate, dtype=FLAGS.dtype, **shape)
 
 
-def _stop_on_signals():
-  """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits."""
-  received = []
-  for signum in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(signum, lambda signum, frame: received.append(signum))
-  return received
-
-
 class Progress:
   """Sums of the step metrics since the last log line and since the last evaluation."""
   KEYS = ('cross_entropy', 'z_loss', 'num_tokens', 'correct', 'inputs')
@@ -451,31 +442,31 @@ def pretrain(cfg, mesh, batches, validation, vocab_path):
   logging.info('T5.1.1 %s: %s parameters; %d training chunks of %d tokens; batch %d; steps '
                '%d..%d', cfg, f'{enct5.count_params(cfg, "t5"):,}', len(batches.chunks),
                batches.chunks.shape[1], FLAGS.batch_size, start, FLAGS.train_steps)
-  received = _stop_on_signals()
-  progress = Progress(start, history[-1]['elapsed_s'] if history else 0.0)
-  for step in range(start + 1, FLAGS.train_steps + 1):
-    batch = batches(step - 1)
-    params, opt_state, metrics = train_step(
-        params, opt_state, partitioning.global_batch({k: batch[k] for k in TRAIN_KEYS},
-                                                     shardings.batch))
-    progress.add(metrics, batch)
-    last = step == FLAGS.train_steps
-    if step % FLAGS.log_every == 0 or last:
-      progress.log(step)
-    evaluate_now = step % FLAGS.eval_every == 0 or last
-    if evaluate_now or received:
-      load_ckpt.save_checkpoint(ckpt_dir, step, params, opt_state, keep=FLAGS.keep_checkpoints,
-                                extra_files=extra_files)
-    if evaluate_now:
-      record = progress.record(step, *evaluate(eval_step, params, validation, shardings))
-      train.append_metrics(record)
-      logging.info('eval step %d | held-out loss %.4f | token accuracy %.2f%% | train loss '
-                   '%.4f', step, record['validation_loss'], record['validation_accuracy'],
-                   record['train_loss'])
-    if received:
-      logging.warning('signal %d: stopped after step %d, checkpoint in %s; run the same '
-                      'command again to resume', received[0], step, ckpt_dir)
-      raise SystemExit(INTERRUPTED)
+  with train.stop_on_signals() as received:
+    progress = Progress(start, history[-1]['elapsed_s'] if history else 0.0)
+    for step in range(start + 1, FLAGS.train_steps + 1):
+      batch = batches(step - 1)
+      params, opt_state, metrics = train_step(
+          params, opt_state, partitioning.global_batch({k: batch[k] for k in TRAIN_KEYS},
+                                                       shardings.batch))
+      progress.add(metrics, batch)
+      last = step == FLAGS.train_steps
+      if step % FLAGS.log_every == 0 or last:
+        progress.log(step)
+      evaluate_now = step % FLAGS.eval_every == 0 or last
+      if evaluate_now or received:
+        load_ckpt.save_checkpoint(ckpt_dir, step, params, opt_state, keep=FLAGS.keep_checkpoints,
+                                  extra_files=extra_files)
+      if evaluate_now:
+        record = progress.record(step, *evaluate(eval_step, params, validation, shardings))
+        train.append_metrics(record)
+        logging.info('eval step %d | held-out loss %.4f | token accuracy %.2f%% | train loss '
+                     '%.4f', step, record['validation_loss'], record['validation_accuracy'],
+                     record['train_loss'])
+      if received:
+        logging.warning('signal %d: stopped after step %d, checkpoint in %s; run the same '
+                        'command again to resume', received[0], step, ckpt_dir)
+        raise SystemExit(INTERRUPTED)
   return params
 
 
