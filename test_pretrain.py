@@ -229,15 +229,19 @@ def test_checkpoint_loads_for_every_model(pretrained, model):
                                 stored['encoder']['layers_1']['mlp']['wo']['kernel'])
 
 
-@pytest.mark.parametrize('model', ['enct5', 't5'])
-def test_train_fine_tunes_from_the_checkpoint_with_its_vocabulary(pretrained, model):
+@pytest.mark.parametrize('model,flags,t5x_step', [
+    ('enct5', [], 4 + 2), ('t5', [], 4 + 2), ('enct5', ['--noload_optimizer_state'], 2)])
+def test_train_fine_tunes_from_the_checkpoint_with_its_vocabulary(pretrained, model, flags,
+                                                                  t5x_step):
   """train.py --checkpoint without --vocab reads the checkpoint's sentencepiece.model and
-  continues Adafactor's step count (paper §4.2)."""
+  continues Adafactor's step count (paper §4.2); --noload_optimizer_state loads the weights
+  alone and starts Adafactor at step 0."""
   rte = os.path.join(testutil.SHARED, 'glue', 'RTE')
   if not os.path.isfile(os.path.join(rte, 'train.tsv')):
     pytest.skip(f'GLUE RTE data not found at {rte} (set ENCT5_SHARED)')
   tmp, _ = pretrained
-  data = tmp / f'rte_{model}'
+  run = f'{model}{"".join(flags)}'
+  data = tmp / f'rte_{run}'
   data.mkdir()
   for name, lines in (('train.tsv', 33), ('dev.tsv', 17)):  # header + 32 / 16 examples
     with open(os.path.join(rte, name)) as f:
@@ -247,10 +251,16 @@ def test_train_fine_tunes_from_the_checkpoint_with_its_vocabulary(pretrained, mo
       [sys.executable, os.path.join(REPO, 'train.py'), f'--model={model}', '--task=rte',
        f'--data_dir={data}', f'--checkpoint={checkpoint}', '--train_steps=2', '--eval_every=2',
        '--batch_size=4', '--max_input_length=32', '--max_target_length=32',
-       f'--output_dir={tmp / ("finetune_" + model)}'],
+       f'--output_dir={tmp / ("finetune_" + run)}', *flags],
       capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.path.join(checkpoint, train.CHECKPOINT_VOCAB) in result.stderr
-  with open(tmp / f'finetune_{model}' / 'metrics.jsonl') as f:
+  with open(tmp / f'finetune_{run}' / 'metrics.jsonl') as f:
     record = json.loads(f.readline())
-  assert record['step'] == 2 and record['t5x_step'] == 4 + 2
+  assert record['step'] == 2 and record['t5x_step'] == t5x_step
+  # The weights are the checkpoint's, moved by two updates of at most ~lr * RMS(param) each.
+  embedding = lambda path: load_ckpt.read_t5x(path)['target']['token_embedder']['embedding']
+  pretrained_embedding = embedding(checkpoint)
+  tuned = embedding(str(tmp / f'finetune_{run}' / 'checkpoints' / f'checkpoint_{t5x_step}'))
+  np.testing.assert_allclose(tuned, pretrained_embedding,
+                             atol=0.02 * np.sqrt(np.mean(pretrained_embedding ** 2)))

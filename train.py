@@ -109,6 +109,12 @@ flags.DEFINE_string('checkpoint', None, 'T5.1.1, mT5 or ByT5 checkpoint: T5X\'s 
                     '(paper §4.2; --model=t5: all of it; 1dect5: all but decoder layers 1 and '
                     'up), and its shapes fix the model. Unset: random init. With '
                     '--mode=eval/predict: the checkpoint to use (default OUTPUT_DIR/best).')
+flags.DEFINE_bool('load_optimizer_state', True, 'With --checkpoint: continue its Adafactor '
+                  'state and step (T5X\'s default; paper §4.2). --noload_optimizer_state: '
+                  'fresh Adafactor state from step 0, as with random init (T5X: an '
+                  'assignment_map sending state/.* to None). Continued second moments carry '
+                  'the pre-training gradients\' scale for ~1/(1 - rho) = (step + 1)^0.8 steps '
+                  '(README, Table 1).')
 flags.DEFINE_enum('size', None, list(enct5.SIZES), 'T5.1.1 (small..xxl), mT5 (mt5-small..) or '
                   'ByT5 (byt5-small..) size, or a tiny one of each family. With --checkpoint: '
                   'checked against it. Without: the model to train from scratch (default tiny; '
@@ -536,8 +542,6 @@ def load_checkpoint(path, cfg, shardings, *, with_optimizer_state):
       path, cfg, rng, model=FLAGS.model, shardings=shardings.params,
       fresh_pooling_block=FLAGS.fresh_pooling_block, **kwargs)
   if not with_optimizer_state:
-    if FLAGS.model == 'enct5':
-      logging.warning('%s is a T5.1.1 checkpoint: the EncT5 head is untrained', path)
     return load()
   if 'state/step' not in load_ckpt.flatten(load_ckpt.read_index(path)):
     logging.info('%s has no optimizer state: Adafactor starts from zeros', path)
@@ -619,6 +623,8 @@ def evaluate_or_predict(task, data_dir, mesh, record):
   labels = glue.LabelText(task, vocab) if MODELS[FLAGS.model].labels_as_text else None
   cfg = enct5.EncT5Config(**record['config']) if record else model_config(task, vocab, path)
   shardings = partitioning.Shardings(cfg, mesh, FLAGS.model)
+  if FLAGS.model == 'enct5' and not is_enct5_checkpoint(path):
+    logging.warning('%s is a T5.1.1 checkpoint: the EncT5 head is untrained', path)
   params = load_checkpoint(path, cfg, shardings, with_optimizer_state=False)
   eval_step = make_eval_step(cfg, shardings, FLAGS.model,
                              decode_length=labels.decode_length if labels else None)
@@ -709,13 +715,19 @@ def prepare_run(task, data_dir, mesh):
                '%.1f steps per epoch', info['examples'], info['rows'], FLAGS.max_input_length,
                info['efficiency'], info['rows'] / FLAGS.batch_size)
 
-  base_step = checkpoint_step(FLAGS.checkpoint) if FLAGS.checkpoint else 0
+  continued = FLAGS.checkpoint and FLAGS.load_optimizer_state
+  base_step = checkpoint_step(FLAGS.checkpoint) if continued else 0
   if latest:
     params, opt_state = restore_latest(ckpt_dir, shardings)
-  elif FLAGS.checkpoint:
+  elif continued:
     params, opt_state = load_checkpoint(FLAGS.checkpoint, cfg, shardings,
                                         with_optimizer_state=True)
     logging.info('fine-tuning %s from Adafactor step %d', FLAGS.checkpoint, base_step)
+  elif FLAGS.checkpoint:
+    params = load_checkpoint(FLAGS.checkpoint, cfg, shardings, with_optimizer_state=False)
+    opt_state = jax.jit(adafactor.init, out_shardings=shardings.opt_state)(params)
+    logging.info('fine-tuning %s with a fresh Adafactor state (--noload_optimizer_state)',
+                 FLAGS.checkpoint)
   else:
     params, opt_state = init_train_state(cfg, shardings, jax.random.PRNGKey(FLAGS.seed),
                                          FLAGS.model)
