@@ -30,6 +30,7 @@ import numpy as np
 import adafactor
 import enct5
 import glue
+import hf_ckpt
 import load_ckpt
 import packing
 import partitioning
@@ -93,23 +94,32 @@ class Table:
 # Data: packed rows with SST-2's length distribution.
 # ---------------------------------------------------------------------------------------------
 
-def sst2_lengths(split, num, rng):
-  """Token counts of `num` SST-2 examples (sampled without replacement from `split`).
+# Task -> (GLUE directory, text columns, T5 prefix + EOS tokens, synthetic words per example:
+# log-normal median and sigma, used only when the data is not there).
+LENGTH_SOURCES = {'sst2': ('SST-2', (0,), 6, (7.5, 0.7)), 'rte': ('RTE', (1, 2), 9, (45.0, 0.5))}
+
+
+def glue_lengths(task, split, num, rng, max_length=512):
+  """Token counts of `num` examples of a GLUE task (sampled without replacement from
+  `split`), at most `max_length` (T5 truncates at 512).
 
   NOTE: no T5 SentencePiece model ships with this repo, so lengths are estimated from word
-  counts: ceil(1.2 * words) + 6 (the 'sst2 sentence:' prefix and EOS). Without the data,
-  a log-normal with SST-2 train's mean is used and the table says so.
+  counts: ceil(1.2 * words) + the task's prefix and EOS ('sst2 sentence:', 'rte sentence1:
+  ... sentence2:'). Without the data, a log-normal of the task's typical word count is used
+  and the table says so.
   """
-  path = os.path.join(glue.SHARED, 'glue', 'SST-2', f'{split}.tsv')
+  directory, columns, extra, (median, sigma) = LENGTH_SOURCES[task]
+  path = os.path.join(glue.SHARED, 'glue', directory, f'{split}.tsv')
   if os.path.exists(path):
     with open(path) as f:
-      words = np.array([len(line.split('\t')[0].split()) for line in f.read().splitlines()[1:]])
-    source = f'SST-2 {split} word counts'
+      rows = [line.split('\t') for line in f.read().splitlines()[1:]]
+    words = np.array([sum(len(row[c].split()) for c in columns) for row in rows])
+    source = f'{directory} {split} word counts'
   else:
-    words = np.maximum(1, rng.lognormal(np.log(7.5), 0.7, 10000).astype(int))
-    source = f'synthetic (SST-2 not found at {path})'
+    words = np.maximum(1, rng.lognormal(np.log(median), sigma, 10000).astype(int))
+    source = f'synthetic ({directory} not found at {path})'
   words = rng.choice(words, size=min(num, len(words)), replace=False)
-  return np.ceil(1.2 * words).astype(int) + 6, source
+  return np.minimum(np.ceil(1.2 * words).astype(int) + extra, max_length), source
 
 
 def random_examples(lengths, cfg, rng):
@@ -230,7 +240,7 @@ def bench_train(table, args, rng):
   is LABEL_TOKENS tokens + EOS, so Ld = 3T for T examples a row; EncT5 has T slots.
   NOTE: one long function on purpose: each table row sits next to the measurement it reports.
   """
-  lengths, source = sst2_lengths('train', 4000, rng)
+  lengths, source = glue_lengths('sst2', 'train', 4000, rng)
   peak_fn, peak_flops = matmul_peak_fn(args.matmul_size)
   table.add('train', 'setup', 'same rows', note='same packed inputs; T5 targets packed as '
             'T5X does, 2 label tokens + EOS per example (Ld = 3T); EncT5 T slots; dropout 0.1; '
@@ -299,7 +309,7 @@ def bench_infer(table, args, rng):
   """EncT5 inference on SST-2 dev-like lengths: packed rows vs one example per row."""
   cfg = enct5.get_config(args.infer_size)
   params = enct5.init_params(jax.random.PRNGKey(0), cfg)
-  lengths, source = sst2_lengths('dev', args.infer_examples, rng)
+  lengths, source = glue_lengths('sst2', 'dev', args.infer_examples, rng)
   examples = random_examples(lengths, cfg, rng)
   unpacked_length = int(math.ceil(max(lengths) / 8) * 8)  # the longest example, rounded up
   batches = {}
@@ -333,7 +343,7 @@ def bench_infer(table, args, rng):
 def bench_packing(table, args, rng):
   """Host-side packing (packing.pack_examples) of an SST-2-train-sized set into rows of L
   tokens and 62 slots: the cost paid once before training."""
-  lengths, source = sst2_lengths('train', 67_349, rng)
+  lengths, source = glue_lengths('sst2', 'train', 67_349, rng)
   examples = [(np.append(np.full(n - 1, 3), t5.EOS_ID), 1) for n in lengths]
   fns = {method: (lambda method=method: packing.pack_examples(examples, args.length, 62,
                                                               method=method))
@@ -390,6 +400,63 @@ HF_DIFFERENCES = (
     'the head differ); its dropout masks are not shared along the length axis')
 
 
+def hf_config(cfg, **overrides):
+  """transformers' T5Config of an EncT5Config's shape (T5.1.1: gated GELU, untied head)."""
+  from transformers import T5Config
+  return T5Config(vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.head_dim,
+                  d_ff=cfg.d_ff, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                  num_decoder_layers=cfg.num_decoder_layers,
+                  relative_attention_num_buckets=cfg.num_buckets,
+                  relative_attention_max_distance=cfg.max_distance,
+                  dropout_rate=cfg.dropout_rate, feed_forward_proj='gated-gelu',
+                  tie_word_embeddings=False, pad_token_id=0, eos_token_id=t5.EOS_ID,
+                  decoder_start_token_id=0, **overrides)
+
+
+def hf_enct5_modules(cfg):
+  """EncT5 from Hugging Face's own T5 modules: T5EncoderModel, then a learned query (`bos`)
+  through T5LayerCrossAttention and T5LayerFF, a final T5LayerNorm and a linear head."""
+  import torch
+  from transformers import T5EncoderModel
+  from transformers.models.t5 import modeling_t5
+  config = hf_config(cfg)
+  encoder = T5EncoderModel(config)
+  modules = torch.nn.ModuleDict({
+      'encoder': encoder,
+      'cross': modeling_t5.T5LayerCrossAttention(encoder.config, layer_idx=0),
+      'ff': modeling_t5.T5LayerFF(config),
+      'norm': modeling_t5.T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon),
+      'head': torch.nn.Linear(config.d_model, cfg.num_outputs)})
+  modules.bos = torch.nn.Parameter(torch.randn(config.d_model))
+  return modules
+
+
+def hf_tensors(params):
+  """Our parameter tree -> {Hugging Face name: torch tensor} (hf_ckpt's name map)."""
+  import torch
+  return {hf_ckpt.hf_name(name): torch.tensor(np.asarray(x).T if hf_ckpt.is_transposed(name)
+                                               else np.asarray(x))
+          for name, x in load_ckpt.flatten(params).items() if hf_ckpt.hf_name(name)}
+
+
+def load_hf_enct5(modules, params):
+  """Our EncT5 weights into `hf_enct5_modules` (strict: every HF tensor gets one)."""
+  import torch
+  tensors = hf_tensors(params)
+  encoder = {name: t for name, t in tensors.items() if name.startswith(('shared.', 'encoder.'))}
+  encoder['encoder.embed_tokens.weight'] = encoder['shared.weight']
+  modules['encoder'].load_state_dict(encoder)
+  for module, prefix in (('cross', 'decoder.block.0.layer.1.'), ('ff', 'decoder.block.0.layer.2.')):
+    modules[module].load_state_dict({name[len(prefix):]: t for name, t in tensors.items()
+                                     if name.startswith(prefix)})
+  modules['norm'].load_state_dict({'weight': tensors['decoder.final_layer_norm.weight']})
+  projection = params['decoder']['class_projection']
+  modules['head'].load_state_dict({'weight': torch.tensor(np.asarray(projection['kernel']).T),
+                                   'bias': torch.tensor(np.asarray(projection['bias']))})
+  with torch.no_grad():
+    modules.bos.copy_(torch.tensor(np.asarray(params['decoder']['bos_embedding'])))
+
+
 class HFTrainer:
   """EncT5 from Hugging Face's PyTorch T5 modules: T5EncoderModel, then a learned query through
   T5LayerCrossAttention and T5LayerFF, final T5LayerNorm, dropout, a linear head; call to take
@@ -397,25 +464,10 @@ class HFTrainer:
 
   def __init__(self, cfg, inputs, targets):
     import torch  # optional: only with --compare-hf
-    from transformers import T5Config, T5EncoderModel
-    from transformers.models.t5 import modeling_t5
     from transformers.optimization import Adafactor
     torch.manual_seed(0)
-    config = T5Config(vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.head_dim,
-                      d_ff=cfg.d_ff, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-                      relative_attention_num_buckets=cfg.num_buckets,
-                      relative_attention_max_distance=cfg.max_distance,
-                      dropout_rate=cfg.dropout_rate, feed_forward_proj='gated-gelu',
-                      tie_word_embeddings=False)
-    encoder = T5EncoderModel(config)
-    self.attention = encoder.config._attn_implementation
-    modules = torch.nn.ModuleDict({
-        'encoder': encoder,
-        'cross': modeling_t5.T5LayerCrossAttention(encoder.config, layer_idx=0),
-        'ff': modeling_t5.T5LayerFF(config),
-        'norm': modeling_t5.T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon),
-        'head': torch.nn.Linear(config.d_model, cfg.num_outputs)})
-    modules.bos = torch.nn.Parameter(torch.randn(config.d_model))
+    modules = hf_enct5_modules(cfg)
+    self.attention = modules['encoder'].config._attn_implementation
     self.modules, self.dropout = modules.train(), torch.nn.Dropout(cfg.dropout_rate)
     self.ids = torch.tensor(inputs, dtype=torch.long)
     self.mask = (self.ids != 0).long()
@@ -471,6 +523,7 @@ def bench_hf(table, args):
   worker = context.Process(target=_hf_worker, args=(child_conn, cfg, inputs, targets[:, 0]),
                            daemon=True)
   worker.start()
+  child_conn.close()  # the child's end: if the child dies, recv raises EOFError, not hangs
   attention = conn.recv()
 
   def ours_step():
@@ -506,6 +559,176 @@ def bench_hf(table, args):
             'load from other jobs PyTorch (OpenMP) slows far more than XLA: see the load average')
 
 
+class HFPredictor:
+  """Prediction as Hugging Face users do it: examples sorted by length, batches of
+  `batch_size` padded to their longest (dynamic padding), `torch.inference_mode`. Call with
+  'enct5' (`hf_enct5_modules` holding our EncT5 weights) or 'seqcls' (HF's
+  T5ForSequenceClassification holding our T5 weights: the whole encoder-decoder, the decoder
+  reading the input shifted right, its own head) and a list of token arrays -> logits
+  [examples, classes]."""
+
+  def __init__(self, cfg, enct5_params, t5_params, batch_size):
+    import torch
+    from transformers import T5ForSequenceClassification
+    torch.manual_seed(0)
+    self.torch, self.batch_size = torch, batch_size
+    self.enct5 = hf_enct5_modules(cfg).eval()
+    load_hf_enct5(self.enct5, enct5_params)
+    self.seqcls = T5ForSequenceClassification(hf_config(cfg, num_labels=cfg.num_classes)).eval()
+    tensors = {f'transformer.{name}': t for name, t in hf_tensors(t5_params).items()
+               if name != 'lm_head.weight'}
+    for stack in ('encoder', 'decoder'):
+      tensors[f'transformer.{stack}.embed_tokens.weight'] = tensors['transformer.shared.weight']
+    missing, unexpected = self.seqcls.load_state_dict(tensors, strict=False)
+    if unexpected or any(not name.startswith('classification_head.') for name in missing):
+      raise RuntimeError(f'T5ForSequenceClassification: missing {missing}, unexpected '
+                         f'{unexpected}')
+
+  def enct5_logits(self, ids, mask):
+    m = self.enct5
+    encoded = m['encoder'](input_ids=ids, attention_mask=mask).last_hidden_state
+    query = m.bos.expand(ids.shape[0], 1, -1)  # [B, 1, D]
+    cross_mask = (1.0 - mask[:, None, None, :].float()) * -1e10  # additive, [B, 1, 1, L]
+    query = m['cross'](query, encoded, attention_mask=cross_mask)[0]
+    return m['head'](m['norm'](m['ff'](query))[:, 0])[:, 1:]  # class 0 (padding) dropped
+
+  def __call__(self, variant, examples):
+    torch = self.torch
+    lengths = np.array([len(x) for x in examples])
+    order = np.argsort(lengths, kind='stable')
+    logits = np.zeros((len(examples), self.seqcls.config.num_labels), np.float32)
+    with torch.inference_mode():
+      for begin in range(0, len(order), self.batch_size):
+        chosen = order[begin:begin + self.batch_size]
+        ids = np.zeros((len(chosen), lengths[chosen].max()), np.int64)
+        for row, i in enumerate(chosen):
+          ids[row, :lengths[i]] = examples[i]
+        ids = torch.from_numpy(ids)
+        mask = (ids != 0).long()
+        if variant == 'enct5':
+          logits[chosen] = self.enct5_logits(ids, mask).numpy()
+        else:
+          logits[chosen] = self.seqcls(input_ids=ids, attention_mask=mask).logits.numpy()
+    return logits
+
+
+def _hf_predict_worker(conn, cfg, enct5_params, t5_params, batch_size, datasets):
+  """Child process: one HFPredictor; each request (variant, task) answers (wall seconds,
+  logits) for all of that task's examples."""
+  import torch
+  import transformers
+  predictor = HFPredictor(cfg, enct5_params, t5_params, batch_size)
+  conn.send(f'torch {torch.__version__} ({torch.get_num_threads()} threads), transformers '
+            f'{transformers.__version__}')
+  while (request := conn.recv()) is not None:
+    variant, task = request
+    start = time.perf_counter()
+    logits = predictor(variant, datasets[task])
+    conn.send((time.perf_counter() - start, logits))
+
+
+class EncT5Predictor:
+  """Our EncT5's logits (enct5.apply, jitted; the padding class dropped) of a list of examples:
+  'packed' (best-fit rows of the shortest multiple of 128 holding the longest example,
+  `tokens_per_batch` tokens a batch, as train.py --mode=predict) or 'sorted' (one example a
+  row, length-sorted batches of `batch_size` padded to a multiple of 32: one compiled shape
+  per bucket, all compiled in the warm-up)."""
+
+  def __init__(self, cfg, params, examples, tokens_per_batch, batch_size):
+    self.params = params
+    self.apply = jax.jit(lambda p, b: enct5.apply(p, cfg, b)[..., 1:])
+    labeled = [(x, 1) for x in examples]
+    lengths = np.array([len(x) for x in examples])
+    row_length = 128 * int(math.ceil(lengths.max() / 128))
+    packed = packing.pack_examples(labeled, row_length, 62)
+    rows = max(1, tokens_per_batch // row_length)
+    self.batches = {'packed': [jax.device_put(b) for b in packing.eval_batches(packed, rows)]}
+    self.shapes = {'packed': f'{rows}x{row_length} rows'}
+    order = np.argsort(lengths, kind='stable')
+    sorted_batches = []
+    for begin in range(0, len(order), batch_size):
+      chosen = order[begin:begin + batch_size]
+      bucket = 32 * int(math.ceil(lengths[chosen].max() / 32))
+      rows = packing.pack_examples([labeled[i] for i in chosen], bucket, 1, method='unpacked',
+                                   ids=chosen)
+      sorted_batches.append(jax.device_put(rows))
+    self.batches['sorted'] = sorted_batches
+    self.shapes['sorted'] = (f'{batch_size} a batch, '
+                             f'{len({b["inputs"].shape for b in sorted_batches})} shapes')
+
+  def __call__(self, variant):
+    keys = ('inputs', 'inputs_segment_ids', 'targets')
+    outputs = [(b['example_ids'], self.apply(self.params, {k: b[k] for k in keys}))
+               for b in self.batches[variant]]
+    ids = np.concatenate([np.asarray(i).reshape(-1) for i, _ in outputs])
+    logits = np.concatenate([np.asarray(x).reshape(-1, x.shape[-1]) for _, x in outputs])
+    real = ids >= 0
+    result = np.zeros((int(ids.max()) + 1, logits.shape[-1]), np.float32)
+    result[ids[real]] = logits[real]
+    return result
+
+
+def bench_hf_predict(table, args):
+  """Prediction throughput (examples/s) on SST-2 and RTE dev lengths: ours packed and sorted
+  vs Hugging Face's EncT5 from its own modules and T5ForSequenceClassification, on the same
+  weights (its head aside), side by side; the predictions of the two EncT5s are compared."""
+  try:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+  except ImportError as e:
+    table.add('hf', 'prediction skipped', '-', note=f'torch/transformers not importable: {e}')
+    return
+  cfg = enct5.get_config('small')
+  rng = np.random.RandomState(0)
+  enct5_params = jax.device_get(enct5.init_params(jax.random.PRNGKey(0), cfg))
+  t5_params = jax.device_get(enct5.init_params(jax.random.PRNGKey(0), cfg, 't5'))
+  datasets, sources = {}, {}
+  for task in ('sst2', 'rte'):
+    lengths, sources[task] = glue_lengths(task, 'dev', args.predict_examples[task], rng)
+    datasets[task] = [tokens for tokens, _ in random_examples(lengths, cfg, rng)]
+  context = multiprocessing.get_context('spawn')
+  conn, child_conn = context.Pipe()
+  worker = context.Process(target=_hf_predict_worker, daemon=True, args=(
+      child_conn, cfg, enct5_params, t5_params, args.hf_batch_size, datasets))
+  worker.start()
+  child_conn.close()  # the child's end: if the child dies, recv raises EOFError, not hangs
+  versions = conn.recv()
+
+  def hf(variant, task):
+    def run():
+      conn.send((variant, task))
+      return conn.recv()[1]
+    return run
+
+  for task, examples in datasets.items():
+    ours = EncT5Predictor(cfg, enct5_params, examples, args.predict_tokens, args.hf_batch_size)
+    fns = {'ours packed': lambda: ours('packed'), 'ours sorted': lambda: ours('sorted'),
+           'HF EncT5': hf('enct5', task), 'HF T5ForSequenceClassification': hf('seqcls', task)}
+    ours_logits, hf_logits = ours('packed'), hf('enct5', task)()
+    difference = np.abs(ours_logits - hf_logits).max() / np.abs(hf_logits).max()
+    times, _ = round_robin(fns, args.rounds)
+    rates = {name: [len(examples) / t for t in ts] for name, ts in times.items()}
+    notes = {'ours packed': ours.shapes['packed'], 'ours sorted': ours.shapes['sorted'],
+             'HF EncT5': f'{args.hf_batch_size} a batch, T5EncoderModel + T5LayerCrossAttention'
+                         f' + T5LayerFF from HF; {versions}',
+             'HF T5ForSequenceClassification': f'{args.hf_batch_size} a batch, whole '
+                                                'encoder-decoder'}
+    for name in fns:
+      table.add('hf', f'{task} dev: {name} examples/s', f'{med(rates[name]):,.1f}',
+                spread(rates[name], '{:,.1f}'), notes[name])
+    best = max(('ours packed', 'ours sorted'), key=lambda name: med(rates[name]))
+    for other in ('HF EncT5', 'HF T5ForSequenceClassification'):
+      ratios = [a / b for a, b in zip(rates[best], rates[other])]
+      table.add('hf', f'{task} dev: {best} / {other}',
+                f'{med(rates[best]) / med(rates[other]):.2f}x', spread(ratios, '{:.2f}'),
+                'target >= 1.3x' if other == 'HF EncT5' else '')
+    table.add('hf', f'{task} dev: ours vs HF EncT5 logits', f'{difference:.1e}',
+              note=f'max |difference| / max |logit| over {len(examples)} examples (same '
+                   f'weights, random init); lengths: {sources[task]}')
+  conn.send(None)
+  worker.join()
+
+
 def cpu_model():
   try:
     with open('/proc/cpuinfo') as f:
@@ -537,6 +760,9 @@ def main():
   args.infer_size = 'small'
   args.infer_examples = 128 if quick else 872
   args.infer_rows = 8
+  args.predict_examples = {'sst2': 256, 'rte': 96} if quick else {'sst2': 872, 'rte': 277}
+  args.predict_tokens = 4096  # tokens per packed prediction batch
+  args.hf_batch_size = 32
 
   start = time.perf_counter()
   load_start = os.getloadavg()
@@ -557,6 +783,7 @@ def main():
     bench_checkpoint(table, args)
   if 'hf' in sections:
     bench_hf(table, args)
+    bench_hf_predict(table, args)
   load_end = os.getloadavg()
   table.add('machine', 'host', f'{cpu_model()}, {os.cpu_count()} CPUs',
             note=f'jax {jax.__version__}; 1-min load average {load_start[0]:.1f} at start, '
