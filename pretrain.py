@@ -56,11 +56,12 @@ FLAGS = flags.FLAGS
 
 # T5.1.1's pre-training recipe, scaled to 2 CPU cores and one hour (see README): no dropout,
 # 128-token inputs, 64 rows a batch, a 8192-id vocabulary and a d_model 128 model with 4 + 4
-# layers (4.5M parameters). NOTE: d_model 256 ran at ~900 input tokens/s here against ~4,400
-# for 128: 3M tokens in the hour instead of 12M, too few to leave the unigram plateau.
+# layers (4.5M parameters), 2,600 steps: the hour on 2 quiet cores. NOTE: d_model 256 ran at
+# ~900 input tokens/s here (under load) against ~4,400 for 128: 3M tokens in the hour instead
+# of 12M, too few to leave the unigram plateau.
 DEFAULTS = dict(model='t5', size='small', d_model=128, num_heads=4, head_dim=32, d_ff=512,
                 num_layers=4, vocab_size=8092, max_input_length=128, batch_size=64,
-                dropout_rate=0.0, train_steps=1500, eval_every=250, log_every=25,
+                dropout_rate=0.0, train_steps=2600, eval_every=325, log_every=25,
                 keep_checkpoints=2,
                 output_dir=os.path.join('runs', 'pretrain'))
 
