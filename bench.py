@@ -8,11 +8,12 @@ the machine still move the numbers: the table ends with the load average.
 
   python bench.py --quick          # under 3 minutes on a 2-core CPU
   python bench.py                  # more rounds, bigger batches, all of SST-2 dev
-  python bench.py --compare-hf     # also EncT5 built from Hugging Face's PyTorch T5 modules
+  python bench.py --compare-hf     # also against Hugging Face's PyTorch T5 (train, predict)
 
 Sections: params, train (EncT5 vs T5 vs 1decT5 step, tokens/s, FLOP/s vs matmul peak, memory),
 infer (packed vs unpacked), pack (packing an SST-2-sized train set), ckpt (load time and bytes),
-hf (--compare-hf).
+hf (--compare-hf: the train step against EncT5 built from HF's modules; prediction on SST-2
+and RTE dev lengths against that and HF's T5ForSequenceClassification).
 """
 import argparse
 import math

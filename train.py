@@ -113,8 +113,8 @@ flags.DEFINE_bool('load_optimizer_state', True, 'With --checkpoint: continue its
                   'state and step (T5X\'s default; paper §4.2). --noload_optimizer_state: '
                   'fresh Adafactor state from step 0, as with random init (T5X: an '
                   'assignment_map sending state/.* to None). Continued second moments carry '
-                  'the pre-training gradients\' scale for ~1/(1 - rho) = (step + 1)^0.8 steps '
-                  '(README, Table 1).')
+                  'the pre-training gradients\' statistics for ~1/(1 - rho) = (step + 1)^0.8 '
+                  'steps (README, Table 1).')
 flags.DEFINE_enum('size', None, list(enct5.SIZES), 'T5.1.1 (small..xxl), mT5 (mt5-small..) or '
                   'ByT5 (byt5-small..) size, or a tiny one of each family. With --checkpoint: '
                   'checked against it. Without: the model to train from scratch (default tiny; '
