@@ -458,6 +458,16 @@ def load_hf_enct5(modules, params):
     modules.bos.copy_(torch.tensor(np.asarray(params['decoder']['bos_embedding'])))
 
 
+def hf_enct5_logits(modules, ids, mask, dropout):
+  """EncT5's forward pass through `hf_enct5_modules`: [B, L] ids and mask -> [B, n+1] logits."""
+  encoded = modules['encoder'](input_ids=ids, attention_mask=mask).last_hidden_state
+  query = dropout(modules.bos.expand(ids.shape[0], 1, -1))  # [B, 1, D]
+  cross_mask = (1.0 - mask[:, None, None, :].float()) * -1e10  # additive, [B, 1, 1, L]
+  query = modules['cross'](query, encoded, attention_mask=cross_mask)[0]
+  pooled = dropout(modules['norm'](modules['ff'](query)))
+  return modules['head'](pooled[:, 0])
+
+
 class HFTrainer:
   """EncT5 from Hugging Face's PyTorch T5 modules: T5EncoderModel, then a learned query through
   T5LayerCrossAttention and T5LayerFF, final T5LayerNorm, dropout, a linear head; call to take
@@ -478,13 +488,8 @@ class HFTrainer:
     self.torch = torch
 
   def __call__(self):
-    m = self.modules
-    encoded = m['encoder'](input_ids=self.ids, attention_mask=self.mask).last_hidden_state
-    query = self.dropout(m.bos.expand(self.ids.shape[0], 1, -1))  # [B, 1, D]
-    cross_mask = (1.0 - self.mask[:, None, None, :].float()) * -1e10  # additive, [B, 1, 1, L]
-    query = m['cross'](query, encoded, attention_mask=cross_mask)[0]
-    pooled = self.dropout(m['norm'](m['ff'](query)))
-    loss = self.torch.nn.functional.cross_entropy(m['head'](pooled[:, 0]), self.targets)
+    logits = hf_enct5_logits(self.modules, self.ids, self.mask, self.dropout)
+    loss = self.torch.nn.functional.cross_entropy(logits, self.targets)
     loss.backward()
     self.optimizer.step()
     self.optimizer.zero_grad(set_to_none=True)
@@ -585,14 +590,6 @@ class HFPredictor:
       raise RuntimeError(f'T5ForSequenceClassification: missing {missing}, unexpected '
                          f'{unexpected}')
 
-  def enct5_logits(self, ids, mask):
-    m = self.enct5
-    encoded = m['encoder'](input_ids=ids, attention_mask=mask).last_hidden_state
-    query = m.bos.expand(ids.shape[0], 1, -1)  # [B, 1, D]
-    cross_mask = (1.0 - mask[:, None, None, :].float()) * -1e10  # additive, [B, 1, 1, L]
-    query = m['cross'](query, encoded, attention_mask=cross_mask)[0]
-    return m['head'](m['norm'](m['ff'](query))[:, 0])[:, 1:]  # class 0 (padding) dropped
-
   def __call__(self, variant, examples):
     torch = self.torch
     lengths = np.array([len(x) for x in examples])
@@ -607,7 +604,8 @@ class HFPredictor:
         ids = torch.from_numpy(ids)
         mask = (ids != 0).long()
         if variant == 'enct5':
-          logits[chosen] = self.enct5_logits(ids, mask).numpy()
+          logits[chosen] = hf_enct5_logits(self.enct5, ids, mask, lambda x: x)[:, 1:].numpy()
+          # (class 0, the padding class, dropped)
         else:
           logits[chosen] = self.seqcls(input_ids=ids, attention_mask=mask).logits.numpy()
     return logits
@@ -661,12 +659,9 @@ class EncT5Predictor:
     keys = ('inputs', 'inputs_segment_ids', 'targets')
     outputs = [(b['example_ids'], self.apply(self.params, {k: b[k] for k in keys}))
                for b in self.batches[variant]]
-    ids = np.concatenate([np.asarray(i).reshape(-1) for i, _ in outputs])
-    logits = np.concatenate([np.asarray(x).reshape(-1, x.shape[-1]) for _, x in outputs])
-    real = ids >= 0
-    result = np.zeros((int(ids.max()) + 1, logits.shape[-1]), np.float32)
-    result[ids[real]] = logits[real]
-    return result
+    _, logits = packing.per_example(np.concatenate([ids for ids, _ in outputs]),
+                                    np.concatenate([np.asarray(x) for _, x in outputs]))
+    return logits  # examples 0, 1, ... in order: every id occurs once
 
 
 def bench_hf_predict(table, args):
