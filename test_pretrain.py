@@ -11,6 +11,7 @@ import pytest
 
 import enct5
 import load_ckpt
+import partitioning
 import pretrain
 import train
 import testutil
@@ -141,6 +142,30 @@ def test_batches_are_a_function_of_the_step():
   epoch0 = np.concatenate([b['inputs'] for b in first[:5]])
   epoch1 = np.concatenate([first[5]['inputs'], first[6]['inputs']])
   assert not any((epoch0 == row).all(axis=1).any() for row in epoch1)
+
+
+def test_swapped_inputs_measure_what_the_decoder_reads_from_the_encoder():
+  """evaluate's second loss pairs each example's targets with the next example's inputs: the
+  same as the first when the decoder cannot see the encoder (cross-attention output zeroed),
+  different when it can."""
+  cfg = enct5.get_config('tiny', vocab_size=256, num_layers=2, num_decoder_layers=2,
+                         dropout_rate=0.0)
+  objective = pretrain.Objective(first_sentinel=255, inputs_length=32, targets_length=8)
+  rng = np.random.default_rng(0)
+  tokens_length, _ = pretrain.random_spans_helper(32)
+  chunks = rng.integers(3, 150, size=(6, tokens_length))
+  packed = pretrain.corrupt(chunks, [np.random.default_rng(i) for i in range(6)], objective)
+  shardings = partitioning.Shardings(cfg, partitioning.make_mesh(devices=jax.devices()[:1]), 't5')
+  eval_step = jax.jit(lambda p, batch: pretrain.loss_fn(p, cfg, batch)[1])
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg, 't5')
+  loss, _, swapped_loss = pretrain.evaluate(eval_step, params, packed, shardings, batch_size=4)
+  assert abs(loss - swapped_loss) > 1e-3
+  for layer in params['decoder'].values():
+    if 'encoder_decoder_attention' in layer:
+      out = layer['encoder_decoder_attention']['out']
+      out['kernel'] = np.zeros_like(out['kernel'])
+  loss, _, swapped_loss = pretrain.evaluate(eval_step, params, packed, shardings, batch_size=4)
+  assert swapped_loss == pytest.approx(loss, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
