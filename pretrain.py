@@ -321,7 +321,7 @@ def learning_rate(step):
 
 def evaluate(eval_step, params, packed, shardings, batch_size):
   """Held-out cross-entropy per target token, token accuracy (%), and the cross-entropy with
-  every example's inputs swapped for the next example's.
+  every example's inputs swapped for the previous example's.
 
   The swap measures what the decoder reads from the encoder, the part EncT5 keeps: a decoder
   that predicts the spans from its own targets alone (a language model of the spans) scores

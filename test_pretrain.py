@@ -145,7 +145,7 @@ def test_batches_are_a_function_of_the_step():
 
 
 def test_swapped_inputs_measure_what_the_decoder_reads_from_the_encoder():
-  """evaluate's second loss pairs each example's targets with the next example's inputs: the
+  """evaluate's second loss pairs each example's targets with the previous example's inputs: the
   same as the first when the decoder cannot see the encoder (cross-attention output zeroed),
   different when it can."""
   cfg = enct5.get_config('tiny', vocab_size=256, num_layers=2, num_decoder_layers=2,
