@@ -52,7 +52,7 @@ flags.DEFINE_integer('num_extra_ids', 100, 'Sentinels appended to the SentencePi
 flags.DEFINE_float('noise_density', 0.15, 'Share of tokens masked (T5: 0.15).')
 flags.DEFINE_float('mean_noise_span_length', 3.0, 'Mean masked span length (T5: 3).')
 flags.DEFINE_integer('warmup_steps', 1000, 'Learning rate 1/sqrt(max(step, warmup_steps)), '
-                     'T5\'s inverse-square-root schedule (T5: 10000, for 524,288 steps).')
+                     'T5\'s inverse-square-root schedule (T5: 10000).')
 flags.DEFINE_integer('validation_examples', 1024, 'Held-out examples scored at each evaluation.')
 FLAGS = flags.FLAGS
 
