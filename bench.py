@@ -604,8 +604,9 @@ class HFPredictor:
         ids = torch.from_numpy(ids)
         mask = (ids != 0).long()
         if variant == 'enct5':
-          logits[chosen] = hf_enct5_logits(self.enct5, ids, mask, lambda x: x)[:, 1:].numpy()
-          # (class 0, the padding class, dropped)
+          no_dropout = lambda x: x
+          # [:, 1:]: class 0, the padding class, dropped.
+          logits[chosen] = hf_enct5_logits(self.enct5, ids, mask, no_dropout)[:, 1:].numpy()
         else:
           logits[chosen] = self.seqcls(input_ids=ids, attention_mask=mask).logits.numpy()
     return logits
