@@ -139,7 +139,9 @@ flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Activation dtype
 flags.DEFINE_enum('remat_policy', 'none', list(t5_layers.REMAT_POLICIES), 'T5X\'s '
                   'rematerialization per layer, to fit larger batches or models: none; minimal '
                   '(keep the matmuls\' outputs, recompute the rest); full (keep only each '
-                  'layer\'s input; about one more forward pass of compute). Same numbers.')
+                  'layer\'s input; about one more forward pass of compute). Same numbers. On '
+                  'XLA:CPU it frees memory only with --scan_layers (unrolled, it recomputes but '
+                  'keeps the activations alive anyway; see README).')
 flags.DEFINE_bool('scan_layers', False, 'Run each stack\'s layers as one lax.scan (T5X\'s '
                   'option): compile time and program size no longer grow with depth (xl, xxl). '
                   'Same numbers; checkpoints keep one tree per layer.')

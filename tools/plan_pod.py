@@ -7,7 +7,11 @@ and its analyses give per device: parameter, optimizer-state and batch bytes, th
 (activations, gradients), FLOPs and the bytes that collectives move, and the compile time.
 
   python tools/plan_pod.py --sizes=small --meshes=32x4,8x1       # a few minutes
+  python tools/plan_pod.py --memory_only                         # what fits where
   python tools/plan_pod.py                                       # small..xxl: hours on 2 cores
+
+Memory is XLA's for the step with `scan_layers` (rematerialization frees memory on XLA:CPU
+only inside a scan, see `plan`); FLOPs and collectives for the unrolled step.
 
 Prints one table row per (size, model, mesh) as it goes, then the EncT5 / T5 ratios per size,
 and with --json the rows. The figures are XLA:CPU's for simulated devices, not measurements on
@@ -68,16 +72,9 @@ def collective_bytes(hlo_text):
   return found
 
 
-def plan(size, model, mesh, batch_size, input_length, **options):
-  """Compile `model`'s train step (T5.1.1 `size`, config `options`) on `mesh` for a
-  [batch_size, input_length] batch.
-
-  Returns per-device figures: the shards of params, opt_state and batch (bytes); XLA's memory
-  analysis (arguments, outputs, aliased, temporaries: activations and gradients; `peak` =
-  arguments + temporaries + outputs not aliased to a donated argument); FLOPs; the bytes of
-  collective results; and the compile time. `params_total`: all parameters' bytes.
-  """
-  cfg = enct5.get_config(size, **options)
+def compile_step(cfg, mesh, model, batch_size, input_length):
+  """`model`'s train step for config `cfg`, lowered from abstract inputs laid out on `mesh` and
+  compiled. Returns (compiled, compile seconds, the abstract params, opt_state and batch)."""
   shardings = partitioning.Shardings(cfg, mesh, model)
   step = train.make_train_step(cfg, shardings, train.MODELS[model].loss, 1e-3, seed=0)
   shapes = jax.tree.map(lambda spec: jax.ShapeDtypeStruct(spec.shape, np.float32),
@@ -91,31 +88,58 @@ def plan(size, model, mesh, batch_size, input_length, **options):
            for key, length in lengths.items()}
   start = time.time()
   compiled = step.lower(params, opt_state, batch).compile()
-  compile_s = time.time() - start
+  return compiled, time.time() - start, params, opt_state, batch
+
+
+def plan(size, model, mesh, batch_size, input_length, *, count_flops=True, **options):
+  """Compile `model`'s train step (T5.1.1 `size`, config `options`) on `mesh` for a
+  [batch_size, input_length] batch: with `scan_layers` for memory, unrolled for FLOPs.
+
+  Memory comes from the step with `scan_layers`: unrolled, XLA:CPU recomputes what
+  `jax.checkpoint` asks but drops its optimization barriers and keeps the activations alive
+  anyway (measured, EncT5-small, 8 rows of 512 a device, float32: 'full' adds 26% FLOPs,
+  temporaries 2.28 GiB against 2.40 with 'none'); in a scan the backward pass can only
+  recompute, as on TPUs (bfloat16: 'full' 0.62 GiB against 3.05). FLOPs and collectives come from the unrolled step (`count_flops`),
+  since XLA counts a scan's body once.
+
+  Returns per-device figures: the shards of params, opt_state and batch (bytes); XLA's memory
+  analysis (arguments, outputs, aliased, temporaries: activations and gradients; `peak` =
+  arguments + temporaries + outputs not aliased to a donated argument); FLOPs of one device's
+  program; the bytes of collective results; and the compile times. `params_total`: all
+  parameters' bytes.
+  """
+  cfg = enct5.get_config(size, **dict(options, scan_layers=True))
+  compiled, compile_s, params, opt_state, batch = compile_step(cfg, mesh, model, batch_size,
+                                                               input_length)
   memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost  # older jax: one dict per program
-  collectives = collective_bytes(compiled.as_text())
-  return {'size': size, 'model': model, 'batch': f'{batch_size}x{input_length}',
-          'mesh': f"{mesh.shape['data']}x{mesh.shape['model']}",
-          'params_total': sum(x.size * 4 for x in jax.tree.leaves(shapes)),
-          'params': bytes_per_device(params), 'opt_state': bytes_per_device(opt_state),
-          'batch_bytes': bytes_per_device(batch),
-          'arguments': memory.argument_size_in_bytes, 'outputs': memory.output_size_in_bytes,
-          'aliased': memory.alias_size_in_bytes, 'temp': memory.temp_size_in_bytes,
-          'peak': (memory.argument_size_in_bytes + memory.temp_size_in_bytes
-                   + memory.output_size_in_bytes - memory.alias_size_in_bytes),
-          'flops': float(cost.get('flops', 0.0)), 'collectives': collectives,
-          'compile_s': compile_s}
+  row = {'size': size, 'model': model, 'batch': f'{batch_size}x{input_length}',
+         'mesh': f"{mesh.shape['data']}x{mesh.shape['model']}",
+         'params_total': sum(x.size * 4 for x in jax.tree.leaves(params)),
+         'params': bytes_per_device(params), 'opt_state': bytes_per_device(opt_state),
+         'batch_bytes': bytes_per_device(batch),
+         'arguments': memory.argument_size_in_bytes, 'outputs': memory.output_size_in_bytes,
+         'aliased': memory.alias_size_in_bytes, 'temp': memory.temp_size_in_bytes,
+         'peak': (memory.argument_size_in_bytes + memory.temp_size_in_bytes
+                  + memory.output_size_in_bytes - memory.alias_size_in_bytes),
+         'flops': None, 'collectives': None, 'compile_s': compile_s}
+  if count_flops:
+    cfg = enct5.get_config(size, **dict(options, scan_layers=False))
+    compiled, compile_s, *_ = compile_step(cfg, mesh, model, batch_size, input_length)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # older jax: one dict per program
+    row.update(flops=float(cost.get('flops', 0.0)), collectives=collective_bytes(
+        compiled.as_text()), compile_s=row['compile_s'] + compile_s)
+  return row
 
 
 def print_row(row):
   """One line of the table; GiB per device."""
   gib = lambda key: f'{row[key] / GIB:8.3f}'
   fits = ' '.join('yes' if row['peak'] <= limit * GIB else 'no ' for limit in (16, 32))
+  costs = (f"{row['flops'] / 1e12:10.2f} {sum(row['collectives'].values()) / GIB:9.2f}"
+           if row['flops'] is not None else f"{'-':>10} {'-':>9}")
   print(f"{row['size']:6} {row['model']:6} {row['mesh']:6} {gib('params')} {gib('opt_state')} "
-        f"{gib('temp')} {gib('peak')}   {fits}  {row['flops'] / 1e12:10.2f} "
-        f"{sum(row['collectives'].values()) / GIB:9.2f} {row['compile_s']:8.1f}", flush=True)
+        f"{gib('temp')} {gib('peak')}   {fits}  {costs} {row['compile_s']:8.1f}", flush=True)
 
 
 def print_ratios(rows):
@@ -125,8 +149,9 @@ def print_ratios(rows):
   for (size, mesh, model), row in by_key.items():
     t5_row = by_key.get((size, mesh, 't5'))
     if model == 'enct5' and t5_row:
-      print(f'{size:6} {mesh:6}                   {row["peak"] / t5_row["peak"]:11.2f} '
-            f'{row["flops"] / t5_row["flops"]:16.2f}')
+      flops = (f'{row["flops"] / t5_row["flops"]:16.2f}' if row['flops'] is not None
+               else f'{"-":>16}')
+      print(f'{size:6} {mesh:6}                   {row["peak"] / t5_row["peak"]:11.2f} {flops}')
 
 
 def main():
@@ -140,17 +165,17 @@ def main():
   parser.add_argument('--input_length', type=int, default=512, help='tokens per row')
   parser.add_argument('--dtype', default='bfloat16', help='activations (T5X on TPUs: bfloat16)')
   parser.add_argument('--remat_policy', default='full', choices=['none', 'minimal', 'full'])
-  parser.add_argument('--scan_layers', action='store_true',
-                      help='faster compiles; XLA then counts FLOPs and collectives of the '
-                      'scanned layers once, not once per layer')
+  parser.add_argument('--memory_only', action='store_true',
+                      help='compile only the scanned step (memory, fit): no FLOPs or '
+                      'collectives, several times faster for the large sizes')
   parser.add_argument('--json', help='also write the rows here')
   args = parser.parse_args()
-  options = dict(dtype=args.dtype, remat_policy=args.remat_policy,
-                 scan_layers=args.scan_layers, num_classes=3)
+  options = dict(dtype=args.dtype, remat_policy=args.remat_policy, num_classes=3)
   print(f'{args.batch_size}x{args.input_length} tokens, activations {args.dtype}, remat '
-        f'{args.remat_policy}, scan_layers {args.scan_layers}; per device (GiB): params, '
+        f'{args.remat_policy}; per device (GiB, from the step with scan_layers): params, '
         'optimizer state, temporaries (activations, gradients), peak; fits 16/32 GiB; TFLOPs '
-        'per step (all devices); collective GiB per device; compile seconds')
+        'per step (all devices) and collective GiB per device (from the unrolled step); '
+        'compile seconds')
   print(f"{'size':6} {'model':6} {'mesh':6} {'params':>8} {'opt':>8} {'temp':>8} {'peak':>8}   "
         f"16  32   {'TFLOPs':>10} {'collect.':>9} {'compile':>8}")
   rows = []
@@ -159,8 +184,10 @@ def main():
       for shape in args.meshes.split(','):
         data, model_axis = (int(n) for n in shape.split('x'))
         mesh = partitioning.make_mesh(shape, jax.devices()[:data * model_axis])
-        row = plan(size, model, mesh, args.batch_size, args.input_length, **options)
-        row['flops'] *= mesh.size  # XLA's count is for one device's program
+        row = plan(size, model, mesh, args.batch_size, args.input_length,
+                   count_flops=not args.memory_only, **options)
+        if row['flops'] is not None:
+          row['flops'] *= mesh.size  # XLA's count is for one device's program
         print_row(row)
         rows.append(row)
   print_ratios(rows)
