@@ -99,8 +99,8 @@ def plan(size, model, mesh, batch_size, input_length, *, count_flops=True, **opt
   `jax.checkpoint` asks but drops its optimization barriers and keeps the activations alive
   anyway (measured, EncT5-small, 8 rows of 512 a device, float32: 'full' adds 26% FLOPs,
   temporaries 2.28 GiB against 2.40 with 'none'); in a scan the backward pass can only
-  recompute, as on TPUs (bfloat16: 'full' 0.62 GiB against 3.05). FLOPs and collectives come from the unrolled step (`count_flops`),
-  since XLA counts a scan's body once.
+  recompute, as on TPUs (bfloat16: 'full' 0.62 GiB against 3.05). FLOPs and collectives come
+  from the unrolled step (`count_flops`), since XLA counts a scan's body once.
 
   Returns per-device figures: the shards of params, opt_state and batch (bytes); XLA's memory
   analysis (arguments, outputs, aliased, temporaries: activations and gradients; `peak` =
