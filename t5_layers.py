@@ -293,8 +293,9 @@ def layer_stack(layer_fn, layers, cfg, x, rngs):
   parameter trees `layers_i`) and their dropout keys `rngs`.
 
   With `cfg.remat_policy` other than 'none', each layer is a `jax.checkpoint` with that
-  policy (on XLA:CPU it saves memory only inside the scan: `tools/plan_pod.plan`). With `cfg.scan_layers`, the layers are one `lax.scan` (T5X's option): XLA compiles
-  one layer body whatever the depth. The parameters stay per layer (`layers_0`, ...), as in
+  policy (on XLA:CPU it saves memory only inside the scan: `tools/plan_pod.plan`). With
+  `cfg.scan_layers`, the layers are one `lax.scan` (T5X's option): XLA compiles one layer body
+  whatever the depth. The parameters stay per layer (`layers_0`, ...), as in
   checkpoints, and are stacked here, inside the step: [layers, ...] per weight, one copy per
   step; their gradients flow back to each `layers_i` through the stacking.
   """
