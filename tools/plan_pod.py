@@ -104,8 +104,8 @@ def plan(size, model, mesh, batch_size, input_length, *, count_flops=True, **opt
 
   Returns per-device figures: the shards of params, opt_state and batch (bytes); XLA's memory
   analysis (arguments, outputs, aliased, temporaries: activations and gradients; `peak` =
-  arguments + temporaries + outputs not aliased to a donated argument); FLOPs of one device's
-  program; the bytes of collective results; and the compile times. `params_total`: all
+  arguments + temporaries + outputs not aliased to a donated argument); FLOPs of the step on
+  all devices; the bytes of collective results; and the compile times. `params_total`: all
   parameters' bytes.
   """
   cfg = enct5.get_config(size, **dict(options, scan_layers=True))
@@ -127,8 +127,10 @@ def plan(size, model, mesh, batch_size, input_length, *, count_flops=True, **opt
     compiled, compile_s, *_ = compile_step(cfg, mesh, model, batch_size, input_length)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost  # older jax: one dict per program
-    row.update(flops=float(cost.get('flops', 0.0)), collectives=collective_bytes(
-        compiled.as_text()), compile_s=row['compile_s'] + compile_s)
+    # XLA's count is for one device's program.
+    row.update(flops=float(cost.get('flops', 0.0)) * mesh.size,
+               collectives=collective_bytes(compiled.as_text()),
+               compile_s=row['compile_s'] + compile_s)
   return row
 
 
@@ -186,8 +188,6 @@ def main():
         mesh = partitioning.make_mesh(shape, jax.devices()[:data * model_axis])
         row = plan(size, model, mesh, args.batch_size, args.input_length,
                    count_flops=not args.memory_only, **options)
-        if row['flops'] is not None:
-          row['flops'] *= mesh.size  # XLA's count is for one device's program
         print_row(row)
         rows.append(row)
   print_ratios(rows)
