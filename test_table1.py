@@ -83,3 +83,58 @@ def test_table1_grid_and_resume(tmp_path):
   assert json.loads((out / 'results.json').read_text())['cells'] == results
   printed = _run(['tools/table1.py', f'--output_dir={out}', '--print_only'], testutil.REPO)
   assert [l for l in printed.splitlines() if l.startswith('|')] == lines
+
+
+def _grid(directory, seed, scores, learning_rate='0.01'):
+  """A results.json as table1.py writes it: EncT5 and EncT5-rand on the five tasks, each cell's
+  metrics as given; `scores[row][task]` is a tuple of the task's metrics, or None (not run)."""
+  metric_keys = {'cola': ('cola/matthews_corrcoef',), 'sst2': ('sst2/accuracy',),
+                 'mrpc': ('mrpc/f1', 'mrpc/accuracy'),
+                 'stsb': ('stsb/pearson_corrcoef', 'stsb/spearman_corrcoef'),
+                 'rte': ('rte/accuracy',)}
+  cells = {}
+  for row, by_task in scores.items():
+    for task, metrics in by_task.items():
+      if metrics is None:
+        continue
+      cells[f'{row}/{task}'] = dict(
+          row=row, task=task, status='done', steps=600, wall_s=60.0 * (seed + 1), params=2400000,
+          score=sum(metrics) / len(metrics), scores=dict(zip(metric_keys[task], metrics)),
+          command=f'python train.py --model=enct5 --task={task} --learning_rate={learning_rate} '
+                  f'--seed={seed} --output_dir={directory}/{row}/{task}')
+  directory.mkdir()
+  (directory / 'results.json').write_text(json.dumps({'cells': cells}))
+
+
+def test_table1_average_over_seeds(tmp_path):
+  """--print_only --average_over: the mean of grids that differ only in --seed (hand-worked
+  means), '-' where a grid lacks a cell, and an error when they differ in more."""
+  first = {'EncT5': dict(cola=(10.0,), sst2=(80.0,), mrpc=(82.0, 70.0), stsb=(20.0, 18.0),
+                         rte=(54.0,)),
+           'EncT5-rand': dict(cola=(0.0,), sst2=(70.0,), mrpc=(80.0, 68.0), stsb=(10.0, 12.0),
+                              rte=(50.0,))}
+  second = {'EncT5': dict(cola=(4.0,), sst2=(82.0,), mrpc=(84.0, 74.0), stsb=(30.0, 26.0),
+                          rte=(58.0,)),
+            'EncT5-rand': dict(cola=(6.0,), sst2=(74.0,), mrpc=(80.0, 68.0), stsb=(14.0, 16.0),
+                               rte=None)}
+  _grid(tmp_path / 'seed0', 0, first)
+  _grid(tmp_path / 'seed1', 1, second)
+  printed = _run(['tools/table1.py', '--print_only',
+                  f'--average_over={tmp_path}/seed0,{tmp_path}/seed1'], testutil.REPO)
+  table = {l.split(' | ')[0][2:]: l.strip('| ').split(' | ')
+           for l in printed.splitlines() if l.startswith('| ') and not l.startswith('| Model')}
+  # EncT5: the tasks' means 7.0, 81.0, 83.0/72.0 (77.5), 25.0/22.0 (23.5), 56.0; Avg 49.0.
+  assert table['EncT5'][1:] == ['2.4M', '7.0', '81.0', '83.0/72.0', '25.0/22.0', '56.0', '49.0',
+                                '7m30s']
+  # EncT5-rand: RTE is missing from the second grid, so it and the Avg are '-'.
+  assert table['EncT5-rand'][2:8] == ['3.0', '72.0', '80.0/68.0', '12.0/14.0', '-', '-']
+  # Each grid's own Avg: EncT5 (10 + 80 + 76 + 19 + 54) / 5 = 47.8, (4 + 82 + 79 + 28 + 58) / 5.
+  assert f'EncT5: {tmp_path}/seed0 47.8, {tmp_path}/seed1 50.2' in printed
+  assert f'EncT5-rand: {tmp_path}/seed0 ' in printed and f'{tmp_path}/seed1 -' in printed
+
+  _grid(tmp_path / 'other_rate', 2, first, learning_rate='0.001')
+  out = subprocess.run([sys.executable, 'tools/table1.py', '--print_only',
+                        f'--average_over={tmp_path}/seed0,{tmp_path}/other_rate'],
+                       cwd=testutil.REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert 'differs in more than --seed' in out.stderr and '--learning_rate=0.001' in out.stderr

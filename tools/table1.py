@@ -4,6 +4,8 @@ and EncT5 from random init, on CoLA, SST-2, MRPC, STS-B and RTE: `python tools/t
   python tools/table1.py --checkpoint=runs/pretrain/checkpoints/checkpoint_N
   python tools/table1.py --checkpoint=... --rows=EncT5,EncT5-rand --tasks=rte,mrpc  # a piece
   python tools/table1.py --checkpoint=... --print_only           # the table of the results so far
+  python tools/table1.py --print_only --average_over=DIR0,DIR1,DIR2   # the mean of grids run
+                                                                  # with --seed=0, 1, 2
 
 Every cell is one `python train.py ...` subprocess writing OUTPUT_DIR/<row>/<task>/ (its log in
 train.log there, starting with the exact command). All rows of a task get the same steps, batch,
@@ -76,6 +78,9 @@ flags.DEFINE_integer('seed', 0, 'train.py --seed of every cell.')
 flags.DEFINE_string('train_flags', '', 'More train.py flags for every cell, e.g. '
                     '"--max_target_length=32 --dtype=bfloat16".')
 flags.DEFINE_bool('print_only', False, 'Print the table of OUTPUT_DIR/results.json; run nothing.')
+flags.DEFINE_list('average_over', [], 'With --print_only: the OUTPUT_DIRs of grids that differ '
+                  'only in --seed. Prints the table of their mean scores (a cell where every '
+                  'grid has it) and each row\'s average in each grid.')
 
 FLAGS = flags.FLAGS
 
@@ -84,12 +89,12 @@ FLAGS = flags.FLAGS
 # results.json: {"cells": {"<row>/<task>": record}}; read-modify-write under a lock, atomically.
 # ----------------------------------------------------------------------------------------------
 
-def _results_path():
-  return os.path.join(FLAGS.output_dir, 'results.json')
+def _results_path(output_dir=None):
+  return os.path.join(output_dir or FLAGS.output_dir, 'results.json')
 
 
-def read_results():
-  path = _results_path()
+def read_results(output_dir=None):
+  path = _results_path(output_dir)
   if not os.path.isfile(path):
     return {'cells': {}}
   with open(path) as f:
@@ -293,6 +298,14 @@ def _params(count):
   return f'{count / 1e6:.1f}M' if count >= 1e6 else f'{count / 1e3:.0f}K'
 
 
+def row_average(results, row, tasks):
+  """The row's Avg: the mean of its task scores, or None unless every task is done."""
+  records = [results['cells'].get(f'{row}/{task}') for task in tasks]
+  if not all(r and r.get('status') == 'done' for r in records):
+    return None
+  return sum(r['score'] for r in records) / len(records)
+
+
 def table(results, rows, tasks):
   """Table 1 as markdown: rows x (params, tasks, average, wall time); missing cells '-'."""
   header = (['Model', 'Params'] + [glue.TASKS[t].dir_name for t in tasks]
@@ -305,8 +318,8 @@ def table(results, rows, tasks):
     # The count of a 2-class head (the most common one); STS-B's 1-output head differs by a few.
     counts = [r['params'] for r in done if r.get('params')]
     params = max(set(counts), key=lambda c: (counts.count(c), c)) if counts else None
-    average = (f'{sum(r["score"] for r in done) / len(done):.1f}'
-               if done and len(done) == len(tasks) else '-')
+    average = row_average(results, row, tasks)
+    average = '-' if average is None else f'{average:.1f}'
     walls = [r['wall_s'] for r in done if r.get('wall_s') is not None]
     wall = _duration(sum(walls)) + ('' if len(walls) == len(tasks) else '*') if walls else '-'
     cells = [format_cell(t, r) if r else '-' for t, r in zip(tasks, records)]
@@ -314,10 +327,9 @@ def table(results, rows, tasks):
   return '\n'.join(lines)
 
 
-def print_table(rows=tuple(ROWS), tasks=TASKS):
+def print_table(results, source, rows=tuple(ROWS), tasks=TASKS):
   """The whole grid (all rows and tasks, whatever --rows and --tasks ran)."""
-  results = read_results()
-  print(f'\nTable 1 in miniature ({_results_path()}):\n')
+  print(f'\nTable 1 in miniature ({source}):\n')
   print(table(results, rows, tasks))
   print('\nCoLA: Matthews corr.; SST-2, RTE: accuracy; MRPC: F1/accuracy; STS-B: '
         'Pearson/Spearman (dev, best evaluation). Avg: mean of the task scores (a task\'s '
@@ -337,6 +349,44 @@ def print_table(rows=tuple(ROWS), tasks=TASKS):
     if len(set(by_row.values())) > 1:
       print(f'WARNING: the rows of {task} ran with different training flags:\n' + '\n'.join(
           f'  {row}: {" ".join(flags_)}' for row, flags_ in by_row.items()), flush=True)
+
+
+def _mean(values):
+  return sum(values) / len(values)
+
+
+def mean_results(output_dirs):
+  """results.json's cells averaged over grids that differ only in --seed: each cell where
+  every grid has it, with its mean score, metrics and wall time."""
+  grids = [read_results(d)['cells'] for d in output_dirs]
+  cells = {}
+  for key in grids[0]:
+    records = [grid.get(key) for grid in grids]
+    if not all(r and r.get('status') == 'done' for r in records):
+      continue
+    commands = {d: tuple(a for a in shlex.split(r['command'])
+                         if not a.startswith(('--seed=', '--output_dir=')))
+                for d, r in zip(output_dirs, records)}
+    if len(set(commands.values())) > 1:
+      raise app.UsageError(f'--average_over: {key} differs in more than --seed:\n' + '\n'.join(
+          f'  {d}: {" ".join(argv)}' for d, argv in commands.items()))
+    walls = [r.get('wall_s') for r in records]
+    cells[key] = dict(
+        records[0], score=_mean([r['score'] for r in records]),
+        scores={m: _mean([r['scores'][m] for r in records]) for m in records[0]['scores']},
+        wall_s=None if None in walls else _mean(walls))
+  return {'cells': cells}
+
+
+def print_mean_table(output_dirs, rows=tuple(ROWS), tasks=TASKS):
+  """The table of the grids' mean scores, then each row's Avg in each grid."""
+  print_table(mean_results(output_dirs), f'the mean of {len(output_dirs)} grids', rows, tasks)
+  print('Wall time: the mean of the grids\'. Avg in each grid:', flush=True)
+  for row in rows:
+    averages = [row_average(read_results(d), row, tasks) for d in output_dirs]
+    if any(a is not None for a in averages):
+      print(f'  {row}: ' + ', '.join(f'{d} {"-" if a is None else f"{a:.1f}"}'
+                                      for d, a in zip(output_dirs, averages)), flush=True)
 
 
 def shared_flags(command):
@@ -375,8 +425,16 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'unknown rows or tasks {unknown}; rows: {", ".join(ROWS)}; tasks: '
                          f'{", ".join(TASKS)}')
+  if FLAGS.average_over and not FLAGS.print_only:
+    raise app.UsageError('--average_over goes with --print_only (run each grid on its own)')
   if FLAGS.print_only:
-    print_table()
+    missing = [d for d in FLAGS.average_over if not os.path.isfile(_results_path(d))]
+    if missing:
+      raise app.UsageError(f'--average_over: no results.json in {", ".join(missing)}')
+    if FLAGS.average_over:
+      print_mean_table(FLAGS.average_over)
+    else:
+      print_table(read_results(), _results_path())
     return
   if not FLAGS.checkpoint:
     raise app.UsageError('--checkpoint is required (a T5.1.1 checkpoint_<step> directory)')
@@ -402,7 +460,7 @@ def main(argv):
   for i, (row, task) in enumerate(cells, 1):
     if not run_cell(row, task, steps[task], shape, i, len(cells)):
       failed.append(f'{row}/{task}')
-  print_table()
+  print_table(read_results(), _results_path())
   if failed:
     print(f'\nFAILED cells (see their train.log): {", ".join(failed)}', flush=True)
     sys.exit(1)
