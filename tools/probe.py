@@ -1,0 +1,135 @@
+"""Linear probes of a T5.1.1 checkpoint's frozen encoder: does it hold what GLUE asks for?
+
+  python tools/probe.py --checkpoint=runs/pretrain3_all/checkpoint_12000 --tasks=sst2,cola,stsb
+
+Before any fine-tuning: each example's feature is the mean over its tokens of the encoder
+output (and, as a control, of its token embeddings), from the checkpoint and from random inits
+of the same shape (`enct5.init_params`, seeds --random_seeds). A ridge regression (features
+standardized on the train split) is fit on the train split, one-vs-rest on the classes
+(STS-B: on the score), and scored on the dev split with the task's GLUE metrics. If the
+pre-trained features score no better than random ones, fine-tuning has nothing to inherit.
+"""
+import os
+import sys
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import enct5  # noqa: E402
+import glue  # noqa: E402
+import load_ckpt  # noqa: E402
+import packing  # noqa: E402
+import t5_layers  # noqa: E402
+
+SHARED = os.environ.get('ENCT5_SHARED', os.path.join(REPO, '..', 'shared'))
+
+flags.DEFINE_string('checkpoint', None, 'The T5.1.1 checkpoint (T5X format) to probe. Required.')
+flags.DEFINE_string('vocab', None, 'Its SentencePiece model (default '
+                    'CHECKPOINT/sentencepiece.model).')
+flags.DEFINE_string('glue_dir', os.path.relpath(os.path.join(SHARED, 'glue')), 'GLUE data root.')
+flags.DEFINE_list('tasks', ['sst2', 'cola', 'stsb'], 'GLUE tasks (train and dev splits).')
+flags.DEFINE_integer('max_train_examples', 8000, 'The first N train examples fit the probe.')
+flags.DEFINE_integer('max_input_length', 128, 'Tokens per packed row (longer examples are '
+                     'truncated, as train.py does).')
+flags.DEFINE_float('ridge', 1.0, 'The ridge penalty on the standardized features.')
+flags.DEFINE_list('random_seeds', ['0', '1', '2'], 'Seeds of the random inits compared with.')
+
+FLAGS = flags.FLAGS
+
+
+def mean_features(params, cfg, packed, batch_size=64):
+  """Per example, in id order: (ids, the mean of its encoder outputs [N, D], the mean of its
+  token embeddings [N, D])."""
+  @jax.jit
+  def means(params, inputs, segment_ids):
+    num_slots = packed['example_ids'].shape[1]
+    mask = t5_layers.pooling_mask(segment_ids, num_slots)[:, 0].astype(jnp.float32)  # [B, T, L]
+    count = jnp.maximum(mask.sum(-1, keepdims=True), 1.0)
+    encoded = enct5.encode(params, cfg, inputs, segment_ids)  # [B, L, D]
+    embedded = params['token_embedder']['embedding'][inputs]
+    return mask @ encoded / count, mask @ embedded / count  # [B, T, D] each
+
+  encoded, embedded = [], []
+  for batch in packing.eval_batches(packed, batch_size):
+    e, b = means(params, batch['inputs'], batch['inputs_segment_ids'])
+    encoded.append(np.asarray(e))
+    embedded.append(np.asarray(b))
+  ids, encoded = packing.per_example(packed['example_ids'], np.concatenate(encoded))
+  _, embedded = packing.per_example(packed['example_ids'], np.concatenate(embedded))
+  return ids, encoded, embedded
+
+
+def ridge_predict(x_train, y_train, x_eval, penalty):
+  """Ridge regression on features standardized on x_train, with an unpenalized intercept:
+  predictions for x_eval. y_train [N] or [N, K] (K targets fit at once)."""
+  mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+  x = (x_train - mean) / std  # centered, so the intercept is y's mean
+  weights = np.linalg.solve(x.T @ x + penalty * np.eye(x.shape[1]),
+                            x.T @ (y_train - y_train.mean(0)))
+  return (x_eval - mean) / std @ weights + y_train.mean(0)
+
+
+def probe_score(task, split, train, dev, penalty):
+  """The task's score (glue.task_score) of a ridge probe: train and dev are (features, labels)."""
+  (x, labels), (x_dev, labels_dev) = train, dev
+  if task.is_regression:
+    predictions = ridge_predict(x, labels.astype(np.float64), x_dev, penalty)
+  else:
+    one_hot = np.eye(task.num_classes)[labels - 1]  # class ids 1..n
+    predictions = ridge_predict(x, one_hot, x_dev, penalty).argmax(1) + 1
+  scores = glue.compute_metrics(task, split, list(labels_dev), predictions)
+  return glue.task_score(task, scores)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}; flags are --name=value')
+  if not FLAGS.checkpoint:
+    raise app.UsageError('--checkpoint is required (a T5.1.1 checkpoint_<step> directory)')
+  vocab_path = FLAGS.vocab or os.path.join(FLAGS.checkpoint, 'sentencepiece.model')
+  vocab = glue.load_vocab(vocab_path)
+  shape = load_ckpt.config_from_checkpoint(FLAGS.checkpoint)
+  seeds = [int(s) for s in FLAGS.random_seeds]
+  print('| Task | Features | Pre-trained | Random init (mean; min..max of '
+        f'{len(seeds)} seeds) |\n|---|---|---|---|', flush=True)
+  for name in FLAGS.tasks:
+    task = glue.get_task(name)
+    cfg = enct5.get_config('small', **shape, num_classes=task.num_classes)
+    split = next(iter(task.eval_names))
+    data = {}
+    for part in ('train', split):
+      examples = glue.read_split(task, FLAGS.glue_dir, part)
+      if part == 'train':
+        examples = examples[:FLAGS.max_train_examples]
+      packed = glue.pack_split(task, examples, vocab, FLAGS.max_input_length, 62,
+                               path=glue.split_path(task, FLAGS.glue_dir, part))
+      labels = {e.idx: e.label for e in examples}
+      data[part] = packed, labels
+    inits = {'pre-trained': load_ckpt.load_params(FLAGS.checkpoint, cfg, jax.random.PRNGKey(0))}
+    inits.update({seed: enct5.init_params(jax.random.PRNGKey(seed), cfg) for seed in seeds})
+    scores = {}  # (features, init) -> score
+    for init, params in inits.items():
+      features = {}
+      for part, (packed, labels) in data.items():
+        ids, encoded, embedded = mean_features(params, cfg, packed)
+        y = np.array([labels[i] for i in ids])
+        features[part] = {'encoder mean': (encoded, y), 'embedding mean': (embedded, y)}
+      for kind in ('encoder mean', 'embedding mean'):
+        scores[kind, init] = probe_score(task, split, features['train'][kind],
+                                         features[split][kind], FLAGS.ridge)
+    for kind in ('encoder mean', 'embedding mean'):
+      random = [scores[kind, seed] for seed in seeds]
+      print(f'| {name} | {kind} | {scores[kind, "pre-trained"]:.1f} | '
+            f'{np.mean(random):.1f}; {min(random):.1f}..{max(random):.1f} |', flush=True)
+  print(f'\nRidge probes ({FLAGS.ridge:g}) on the first {FLAGS.max_train_examples} train examples, '
+        'scored on dev: the task score (its metrics averaged, as Table 1).', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
