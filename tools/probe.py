@@ -38,7 +38,8 @@ flags.DEFINE_integer('max_train_examples', 8000, 'The first N train examples fit
 flags.DEFINE_integer('max_input_length', 128, 'Tokens per packed row (longer examples are '
                      'truncated, as train.py does).')
 flags.DEFINE_float('ridge', 1.0, 'The ridge penalty on the standardized features.')
-flags.DEFINE_list('random_seeds', ['0', '1', '2'], 'Seeds of the random inits compared with.')
+flags.DEFINE_list('random_seeds', ['0', '1', '2'], 'Seeds of the random inits compared with '
+                  '(none: the checkpoint alone).')
 
 FLAGS = flags.FLAGS
 
@@ -125,8 +126,8 @@ def main(argv):
                                          features[split][kind], FLAGS.ridge)
     for kind in ('encoder mean', 'embedding mean'):
       random = [scores[kind, seed] for seed in seeds]
-      print(f'| {name} | {kind} | {scores[kind, "pre-trained"]:.1f} | '
-            f'{np.mean(random):.1f}; {min(random):.1f}..{max(random):.1f} |', flush=True)
+      spread = f'{np.mean(random):.1f}; {min(random):.1f}..{max(random):.1f}' if seeds else '-'
+      print(f'| {name} | {kind} | {scores[kind, "pre-trained"]:.1f} | {spread} |', flush=True)
   print(f'\nRidge probes ({FLAGS.ridge:g}) on the first {FLAGS.max_train_examples} train examples, '
         'scored on dev: the task score (its metrics averaged, as Table 1).', flush=True)
 
