@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import glue
 import testutil
 
 RTE = os.path.join(testutil.SHARED, 'glue', 'RTE')
@@ -88,10 +89,6 @@ def test_table1_grid_and_resume(tmp_path):
 def _grid(directory, seed, scores, learning_rate='0.01'):
   """A results.json as table1.py writes it: EncT5 and EncT5-rand on the five tasks, each cell's
   metrics as given; `scores[row][task]` is a tuple of the task's metrics, or None (not run)."""
-  metric_keys = {'cola': ('cola/matthews_corrcoef',), 'sst2': ('sst2/accuracy',),
-                 'mrpc': ('mrpc/f1', 'mrpc/accuracy'),
-                 'stsb': ('stsb/pearson_corrcoef', 'stsb/spearman_corrcoef'),
-                 'rte': ('rte/accuracy',)}
   cells = {}
   for row, by_task in scores.items():
     for task, metrics in by_task.items():
@@ -99,7 +96,7 @@ def _grid(directory, seed, scores, learning_rate='0.01'):
         continue
       cells[f'{row}/{task}'] = dict(
           row=row, task=task, status='done', steps=600, wall_s=60.0 * (seed + 1), params=2400000,
-          score=sum(metrics) / len(metrics), scores=dict(zip(metric_keys[task], metrics)),
+          score=sum(metrics) / len(metrics), scores=dict(zip(glue.TASKS[task].metric_keys, metrics)),
           command=f'python train.py --model=enct5 --task={task} --learning_rate={learning_rate} '
                   f'--seed={seed} --output_dir={directory}/{row}/{task}')
   directory.mkdir()

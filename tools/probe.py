@@ -10,6 +10,7 @@ standardized on the train split) is fit on the train split, one-vs-rest on the c
 pre-trained features score no better than random ones, fine-tuning has nothing to inherit.
 """
 import argparse
+import functools
 import os
 import sys
 
@@ -29,21 +30,24 @@ import t5_layers  # noqa: E402
 SHARED = os.environ.get('ENCT5_SHARED', os.path.join(REPO, '..', 'shared'))
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
+def _slot_means(params, cfg, inputs, segment_ids, example_ids):
+  """Per row and slot: the mean encoder output and the mean token embedding of the slot's
+  example, [B, T, D] each (zeros for an empty slot)."""
+  mask = t5_layers.pooling_mask(segment_ids, example_ids.shape[1])[:, 0].astype(jnp.float32)
+  count = jnp.maximum(mask.sum(-1, keepdims=True), 1.0)  # [B, T, 1]
+  encoded = enct5.encode(params, cfg, inputs, segment_ids)  # [B, L, D]
+  embedded = params['token_embedder']['embedding'][inputs]
+  return mask @ encoded / count, mask @ embedded / count
+
+
 def mean_features(params, cfg, packed, batch_size=64):
   """Per example, in id order: (ids, the mean of its encoder outputs [N, D], the mean of its
   token embeddings [N, D])."""
-  @jax.jit
-  def means(params, inputs, segment_ids):
-    num_slots = packed['example_ids'].shape[1]
-    mask = t5_layers.pooling_mask(segment_ids, num_slots)[:, 0].astype(jnp.float32)  # [B, T, L]
-    count = jnp.maximum(mask.sum(-1, keepdims=True), 1.0)
-    encoded = enct5.encode(params, cfg, inputs, segment_ids)  # [B, L, D]
-    embedded = params['token_embedder']['embedding'][inputs]
-    return mask @ encoded / count, mask @ embedded / count  # [B, T, D] each
-
   encoded, embedded = [], []
   for batch in packing.eval_batches(packed, batch_size):
-    e, b = means(params, batch['inputs'], batch['inputs_segment_ids'])
+    e, b = _slot_means(params, cfg, batch['inputs'], batch['inputs_segment_ids'],
+                       batch['example_ids'])
     encoded.append(np.asarray(e))
     embedded.append(np.asarray(b))
   ids, encoded = packing.per_example(packed['example_ids'], np.concatenate(encoded))

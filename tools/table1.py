@@ -355,13 +355,13 @@ def _mean(values):
   return sum(values) / len(values)
 
 
-def mean_results(output_dirs):
-  """results.json's cells averaged over grids that differ only in --seed: each cell where
-  every grid has it, with its mean score, metrics and wall time."""
-  grids = [read_results(d)['cells'] for d in output_dirs]
+def mean_results(grids):
+  """results.json's cells averaged over grids ({OUTPUT_DIR: results}) that differ only in
+  --seed: each cell where every grid has it, with its mean score, metrics and wall time."""
+  output_dirs = list(grids)
   cells = {}
-  for key in grids[0]:
-    records = [grid.get(key) for grid in grids]
+  for key in grids[output_dirs[0]]['cells']:
+    records = [results['cells'].get(key) for results in grids.values()]
     if not all(r and r.get('status') == 'done' for r in records):
       continue
     commands = {d: tuple(a for a in shlex.split(r['command'])
@@ -380,10 +380,11 @@ def mean_results(output_dirs):
 
 def print_mean_table(output_dirs, rows=tuple(ROWS), tasks=TASKS):
   """The table of the grids' mean scores, then each row's Avg in each grid."""
-  print_table(mean_results(output_dirs), f'the mean of {len(output_dirs)} grids', rows, tasks)
+  grids = {d: read_results(d) for d in output_dirs}
+  print_table(mean_results(grids), f'the mean of {len(output_dirs)} grids', rows, tasks)
   print('Wall time: the mean of the grids\'. Avg in each grid:', flush=True)
   for row in rows:
-    averages = [row_average(read_results(d), row, tasks) for d in output_dirs]
+    averages = [row_average(results, row, tasks) for results in grids.values()]
     if any(a is not None for a in averages):
       print(f'  {row}: ' + ', '.join(f'{d} {"-" if a is None else f"{a:.1f}"}'
                                       for d, a in zip(output_dirs, averages)), flush=True)
