@@ -20,6 +20,7 @@ splitting each batch (the default mesh puts every device on 'data') ran 7,300 in
 against 6,000 for one device. The checkpoints in OUTPUT_DIR/checkpoints are T5X checkpoints of
 the whole T5.1.1 tree with Adafactor's state and step, and carry their `sentencepiece.model`.
 """
+import functools
 import glob
 import logging as std_logging
 import math
@@ -53,6 +54,12 @@ flags.DEFINE_float('noise_density', 0.15, 'Share of tokens masked (T5: 0.15).')
 flags.DEFINE_float('mean_noise_span_length', 3.0, 'Mean masked span length (T5: 3).')
 flags.DEFINE_integer('warmup_steps', 1000, 'Learning rate 1/sqrt(max(step, warmup_steps)), '
                      'T5\'s inverse-square-root schedule (T5: 10000).')
+flags.DEFINE_integer('cooldown_steps', 0, 'The last N of --train_steps take the rate linearly '
+                     'down to --final_learning_rate (0: T5\'s schedule to the end). The '
+                     'schedule then depends on --train_steps: resume with the same value.')
+flags.DEFINE_float('final_learning_rate', 1e-3, 'The rate of the last step with '
+                   '--cooldown_steps: 1e-3, where T5\'s released checkpoints ended (1/sqrt(1M)) '
+                   'and where paper §4.1 fine-tunes them.')
 flags.DEFINE_integer('validation_examples', 1024, 'Held-out examples scored at each evaluation.')
 FLAGS = flags.FLAGS
 
@@ -313,10 +320,20 @@ def loss_fn(params, cfg, batch, rng=None):
                 'num_tokens': aux['num_tokens'], 'correct': jnp.sum(correct)}
 
 
-def learning_rate(step):
-  """T5's inverse-square-root schedule, `1/sqrt(max(step, warmup_steps))` (T5X `rsqrt_decay`
-  with base 1.0): 0.01 for T5's first 10,000 steps, 0.032 for our first 1,000 (--warmup_steps)."""
-  return jax.lax.rsqrt(jnp.maximum(step, FLAGS.warmup_steps).astype(jnp.float32))
+def learning_rate(step, warmup_steps, train_steps, cooldown_steps=0, final_rate=1e-3):
+  """The rate of Adafactor's step `step` (0 for the first update): T5's inverse-square-root
+  schedule, `1/sqrt(max(step, warmup_steps))` (T5X `rsqrt_decay` with base 1.0), 0.01 for T5's
+  first 10,000 steps and 0.032 for our first 1,000. With `cooldown_steps`, the last of
+  `train_steps` fall linearly from it to `final_rate`, reached at the last step: T5's released
+  checkpoints ended 1M steps at 1e-3, ten times below their start, and our runs are too short
+  for the inverse square root to get there (0.009 at step 12,000)."""
+  rate = jax.lax.rsqrt(jnp.maximum(step, warmup_steps).astype(jnp.float32))
+  if not cooldown_steps:
+    return rate
+  start = train_steps - cooldown_steps
+  start_rate = 1.0 / math.sqrt(max(start, warmup_steps))
+  fraction = jnp.clip((step + 1 - start) / cooldown_steps, 0.0, 1.0)
+  return jnp.where(step < start, rate, start_rate + fraction * (final_rate - start_rate))
 
 
 def evaluate(eval_step, params, packed, shardings, batch_size):
@@ -410,15 +427,16 @@ class Progress:
     if not math.isfinite(self.interval['cross_entropy']):
       raise FloatingPointError('the loss is not finite; the last checkpoint is left as it is')
 
-  def log(self, step):
-    """The progress line: per-target-token loss, z-loss, accuracy, throughput, ETA."""
+  def log(self, step, rate):
+    """The progress line: per-target-token loss, z-loss, accuracy, the step's learning rate,
+    throughput, ETA."""
     now, sums = time.time(), self.interval
     tokens = max(sums['num_tokens'], 1)
     eta = (now - self.run_start) / (step - self.start) * (FLAGS.train_steps - step)
     logging.info('step %d/%d | loss %.4f | z-loss %.4f | token accuracy %.2f%% | lr %.4g | '
                  '%.0f input tokens/s | ETA %s', step, FLAGS.train_steps,
                  sums['cross_entropy'] / tokens, sums['z_loss'] / tokens,
-                 100.0 * sums['correct'] / tokens, float(learning_rate(step - 1)),
+                 100.0 * sums['correct'] / tokens, rate,
                  sums['inputs'] / (now - self.interval_start), train.duration(eta))
     self.interval, self.interval_start = dict.fromkeys(self.KEYS, 0), now
 
@@ -451,7 +469,10 @@ def pretrain(cfg, mesh, batches, validation, vocab_path):
   params, opt_state = restore_or_init(cfg, shardings, ckpt_dir)
   start = int(jax.device_get(opt_state['step']))
   history = train.read_metrics(until_step=start)
-  train_step = train.make_train_step(cfg, shardings, loss_fn, learning_rate, FLAGS.seed)
+  schedule = functools.partial(learning_rate, warmup_steps=FLAGS.warmup_steps,
+                               train_steps=FLAGS.train_steps, cooldown_steps=FLAGS.cooldown_steps,
+                               final_rate=FLAGS.final_learning_rate)
+  train_step = train.make_train_step(cfg, shardings, loss_fn, schedule, FLAGS.seed)
   eval_step = jax.jit(lambda p, batch: loss_fn(p, cfg, batch)[1],
                       in_shardings=(shardings.params, shardings.batch),
                       out_shardings=shardings.replicated)
@@ -470,7 +491,7 @@ def pretrain(cfg, mesh, batches, validation, vocab_path):
       progress.add(metrics, batch)
       last = step == FLAGS.train_steps
       if step % FLAGS.log_every == 0 or last:
-        progress.log(step)
+        progress.log(step, float(schedule(step - 1)))
       evaluate_now = step % FLAGS.eval_every == 0 or last
       if evaluate_now or received:
         load_ckpt.save_checkpoint(ckpt_dir, step, params, opt_state, keep=FLAGS.keep_checkpoints,
@@ -496,6 +517,11 @@ def main(argv):
   if FLAGS.model != 't5':
     raise app.UsageError('pretrain.py trains the whole T5.1.1 (--model=t5); fine-tune EncT5 '
                          'or 1decT5 from its checkpoint with train.py --checkpoint')
+  if not 0 <= FLAGS.cooldown_steps <= FLAGS.train_steps:
+    raise app.UsageError(f'--cooldown_steps={FLAGS.cooldown_steps}: must be between 0 and '
+                         f'--train_steps={FLAGS.train_steps}')
+  if not FLAGS.final_learning_rate > 0:
+    raise app.UsageError(f'--final_learning_rate={FLAGS.final_learning_rate}: must be positive')
   logging.get_absl_handler().setFormatter(
       std_logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
   std_logging.getLogger('packing').setLevel(std_logging.WARNING)  # a line per batch otherwise

@@ -111,6 +111,19 @@ def test_length_one_as_seqio():
                                 [False])
 
 
+def test_learning_rate_is_t5s_inverse_square_root_then_the_cooldown():
+  rate = lambda step, **kw: float(pretrain.learning_rate(step, 10_000, 20_000, **kw))
+  assert rate(0) == rate(9_999) == pytest.approx(0.01)  # T5: 0.01 for the first 10,000 steps
+  assert rate(19_999) == pytest.approx(1 / np.sqrt(19_999))
+  # The last 4,000 of 20,000 steps: 1/sqrt(16,000) down to 1e-3, the last step's rate.
+  cool = lambda step: rate(step, cooldown_steps=4_000, final_rate=1e-3)
+  assert cool(15_999) == pytest.approx(1 / np.sqrt(15_999))
+  assert cool(19_999) == pytest.approx(1e-3)
+  assert cool(17_999) == pytest.approx((1 / np.sqrt(16_000) + 1e-3) / 2)
+  rates = [cool(step) for step in range(15_000, 20_000, 7)]
+  assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
 def test_read_paragraphs_drops_wikiextractor_markup(tmp_path):
   path = tmp_path / 'wiki_00'
   path.write_text('<doc id="12" url="u" title="Anarchism">\nAnarchism\n\nFirst paragraph.\n'
