@@ -220,6 +220,20 @@ def _pretrain(tmp, output_dir, *flags):
   return result.stderr
 
 
+@pytest.mark.parametrize('flags,message', [
+    (['--model=enct5'], 'trains the whole T5.1.1'),
+    (['--train_steps=5', '--cooldown_steps=10'], '--cooldown_steps=10: must be between 0 and'),
+    (['--cooldown_steps=2', '--final_learning_rate=0'], '--final_learning_rate=0.0: must be'),
+])
+def test_bad_flags_stop_before_any_work(tmp_path, flags, message):
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'pretrain.py'), f'--output_dir={tmp_path / "out"}',
+       *flags], capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      timeout=120)
+  assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+  assert not os.path.exists(tmp_path / 'out')
+
+
 @pytest.fixture(scope='module')
 def pretrained(tmp_path_factory):
   """Pre-trains 2 steps, then resumes to 4; and the same 4 steps in one go."""
