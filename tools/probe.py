@@ -30,11 +30,11 @@ import t5_layers  # noqa: E402
 SHARED = os.environ.get('ENCT5_SHARED', os.path.join(REPO, '..', 'shared'))
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
-def _slot_means(params, cfg, inputs, segment_ids, example_ids):
+@functools.partial(jax.jit, static_argnums=(1, 4))
+def _slot_means(params, cfg, inputs, segment_ids, num_slots):
   """Per row and slot: the mean encoder output and the mean token embedding of the slot's
   example, [B, T, D] each (zeros for an empty slot)."""
-  mask = t5_layers.pooling_mask(segment_ids, example_ids.shape[1])[:, 0].astype(jnp.float32)
+  mask = t5_layers.pooling_mask(segment_ids, num_slots)[:, 0].astype(jnp.float32)
   count = jnp.maximum(mask.sum(-1, keepdims=True), 1.0)  # [B, T, 1]
   encoded = enct5.encode(params, cfg, inputs, segment_ids)  # [B, L, D]
   embedded = params['token_embedder']['embedding'][inputs]
@@ -47,7 +47,7 @@ def mean_features(params, cfg, packed, batch_size=64):
   encoded, embedded = [], []
   for batch in packing.eval_batches(packed, batch_size):
     e, b = _slot_means(params, cfg, batch['inputs'], batch['inputs_segment_ids'],
-                       batch['example_ids'])
+                       packed['example_ids'].shape[1])
     encoded.append(np.asarray(e))
     embedded.append(np.asarray(b))
   ids, encoded = packing.per_example(packed['example_ids'], np.concatenate(encoded))
