@@ -178,7 +178,7 @@ class Trainer:
 
   def __init__(self, cfg, model, batch):
     mesh = partitioning.make_mesh('1x1', jax.devices()[:1])
-    shardings = partitioning.Shardings(cfg, mesh, model)
+    shardings = partitioning.Shardings(enct5.param_specs(cfg, model), mesh)
     self.params, self.opt_state = train.init_train_state(cfg, shardings, jax.random.PRNGKey(0),
                                                          model)
     self.batch = partitioning.global_batch(batch, shardings.batch)

@@ -16,12 +16,10 @@ Reads top-down: configs; the parameter table (init, counts, model FLOPs); the fo
 """
 import dataclasses
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-import t5
 import t5_layers
 
 
@@ -128,11 +126,7 @@ def get_config(size, num_classes=2, **overrides):
 # from this table.
 # ---------------------------------------------------------------------------------------------
 
-class ParamSpec(NamedTuple):
-  shape: tuple
-  axes: tuple  # T5X logical axis names, mapped to mesh axes by the partitioning rules
-  init: object  # jax.nn.initializers-style fn(key, shape, dtype)
-
+ParamSpec = t5_layers.ParamSpec
 
 _INIT = jax.nn.initializers
 _EMBEDDING_INIT = _INIT.normal(stddev=1.0)
@@ -193,6 +187,14 @@ def _decoder_layer_specs(cfg, with_self_attention):
 MODEL_NAMES = ('enct5', 't5', '1dect5')  # the parameter trees of `param_specs`
 
 
+def num_decoder_layers(cfg, model):
+  """Decoder layers of a model's tree: all of T5.1.1's for 't5'; only the first for '1dect5'
+  (§4.3) and for 'enct5', whose pooling block keeps that layer without self-attention."""
+  if model not in MODEL_NAMES:
+    raise ValueError(f'unknown model {model!r}; expected one of {MODEL_NAMES}')
+  return cfg.num_decoder_layers if model == 't5' else 1
+
+
 def param_specs(cfg, model='enct5'):
   """The parameter tree of `model` as ParamSpecs, named as in a T5X checkpoint.
 
@@ -223,7 +225,7 @@ def param_specs(cfg, model='enct5'):
     }
   else:
     decoder = {f'layers_{i}': _decoder_layer_specs(cfg, with_self_attention=True)
-               for i in range(t5.num_decoder_layers(cfg, model))}
+               for i in range(num_decoder_layers(cfg, model))}
     decoder['relpos_bias'] = _relpos_spec(cfg)
     decoder['decoder_norm'] = _norm_spec(cfg)
     decoder['logits_dense'] = {'kernel': ParamSpec((cfg.d_model, cfg.vocab_size),
@@ -278,7 +280,7 @@ def train_step_flops(cfg, model, batch_size, input_length, target_length):
   else:
     layer = (attention(target_length, target_length) + attention(target_length, length)
              + mlp(target_length))
-    head = (t5.num_decoder_layers(cfg, model) * layer
+    head = (num_decoder_layers(cfg, model) * layer
             + 2 * target_length * d * cfg.vocab_size)
   return 3 * batch_size * (encoder + head)
 

@@ -2,24 +2,16 @@
 CPU, one accelerator, many devices and many hosts (`jax.jit` with `NamedSharding`).
 
 Batches are split on 'data'. Parameters are partitioned by their logical axes (declared once,
-in `enct5.param_specs`) through LOGICAL_AXIS_RULES; the Adafactor state follows its parameter
-(`opt_state_shardings`); activations are constrained where T5X's layers constrain them
-(`with_sharding_constraint`, called by `t5_layers`).
+in `enct5.param_specs`) through `t5_layers.LOGICAL_AXIS_RULES`; the Adafactor state follows its
+parameter (`opt_state_shardings`); activations are constrained where T5X's layers constrain
+them (`t5_layers.with_sharding_constraint`, under `activation_mesh`).
 """
 import logging
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import adafactor
-
-# NOTE: T5X `partitioning.standard_logical_axis_rules()` (1-D parameter partitioning, the
-# default): vocabulary, heads, joined heads x head dim and FFN hidden dims go on 'model';
-# 'embed' (d_model), head dim and relative-position buckets are replicated; activations'
-# 'batch' goes on 'data'. 'classes' (EncT5's projection, not in T5X) is tiny and replicated.
-LOGICAL_AXIS_RULES = {
-    'batch': 'data', 'vocab': 'model', 'mlp': 'model', 'heads': 'model', 'joined_kv': 'model',
-    'embed': None, 'kv': None, 'length': None, 'relpos_buckets': None, 'classes': None,
-}
+import t5_layers
 
 
 def initialize_distributed(coordinator_address=None, num_processes=1, process_id=0):
@@ -51,31 +43,9 @@ def make_mesh(mesh_shape=None, devices=None):
   return jax.make_mesh(shape, ('data', 'model'), auto, devices=devices)
 
 
-def logical_to_mesh(shape, logical_axes, mesh_shape, replicated=None):
-  """PartitionSpec of an array from its logical axes. A dim that its mesh axis does not divide
-  (or whose mesh axis an earlier dim took) is replicated instead, and listed in `replicated`."""
-  spec = []
-  for dim, (size, name) in enumerate(zip(shape, logical_axes)):
-    mesh_axis = LOGICAL_AXIS_RULES[name]
-    if mesh_axis is not None and (mesh_axis in spec or size % mesh_shape[mesh_axis]):
-      if replicated is not None:
-        replicated.append(f'dim {dim} ({name}={size}, {mesh_axis}={mesh_shape[mesh_axis]})')
-      mesh_axis = None
-    spec.append(mesh_axis)
-  return P(*spec)
-
-
-def with_sharding_constraint(x, logical_axes):
-  """Lays out activation `x` by its logical axes on the mesh of the step being traced (see
-  `activation_mesh`); without one (plain `jax.jit`, tests on one device) returns x as it is."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return x
-  return jax.lax.with_sharding_constraint(x, logical_to_mesh(x.shape, logical_axes, mesh.shape))
-
-
 def activation_mesh(mesh):
-  """Context, entered inside a jitted step, under which `with_sharding_constraint` applies."""
+  """Context, entered inside a jitted step, under which `t5_layers.with_sharding_constraint`
+  lays out activations on `mesh`."""
   return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
 
 
@@ -108,17 +78,19 @@ def opt_state_shardings(param_shardings, param_shapes):
 
 
 class Shardings:
-  """NamedShardings of a model's parameters, its optimizer state and batches on one mesh."""
+  """NamedShardings of a model's parameters, its optimizer state and batches on one mesh.
 
-  def __init__(self, cfg, mesh, model='enct5'):
-    import enct5  # here, not at the top: enct5's layers (t5_layers) import this module
-    specs = enct5.param_specs(cfg, model)
-    is_spec = lambda x: isinstance(x, enct5.ParamSpec)
+  `specs`: the model's parameter tree of `t5_layers.ParamSpec`s (`enct5.param_specs`).
+  """
+
+  def __init__(self, specs, mesh):
+    is_spec = lambda x: isinstance(x, t5_layers.ParamSpec)
     replicated = []
 
     def param_sharding(path, spec):
       found = []
-      sharding = NamedSharding(mesh, logical_to_mesh(spec.shape, spec.axes, mesh.shape, found))
+      sharding = NamedSharding(mesh, t5_layers.logical_to_mesh(spec.shape, spec.axes,
+                                                               mesh.shape, found))
       replicated.extend(f'{"/".join(str(k.key) for k in path)} {what}' for what in found)
       return sharding
     self.mesh = mesh

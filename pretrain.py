@@ -464,7 +464,7 @@ def pretrain(cfg, mesh, batches, validation, vocab_path):
   """The loop: T5X's loss, Adafactor with T5's schedule, a checkpoint and the held-out loss
   every --eval_every steps, progress every --log_every steps; SIGTERM or SIGINT: a checkpoint,
   then exit status INTERRUPTED."""
-  shardings = partitioning.Shardings(cfg, mesh, 't5')
+  shardings = partitioning.Shardings(enct5.param_specs(cfg, 't5'), mesh)
   ckpt_dir = os.path.join(FLAGS.output_dir, 'checkpoints')
   params, opt_state = restore_or_init(cfg, shardings, ckpt_dir)
   start = int(jax.device_get(opt_state['step']))

@@ -8,23 +8,19 @@ Parameters are `enct5.init_params(rng, cfg, 't5' or '1dect5')`.
 import jax
 import jax.numpy as jnp
 
+import enct5
 import t5_layers
 
 EOS_ID = 1  # T5's SentencePiece end-of-sequence id (padding and decoder BOS are 0)
 Z_LOSS = 1e-4  # T5X's t5_1_1 gin: `EncoderDecoderModel.z_loss = 0.0001`
 
 
-def num_decoder_layers(cfg, model):
-  """All of T5.1.1's decoder layers for 't5'; only the first for '1dect5' (§4.3)."""
-  if model not in ('t5', '1dect5'):
-    raise ValueError(f"baseline model must be 't5' or '1dect5', got {model!r}")
-  return cfg.num_decoder_layers if model == 't5' else 1
-
-
 def decode(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask, *, model='t5',
            rng=None):
   """The decoder of `model` (its `num_decoder_layers`): -> [B, Ld, D], see `t5_layers.decoder`."""
-  num_layers = num_decoder_layers(cfg, model)
+  if model not in ('t5', '1dect5'):
+    raise ValueError(f"baseline model must be 't5' or '1dect5', got {model!r}")
+  num_layers = enct5.num_decoder_layers(cfg, model)
   decoder = params['decoder']
   if f'layers_{num_layers - 1}' not in decoder or 'logits_dense' not in decoder:
     raise ValueError(f'params have no decoder/layers_{num_layers - 1} or decoder/logits_dense: '

@@ -13,10 +13,11 @@ along the length axis (`broadcast_dims=(-2,)`) for embeddings, block outputs, th
 activations and the decoder's output, and along the query axis for attention probabilities
 (`broadcast_dropout=True`); the encoder's output alone gets one mask per element.
 """
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
-
-import partitioning
+from jax.sharding import PartitionSpec as P
 
 # NOTE: masked attention logits get a large finite negative value, as T5X (-1e10), never -inf:
 # a query with no key to attend to (a padding slot) then gets a uniform, finite softmax.
@@ -154,42 +155,15 @@ def relative_position_bias(rel_embedding, query_length, key_length, bidirectiona
   return rel_embedding[:, buckets][None]  # [1, H, q, k]
 
 
-@jax.custom_vjp
-def _matmul(x, kernel):
-  return x @ kernel
-
-
-def _matmul_fwd(x, kernel):
-  return x @ kernel, (x, kernel)
-
-
-def _matmul_bwd(residuals, d_out):
-  """The weight gradient as a plain [in, N] @ [N, out] GEMM (N = all tokens).
-
-  NOTE (speed, XLA:CPU only): JAX's default transpose of `x @ kernel` contracts the leading
-  token axis of both operands; XLA:CPU then transposes the wider operand inside a fused,
-  unvectorized loop that recomputes its producer (gated GELU, dropout mask): ~17% of an
-  EncT5-small train step. Transposing the narrower of x and d_out explicitly (and, for
-  d_out, the kernel-sized result back) keeps every dot on the fast GEMM path. Same numbers.
-  """
-  x, kernel = residuals
-  x2 = x.reshape(-1, x.shape[-1])  # [N, in]
-  d2 = d_out.reshape(-1, d_out.shape[-1])  # [N, out]
-  if x2.shape[1] <= d2.shape[1]:
-    d_kernel = x2.T @ d2  # [in, N] @ [N, out]
-  else:
-    d_kernel = (d2.T @ x2).T  # ([out, N] @ [N, in])^T
-  return d_out @ kernel.T, d_kernel
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
 def dense(x, kernel):
-  """x @ kernel in the activation dtype; kernels are stored [in, out] in float32."""
+  """x @ kernel in the activation dtype; kernels are stored [in, out] in float32.
+
+  NOTE (speed only): on XLA:CPU the product goes through `_cpu_matmul` (end of this file),
+  which computes the same numbers with a faster weight gradient.
+  """
   kernel = kernel.astype(x.dtype)
   if jax.default_backend() == 'cpu':
-    return _matmul(x, kernel)
+    return _cpu_matmul(x, kernel)
   return x @ kernel
 
 
@@ -211,9 +185,9 @@ def multi_head_attention(params, cfg, inputs_q, inputs_kv, mask, bias=None, rng=
   key = dense(inputs_kv, params['key']['kernel']).reshape(batch, k_len, *heads_shape)
   value = dense(inputs_kv, params['value']['kernel']).reshape(batch, k_len, *heads_shape)
   # As T5X: q, k, v laid out [batch, length, heads, kv] (heads on 'model' when it divides).
-  query = partitioning.with_sharding_constraint(query, ('batch', 'length', 'heads', 'kv'))
-  key = partitioning.with_sharding_constraint(key, ('batch', 'length', 'heads', 'kv'))
-  value = partitioning.with_sharding_constraint(value, ('batch', 'length', 'heads', 'kv'))
+  query = with_sharding_constraint(query, ('batch', 'length', 'heads', 'kv'))
+  key = with_sharding_constraint(key, ('batch', 'length', 'heads', 'kv'))
+  value = with_sharding_constraint(value, ('batch', 'length', 'heads', 'kv'))
 
   logits = jnp.einsum('bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32)
   if bias is not None:
@@ -230,7 +204,7 @@ def gated_gelu_mlp(params, cfg, x, rng=None):
   """T5.1.1's FFN: wo(gelu_tanh(wi_0 x) * wi_1 x). [B, L, D] -> [B, L, F] -> [B, L, D]."""
   hidden = jax.nn.gelu(dense(x, params['wi_0']['kernel']), approximate=True)
   hidden = hidden * dense(x, params['wi_1']['kernel'])
-  hidden = partitioning.with_sharding_constraint(hidden, ('batch', 'length', 'mlp'))  # T5X
+  hidden = with_sharding_constraint(hidden, ('batch', 'length', 'mlp'))  # T5X
   hidden = dropout(hidden, cfg.dropout_rate, rng)  # T5X `intermediate_dropout_rate`
   return dense(hidden, params['wo']['kernel'])
 
@@ -367,3 +341,82 @@ def decoder(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask, n
                   layers, cfg, y, layer_rngs)
   y = rms_norm(y, stack['decoder_norm']['scale'])
   return dropout(y, cfg.dropout_rate, final_rng)
+
+
+# ---------------------------------------------------------------------------------------------
+# Below the model: where parameters and activations live on a device mesh, and a CPU speed
+# detail. Neither changes a number the model computes.
+# ---------------------------------------------------------------------------------------------
+
+class ParamSpec(NamedTuple):
+  """One parameter, declared once (`enct5.param_specs`): init, sharding, Adafactor factoring
+  and parameter counts all derive from it."""
+  shape: tuple
+  axes: tuple  # T5X logical axis names, mapped to mesh axes by LOGICAL_AXIS_RULES
+  init: object  # jax.nn.initializers-style fn(key, shape, dtype)
+
+
+# NOTE: T5X `partitioning.standard_logical_axis_rules()` (1-D parameter partitioning, the
+# default) on a ('data', 'model') mesh: vocabulary, heads, joined heads x head dim and FFN
+# hidden dims go on 'model'; 'embed' (d_model), head dim and relative-position buckets are
+# replicated; activations' 'batch' goes on 'data'. 'classes' (EncT5's projection, not in
+# T5X) is tiny and replicated.
+LOGICAL_AXIS_RULES = {
+    'batch': 'data', 'vocab': 'model', 'mlp': 'model', 'heads': 'model', 'joined_kv': 'model',
+    'embed': None, 'kv': None, 'length': None, 'relpos_buckets': None, 'classes': None,
+}
+
+
+def logical_to_mesh(shape, logical_axes, mesh_shape, replicated=None):
+  """PartitionSpec of an array from its logical axes. A dim that its mesh axis does not divide
+  (or whose mesh axis an earlier dim took) is replicated instead, and listed in `replicated`."""
+  spec = []
+  for dim, (size, name) in enumerate(zip(shape, logical_axes)):
+    mesh_axis = LOGICAL_AXIS_RULES[name]
+    if mesh_axis is not None and (mesh_axis in spec or size % mesh_shape[mesh_axis]):
+      if replicated is not None:
+        replicated.append(f'dim {dim} ({name}={size}, {mesh_axis}={mesh_shape[mesh_axis]})')
+      mesh_axis = None
+    spec.append(mesh_axis)
+  return P(*spec)
+
+
+def with_sharding_constraint(x, logical_axes):
+  """Lays out activation `x` by its logical axes on the mesh of the step being traced (T5X's
+  layers constrain the same activations); without one (plain `jax.jit`, one device) returns
+  x as it is. The train step enters its mesh with `jax.sharding.use_abstract_mesh`."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_mesh(x.shape, logical_axes, mesh.shape))
+
+
+@jax.custom_vjp
+def _cpu_matmul(x, kernel):
+  return x @ kernel
+
+
+def _cpu_matmul_fwd(x, kernel):
+  return x @ kernel, (x, kernel)
+
+
+def _cpu_matmul_bwd(residuals, d_out):
+  """The weight gradient as a plain [in, N] @ [N, out] GEMM (N = all tokens).
+
+  NOTE (speed, XLA:CPU only): JAX's default transpose of `x @ kernel` contracts the leading
+  token axis of both operands; XLA:CPU then transposes the wider operand inside a fused,
+  unvectorized loop that recomputes its producer (gated GELU, dropout mask): ~17% of an
+  EncT5-small train step. Transposing the narrower of x and d_out explicitly (and, for
+  d_out, the kernel-sized result back) keeps every dot on the fast GEMM path. Same numbers.
+  """
+  x, kernel = residuals
+  x2 = x.reshape(-1, x.shape[-1])  # [N, in]
+  d2 = d_out.reshape(-1, d_out.shape[-1])  # [N, out]
+  if x2.shape[1] <= d2.shape[1]:
+    d_kernel = x2.T @ d2  # [in, N] @ [N, out]
+  else:
+    d_kernel = (d2.T @ x2).T  # ([out, N] @ [N, in])^T
+  return d_out @ kernel.T, d_kernel
+
+
+_cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)

@@ -247,7 +247,8 @@ def test_wrong_tree_is_a_clear_error(golden):
     t5.apply(golden_params(golden, cfg, 'enct5'), cfg, teacher_forcing_batch(golden),
              model='1dect5')
   with pytest.raises(ValueError, match='baseline model'):
-    t5.num_decoder_layers(cfg, 'enct5')
+    t5.apply(golden_params(golden, cfg, 't5'), cfg, teacher_forcing_batch(golden),
+             model='enct5')
 
 
 # ------------------------------------------------------------------------------------ decoding

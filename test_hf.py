@@ -263,7 +263,7 @@ _SHARDED_WORKER = textwrap.dedent('''
     import enct5, load_ckpt, partitioning
     path = sys.argv[1]
     cfg = enct5.get_config('tiny', **load_ckpt.config_from_checkpoint(path))
-    shardings = partitioning.Shardings(cfg, partitioning.make_mesh('1x4'))
+    shardings = partitioning.Shardings(enct5.param_specs(cfg), partitioning.make_mesh('1x4'))
     params = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(0), shardings=shardings.params)
     whole = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(0))
     ok = all(x.sharding == s for x, s in zip(jax.tree.leaves(params),

@@ -597,7 +597,7 @@ _SHARDED_WORKER = textwrap.dedent('''
     path = sys.argv[4]
     cfg = enct5.get_config('tiny', **load_ckpt.config_from_checkpoint(path))
     mesh = partitioning.make_mesh('1x%d' % jax.device_count())  # 'model' spans every process
-    shardings = partitioning.Shardings(cfg, mesh)
+    shardings = partitioning.Shardings(enct5.param_specs(cfg), mesh)
     params, opt_state = load_ckpt.load_params(
         path, cfg, jax.random.PRNGKey(0), with_optimizer_state=True,
         shardings=shardings.params, opt_shardings=shardings.opt_state)
@@ -641,7 +641,8 @@ _SHARDED_WORKER = textwrap.dedent('''
       for a, b in zip(x.addressable_shards, y.addressable_shards):
         ok &= a.index == b.index and np.asarray(a.data).tobytes() == np.asarray(b.data).tobytes()
     # Restored onto another mesh (2 x half the devices): each shard as the saved array's slice.
-    other = partitioning.Shardings(cfg, partitioning.make_mesh('2x%d' % (jax.device_count() // 2)))
+    other = partitioning.Shardings(enct5.param_specs(cfg),
+                                   partitioning.make_mesh('2x%d' % (jax.device_count() // 2)))
     moved = load_ckpt.restore_checkpoint(sys.argv[5], shardings=other.params,
                                          opt_shardings=other.opt_state)
     saved = load_ckpt.flatten(load_ckpt.read_t5x(load_ckpt.latest_checkpoint(sys.argv[5])))

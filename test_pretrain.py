@@ -168,7 +168,8 @@ def test_swapped_inputs_measure_what_the_decoder_reads_from_the_encoder():
   tokens_length, _ = pretrain.random_spans_helper(32)
   chunks = rng.integers(3, 150, size=(6, tokens_length))
   packed = pretrain.corrupt(chunks, [np.random.default_rng(i) for i in range(6)], objective)
-  shardings = partitioning.Shardings(cfg, partitioning.make_mesh(devices=jax.devices()[:1]), 't5')
+  shardings = partitioning.Shardings(enct5.param_specs(cfg, 't5'),
+                                     partitioning.make_mesh(devices=jax.devices()[:1]))
   eval_step = jax.jit(lambda p, batch: pretrain.loss_fn(p, cfg, batch)[1])
   params = enct5.init_params(jax.random.PRNGKey(0), cfg, 't5')
   loss, _, swapped_loss = pretrain.evaluate(eval_step, params, packed, shardings, batch_size=4)

@@ -244,7 +244,7 @@ def test_each_step_draws_new_dropout_masks_and_a_resumed_step_the_same():
   same step again (its Adafactor step restored, as a resumed run does) draws the same ones."""
   cfg = enct5.get_config('tiny', num_classes=2, vocab_size=128, d_model=32, num_heads=2,
                          head_dim=16, d_ff=64, num_layers=2, dropout_rate=0.1)
-  shardings = partitioning.Shardings(cfg, partitioning.make_mesh(), 'enct5')
+  shardings = partitioning.Shardings(enct5.param_specs(cfg, 'enct5'), partitioning.make_mesh())
   params, opt_state = train.init_train_state(cfg, shardings, jax.random.PRNGKey(0))
   start = jax.device_get(opt_state)
   rng = np.random.default_rng(0)

@@ -624,7 +624,7 @@ def evaluate_or_predict(task, data_dir, mesh, record):
   vocab = glue.load_vocab(vocab_file(task, None, must_exist=True))
   labels = glue.LabelText(task, vocab) if MODELS[FLAGS.model].labels_as_text else None
   cfg = enct5.EncT5Config(**record['config']) if record else model_config(task, vocab, path)
-  shardings = partitioning.Shardings(cfg, mesh, FLAGS.model)
+  shardings = partitioning.Shardings(enct5.param_specs(cfg, FLAGS.model), mesh)
   if FLAGS.model == 'enct5' and not is_enct5_checkpoint(path):
     logging.warning('%s is a T5.1.1 checkpoint: the EncT5 head is untrained', path)
   params = load_checkpoint(path, cfg, shardings, with_optimizer_state=False)
@@ -696,7 +696,7 @@ def prepare_run(task, data_dir, mesh):
   ckpt_dir = os.path.join(FLAGS.output_dir, 'checkpoints')
   latest = load_ckpt.latest_checkpoint(ckpt_dir)
   cfg = model_config(task, vocab, latest or FLAGS.checkpoint)
-  shardings = partitioning.Shardings(cfg, mesh, FLAGS.model)
+  shardings = partitioning.Shardings(enct5.param_specs(cfg, FLAGS.model), mesh)
   logging.info('%s %s: %s parameters; mesh %s', model.name, cfg,
                f'{enct5.count_params(cfg, FLAGS.model):,}', dict(mesh.shape))
   record = run_record(cfg, vocab_path)

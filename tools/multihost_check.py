@@ -36,7 +36,7 @@ def main():
                                       args.process_id)
   cfg = enct5.get_config('tiny', num_classes=3, vocab_size=256, dropout_rate=0.1)
   mesh = partitioning.make_mesh(args.mesh)
-  shardings = partitioning.Shardings(cfg, mesh)
+  shardings = partitioning.Shardings(enct5.param_specs(cfg), mesh)
   params, opt_state = train.init_train_state(cfg, shardings, jax.random.PRNGKey(0))
   step = train.make_train_step(cfg, shardings, train.MODELS['enct5'].loss, 1e-3, seed=0)
   rng = np.random.default_rng(0)

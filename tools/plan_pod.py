@@ -75,7 +75,7 @@ def collective_bytes(hlo_text):
 def compile_step(cfg, mesh, model, batch_size, input_length):
   """`model`'s train step for config `cfg`, lowered from abstract inputs laid out on `mesh` and
   compiled. Returns (compiled, compile seconds, the abstract params, opt_state and batch)."""
-  shardings = partitioning.Shardings(cfg, mesh, model)
+  shardings = partitioning.Shardings(enct5.param_specs(cfg, model), mesh)
   step = train.make_train_step(cfg, shardings, train.MODELS[model].loss, 1e-3, seed=0)
   shapes = jax.tree.map(lambda spec: jax.ShapeDtypeStruct(spec.shape, np.float32),
                         enct5.param_specs(cfg, model),

@@ -35,7 +35,7 @@ def synthetic_batch(rng, cfg, rows=8, length=32, slots=4):
 
 
 def run(cfg, mesh, params0, batches):
-  shardings = partitioning.Shardings(cfg, mesh)
+  shardings = partitioning.Shardings(enct5.param_specs(cfg), mesh)
   params = jax.device_put(params0, shardings.params)
   opt_state = jax.jit(adafactor.init, out_shardings=shardings.opt_state)(params)
   step = train.make_train_step(cfg, shardings, train.MODELS['enct5'].loss, 1e-3, seed=0)
