@@ -36,7 +36,8 @@ import load_ckpt
 import packing
 import partitioning
 import t5
-import train
+import finetune
+import loop
 
 SECTIONS = ('params', 'train', 'infer', 'pack', 'ckpt', 'hf')
 LEARNING_RATE = 1e-3  # the paper's constant rate (§4.1)
@@ -179,10 +180,10 @@ class Trainer:
   def __init__(self, cfg, model, batch):
     mesh = partitioning.make_mesh('1x1', jax.devices()[:1])
     shardings = partitioning.Shardings(enct5.param_specs(cfg, model), mesh)
-    self.params, self.opt_state = train.init_train_state(cfg, shardings, jax.random.PRNGKey(0),
-                                                         model)
+    self.params, self.opt_state = loop.init_train_state(cfg, model, shardings,
+                                                        jax.random.PRNGKey(0))
     self.batch = partitioning.global_batch(batch, shardings.batch)
-    step = train.make_train_step(cfg, shardings, train.MODELS[model].loss, LEARNING_RATE, seed=0)
+    step = loop.make_train_step(cfg, shardings, finetune.MODELS[model].loss, LEARNING_RATE, seed=0)
     self.compiled = step.lower(self.params, self.opt_state, self.batch).compile()
 
   def __call__(self):

@@ -102,6 +102,12 @@ SIZES = {
 }
 
 
+def padded_vocab_size(num_ids):
+  """Embedding rows for a vocabulary of `num_ids` ids: rounded up to a multiple of 128, as
+  T5's 32000 SentencePiece pieces + 100 sentinels become 32128 rows."""
+  return -(-num_ids // 128) * 128
+
+
 def get_config(size, num_classes=2, **overrides):
   """The config of a size, e.g. get_config('byt5-base', num_classes=3, dropout_rate=0.0)."""
   if size not in SIZES:
@@ -377,24 +383,22 @@ def example_losses(cfg, logits, batch):
   return -target_log_probs, targets > 0
 
 
-def loss_fn(params, cfg, batch, *, rng=None):
-  """Summed loss of the real examples, and aux = {loss_sum, num_examples, logits}. rng=None:
-  no dropout. Logs report loss_sum / num_examples, the mean per example.
+def loss_fn(params, cfg, batch, rng=None):
+  """The summed loss of the real examples, and aux = {loss_sum, num_examples} for the logs
+  (they report loss_sum / num_examples, the mean per example). rng=None: no dropout.
 
   NOTE: summed, as T5X sums token losses (loss_normalizing_factor None), not averaged: from a
   fresh optimizer state Adafactor is invariant to the gradient's scale, but fine-tuning continues
   the pre-trained checkpoint's second moments (§4.2), which a summed pre-training loss made; a
   mean over the ~300 examples of a batch gave gradients hundreds of times smaller than those
   moments expect and left the pre-trained weights all but frozen (our SST-2 run stayed at 51%
-  where random init reached 66%). No z-loss: it
-  regularizes T5's vocabulary softmax, which EncT5 does not have.
+  where random init reached 66%). No z-loss: it regularizes T5's vocabulary softmax, which
+  EncT5 does not have.
   """
   logits = apply(params, cfg, batch, deterministic=rng is None, rng=rng)
   losses, weights = example_losses(cfg, logits, batch)
   loss_sum = jnp.sum(jnp.where(weights, losses, 0.0))
-  num_examples = jnp.sum(weights)
-  loss = loss_sum
-  return loss, {'loss_sum': loss_sum, 'num_examples': num_examples, 'logits': logits}
+  return loss_sum, {'loss_sum': loss_sum, 'num_examples': jnp.sum(weights)}
 
 
 def predict(logits, cfg):

@@ -344,6 +344,13 @@ def config_from_checkpoint(path):
   return _config_from_flat(flatten(read_index(path)), path)
 
 
+def checkpoint_step(path):
+  """The Adafactor step stored in a checkpoint (0 if it has no optimizer state)."""
+  if 'state/step' not in flatten(read_index(path)):
+    return 0
+  return int(read_t5x(path, ['state/step'])['state']['step'])
+
+
 def _check_config(flat, cfg, path):
   ckpt = _config_from_flat(flat, path)
   wrong = [f'{key} {getattr(cfg, key)} (config) vs {ckpt[key]} (checkpoint)'
@@ -387,8 +394,8 @@ def _init_fresh(rng, cfg, names):
 
 def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, shardings=None,
                 opt_shardings=None, fresh_pooling_block=False):
-  """Parameters of `model` ('enct5', 't5' or '1dect5') from a T5.1.1 checkpoint (T5X's or
-  Hugging Face's), optionally with Adafactor state.
+  """Parameters of `model` ('enct5', 't5' or '1dect5') from a pre-trained checkpoint (a
+  T5.1.1 of T5X's or Hugging Face's, or an EncT5 of ours), optionally with Adafactor state.
 
   'enct5' (paper §4.2): the token embedding, the whole encoder (with its relative-position
   table), the first decoder layer's cross-attention and FFN with their norms, and the decoder's
@@ -396,42 +403,76 @@ def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, sh
   relative-position table, and the vocabulary projection `decoder/logits_dense`.
   `decoder/bos_embedding` and `decoder/class_projection` are those of
   `enct5.init_params(rng, cfg)`. An encoder-only checkpoint (T5EncoderModel, Sentence-T5) has
-  no pooling block: an error, unless `fresh_pooling_block` asks for a random one.
+  no pooling block: an error, unless `fresh_pooling_block` asks for a random one. An EncT5
+  checkpoint of ours (one with `decoder/class_projection`) loads whole, its head included.
   't5': the whole tree (`enct5.param_specs(cfg, 't5')`), nothing fresh. '1dect5' (§4.3): the
   same with only decoder layer 0 (self-attention included), the decoder's relative-position
   table, final norm and `logits_dense`; the other decoder layers are never read.
 
   Returns float32 params, or (params, opt_state) with `with_optimizer_state`: the checkpoint's
   Adafactor slots for every loaded parameter (zeros for the fresh ones) and its step count, so
-  the second-moment decay continues from the checkpoint's step. Without `shardings`: numpy
-  arrays. With `shardings` (a Sharding per parameter, the params' tree) every process reads
+  the second-moment decay continues from the checkpoint's step; a checkpoint without optimizer
+  state (Hugging Face's) gives zeros at step 0, as `adafactor.init`. Without `shardings`:
+  numpy arrays. With `shardings` (a Sharding per parameter, the params' tree) every process reads
   only the slices of its own devices and gets global jax.Arrays; `opt_shardings` (opt_state's
   tree; default: `partitioning.opt_state_shardings`, the state beside its parameter) places
   the state. Shardings must be NamedShardings when the optimizer state is loaded.
   """
   flat = flatten(read_index(path))
   _check_config(flat, cfg, path)
-  specs = flatten(enct5.param_specs(cfg, model))
-  fresh = FRESH_PARAMS if model == 'enct5' else ()
-  if model == 'enct5' and not any(name.startswith('target/decoder/') for name in flat):
-    pooling_block = tuple(name for name in specs
-                          if name.startswith('decoder/') and name not in FRESH_PARAMS)
-    if not fresh_pooling_block:
-      raise CheckpointError(
-          f'{path} is an encoder-only checkpoint: it has no decoder, so EncT5\'s pooling block '
-          f'(the first decoder layer\'s cross-attention and FFN with their norms, and the '
-          f'decoder\'s final norm: {", ".join(pooling_block)}) is missing. To start the '
-          f'pooling block from random init, pass fresh_pooling_block=True '
-          f'(train.py --fresh_pooling_block).')
-    fresh += pooling_block
-  loaded = [name for name in specs if name not in fresh]
-
-  # Every leaf to read, with its expected shape.
-  expected = {f'target/{name}': specs[name].shape for name in loaded}
+  shapes = {name: spec.shape for name, spec in flatten(enct5.param_specs(cfg, model)).items()}
+  fresh = _fresh_params(flat, shapes, model, fresh_pooling_block, path)
+  with_state = with_optimizer_state and 'state/step' in flat
+  if with_optimizer_state and not with_state:
+    logging.info('%s has no optimizer state: Adafactor starts from zeros at step 0', path)
+  expected = _leaves_to_read(flat, shapes, fresh, with_state, path)
+  placement = None if shardings is None else _placement(shardings, opt_shardings, shapes,
+                                                        with_optimizer_state)
+  arrays = _read_as(flat, expected, placement)
+  put = lambda name, x: x if placement is None else jax.device_put(x, placement[name])
+  if fresh:
+    for name, value in _init_fresh(rng, cfg, fresh).items():
+      arrays[name] = put(name, np.asarray(value))
   if with_optimizer_state:
+    if not with_state:
+      arrays['state/step'] = put('state/step', np.zeros((), np.int32))
+    for name in (fresh if with_state else shapes):
+      for slot, shape in adafactor.state_shapes(shapes[name]).items():
+        key = f'state/param_states/{name}/{slot}'
+        arrays[key] = put(key, np.zeros(shape, np.float32))
+  tree = unflatten(arrays)
+  return (tree['target'], tree['state']) if with_optimizer_state else tree['target']
+
+
+def _fresh_params(flat, shapes, model, fresh_pooling_block, path):
+  """The parameter names of `model` that the checkpoint does not give (§3): EncT5's learned
+  query and head from a T5.1.1 checkpoint, and its pooling block too from an encoder-only one
+  when `fresh_pooling_block`; none for the baselines and for an EncT5 checkpoint of ours."""
+  if model != 'enct5' or 'target/decoder/class_projection/kernel' in flat:
+    return ()
+  if any(name.startswith('target/decoder/') for name in flat):
+    return FRESH_PARAMS
+  pooling_block = tuple(name for name in shapes
+                        if name.startswith('decoder/') and name not in FRESH_PARAMS)
+  if not fresh_pooling_block:
+    raise CheckpointError(
+        f'{path} is an encoder-only checkpoint: it has no decoder, so EncT5\'s pooling block '
+        f'(the first decoder layer\'s cross-attention and FFN with their norms, and the '
+        f'decoder\'s final norm: {", ".join(pooling_block)}) is missing. To start the '
+        f'pooling block from random init, pass fresh_pooling_block=True '
+        f'(train.py --fresh_pooling_block).')
+  return FRESH_PARAMS + pooling_block
+
+
+def _leaves_to_read(flat, shapes, fresh, with_state, path):
+  """{index leaf name: expected shape} of every loaded parameter (and with `with_state` its
+  Adafactor slots and the step), each checked to be in the checkpoint with that shape."""
+  loaded = [name for name in shapes if name not in fresh]
+  expected = {f'target/{name}': shapes[name] for name in loaded}
+  if with_state:
     expected['state/step'] = ()
     for name in loaded:
-      for slot, shape in adafactor.state_shapes(specs[name].shape).items():
+      for slot, shape in adafactor.state_shapes(shapes[name]).items():
         expected[f'state/param_states/{name}/{slot}'] = shape
   for name, shape in expected.items():
     if name not in flat:
@@ -439,25 +480,7 @@ def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, sh
     if tuple(leaf_shape(flat[name])) != tuple(shape):
       raise CheckpointError(f'{path}: {name!r} has shape {tuple(leaf_shape(flat[name]))} '
                             f'in the checkpoint, expected {tuple(shape)}')
-
-  placement = None if shardings is None else _placement(
-      shardings, opt_shardings, {name: spec.shape for name, spec in specs.items()},
-      with_optimizer_state)
-  arrays = _read_as(flat, expected, placement)
-
-  if fresh:
-    for name, value in _init_fresh(rng, cfg, fresh).items():
-      value = np.asarray(value)
-      arrays[name] = value if placement is None else jax.device_put(value, placement[name])
-  if with_optimizer_state:
-    for name in fresh:
-      for slot, shape in adafactor.state_shapes(specs[name].shape).items():
-        key = f'state/param_states/{name}/{slot}'
-        zeros = np.zeros(shape, np.float32)
-        arrays[key] = zeros if placement is None else jax.device_put(zeros, placement[key])
-
-  tree = unflatten(arrays)
-  return (tree['target'], tree['state']) if with_optimizer_state else tree['target']
+  return expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,6 +544,16 @@ def _fsync_tree(root):
     for name in files:
       _fsync(os.path.join(directory, name))
     _fsync(directory)
+
+
+def write_atomically(path, data):
+  """Writes bytes `data` to `path` through a temporary sibling and a rename: a reader sees the
+  old file or the new one, never a part. Every process of a run may write the same file."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = f'{path}.tmp-{jax.process_index()}'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+  os.replace(tmp, path)
 
 
 def _tensorstore_specs(leaves):
@@ -659,12 +692,26 @@ def latest_checkpoint(directory):
 
 
 def restore_checkpoint(directory, *, shardings=None, opt_shardings=None):
-  """(params, opt_state) of the newest complete checkpoint in `directory` (`read_checkpoint`),
-  or None."""
-  path = latest_checkpoint(directory)
-  if path is None:
-    return None
-  return read_checkpoint(path, shardings=shardings, opt_shardings=opt_shardings)
+  """(params, opt_state) of the newest checkpoint in `directory` that reads back whole
+  (`read_checkpoint`), or None when there is none: how a run resumes. A damaged one (e.g. a
+  truncated array file) is said so, renamed `<name>.damaged` (kept to look at, out of the way
+  of the step that saves it again) and the previous one is tried."""
+  found = complete_checkpoints(directory)
+  for _, path in reversed(found):
+    try:
+      state = read_checkpoint(path, shardings=shardings, opt_shardings=opt_shardings)
+    except CheckpointError as e:
+      logging.warning('%s is damaged, not resuming from it (renamed %s.damaged): %s', path,
+                      path, e)
+      if jax.process_index() == 0:
+        os.rename(path, f'{path}.damaged')
+      continue
+    logging.info('resuming from %s', path)
+    return state
+  if found:
+    raise CheckpointError(f'every checkpoint in {directory} is damaged (see the log); remove '
+                          'them to start over')
+  return None
 
 
 def read_checkpoint(path, *, shardings=None, opt_shardings=None):

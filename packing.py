@@ -196,13 +196,7 @@ def pack_seq2seq_examples(examples, max_input_length, max_target_length, *, meth
 
   row, slot, start = _assign_rows(input_lengths, max_input_length, max_slots, method)
   num_rows = int(row.max()) + 1 if n else 0
-  # Each target starts after the targets of the row's earlier slots.
-  order = np.lexsort((slot, row))
-  before = np.cumsum(target_lengths[order]) - target_lengths[order]
-  row_begins = np.searchsorted(row[order], row[order])  # the row's first slot, in `order`
-  target_start = np.empty(n, np.int64)
-  target_start[order] = before - before[row_begins]
-
+  target_start = _target_starts(row, slot, target_lengths)
   packed = dict(zip(('inputs', 'inputs_segment_ids', 'inputs_positions'),
                     _place([tokens for tokens, _ in examples], row, slot, start,
                            (num_rows, max_input_length))))
@@ -219,6 +213,17 @@ def pack_seq2seq_examples(examples, max_input_length, max_target_length, *, meth
                  'efficiency %.4f', n, num_rows, max_input_length, max_target_length, method,
                  efficiency(packed))
   return packed
+
+
+def _target_starts(row, slot, target_lengths):
+  """Where each example's target starts in its decoder row: after the targets of the row's
+  earlier slots."""
+  order = np.lexsort((slot, row))
+  before = np.cumsum(target_lengths[order]) - target_lengths[order]
+  row_begins = np.searchsorted(row[order], row[order])  # the row's first slot, in `order`
+  target_start = np.empty(len(row), np.int64)
+  target_start[order] = before - before[row_begins]
+  return target_start
 
 
 def _check_lengths(lengths, max_length, ids, what, flag):

@@ -13,19 +13,22 @@ dropped); the vocabulary (SentencePiece unigram with T5's special ids plus 100 s
 span corruption (seqio's `random_spans_noise_mask`, T5's `span_corruption`); the batches of a
 step (a function of the seed and the step alone, so a resumed run is exact); the loop.
 
-The model, the batch, the devices and the run take train.py's flags (`--size`, `--d_model`,
-`--batch_size`, `--train_steps`, `--mesh`, `--output_dir`, ...), with the defaults below;
-`--model` is always the full T5.1.1 encoder-decoder. On this 2-core CPU, two virtual devices
-splitting each batch (the default mesh puts every device on 'data') ran 7,300 input tokens/s
-against 6,000 for one device. The checkpoints in OUTPUT_DIR/checkpoints are T5X checkpoints of
-the whole T5.1.1 tree with Adafactor's state and step, and carry their `sentencepiece.model`.
+The model, the batch, the devices and the run take the flags `cli.py` shares with train.py
+(`--size`, `--d_model`, `--batch_size`, `--train_steps`, `--mesh`, `--output_dir`, ...), with
+the defaults below; the model is always the full T5.1.1 encoder-decoder, and the loop is
+train.py's (`loop.train_loop`). On this 2-core CPU, two virtual devices splitting each batch
+(the default mesh puts every device on 'data') ran 7,300 input tokens/s against 6,000 for one
+device. The checkpoints in OUTPUT_DIR/checkpoints are T5X checkpoints of the whole T5.1.1 tree
+with Adafactor's state and step, and carry their `sentencepiece.model`.
 """
+import contextlib
 import functools
 import glob
+import io
+import itertools
 import logging as std_logging
 import math
 import os
-import time
 from typing import NamedTuple
 
 from absl import app, flags, logging
@@ -34,13 +37,15 @@ import jax.numpy as jnp
 import numpy as np
 import sentencepiece as spm
 
+import cli
 import enct5
+import finetune
 import glue
 import load_ckpt
+import loop
 import packing
 import partitioning
 import t5
-import train
 
 SHARED_CORPUS = os.path.join(glue.SHARED, 'corpus')
 
@@ -70,7 +75,7 @@ FLAGS = flags.FLAGS
 # tokens) at the same tokens/s, and 16 no lower than 32; and the learning rate 1/sqrt(1000)
 # beats T5's 0.01 (5.21 against 5.36 after 250 steps of 64 rows) while 1/sqrt(250) does worse.
 # d_model 256 ran at ~900 input tokens/s (under load) against ~4,400 for 128.
-DEFAULTS = dict(model='t5', size='small', d_model=128, num_heads=4, head_dim=32, d_ff=512,
+DEFAULTS = dict(size='small', d_model=128, num_heads=4, head_dim=32, d_ff=512,
                 num_layers=4, vocab_size=8092, max_input_length=128, batch_size=32,
                 dropout_rate=0.0, train_steps=6000, eval_every=500, log_every=100,
                 keep_checkpoints=2,
@@ -310,16 +315,6 @@ TRAIN_KEYS = ('inputs', 'inputs_segment_ids', 'decoder_input_tokens', 'decoder_t
               'decoder_segment_ids')
 
 
-def loss_fn(params, cfg, batch, rng=None):
-  """T5X's pre-training loss to differentiate, and sums for the logs: cross-entropy (without
-  z-loss), z-loss, target tokens and correctly predicted target tokens."""
-  loss, aux = t5.loss_fn(params, cfg, batch, model='t5', rng=rng)
-  targets = batch['decoder_target_tokens']
-  correct = (jnp.argmax(aux['logits'], axis=-1) == targets) & (targets > 0)
-  return loss, {'cross_entropy': aux['loss_sum'] - aux['z_loss'], 'z_loss': aux['z_loss'],
-                'num_tokens': aux['num_tokens'], 'correct': jnp.sum(correct)}
-
-
 def learning_rate(step, warmup_steps, train_steps, cooldown_steps=0, final_rate=1e-3):
   """The rate of Adafactor's step `step` (0 for the first update): T5's inverse-square-root
   schedule, `1/sqrt(max(step, warmup_steps))` (T5X `rsqrt_decay` with base 1.0), 0.01 for T5's
@@ -336,9 +331,18 @@ def learning_rate(step, warmup_steps, train_steps, cooldown_steps=0, final_rate=
   return jnp.where(step < start, rate, start_rate + fraction * (final_rate - start_rate))
 
 
+def summarize(sums):
+  """The logged training figures, per target token: cross-entropy (without z-loss), z-loss,
+  and the accuracy (%) of the argmax."""
+  tokens = max(sums['num_tokens'], 1)
+  return {'loss': (sums['loss_sum'] - sums['z_loss']) / tokens,
+          'z_loss': sums['z_loss'] / tokens, 'accuracy': 100.0 * sums['correct'] / tokens}
+
+
 def evaluate(eval_step, params, packed, shardings, batch_size):
   """Held-out cross-entropy per target token, token accuracy (%), and the cross-entropy with
-  every example's inputs swapped for the previous example's.
+  every example's inputs swapped for the previous example's. `eval_step(params, batch)` ->
+  `t5.loss_fn`'s aux.
 
   The swap measures what the decoder reads from the encoder, the part EncT5 keeps: a decoder
   that predicts the spans from its own targets alone (a language model of the spans) scores
@@ -348,14 +352,14 @@ def evaluate(eval_step, params, packed, shardings, batch_size):
                             for k in ('inputs', 'inputs_segment_ids')})
   results = []
   for examples in (packed, swapped):
-    sums = dict(cross_entropy=0.0, num_tokens=0, correct=0)
+    sums = dict(loss_sum=0.0, z_loss=0.0, num_tokens=0, correct=0)
     for batch in packing.eval_batches(examples, batch_size):
       aux = eval_step(params, partitioning.global_batch({k: batch[k] for k in TRAIN_KEYS},
                                                         shardings.batch))
       for key in sums:
         sums[key] += float(aux[key])
-    tokens = max(sums['num_tokens'], 1)
-    results.append((sums['cross_entropy'] / tokens, 100.0 * sums['correct'] / tokens))
+    figures = summarize(sums)
+    results.append((figures['loss'], figures['accuracy']))
   (loss, accuracy), (swapped_loss, _) = results
   return loss, accuracy, swapped_loss
 
@@ -364,13 +368,10 @@ def evaluate(eval_step, params, packed, shardings, batch_size):
 # The run: vocabulary and token caches in OUTPUT_DIR, then the loop.
 # ----------------------------------------------------------------------------------------------
 
-INTERRUPTED = train.INTERRUPTED  # after SIGTERM / SIGINT: a checkpoint written; re-run
-
-
 def prepare_vocab():
   """--vocab, else OUTPUT_DIR/sentencepiece.model trained earlier, else one trained now on
   --corpus. Returns (path, vocab); the path is copied into every checkpoint."""
-  path = os.path.join(FLAGS.output_dir, train.CHECKPOINT_VOCAB)
+  path = os.path.join(FLAGS.output_dir, finetune.CHECKPOINT_VOCAB)
   if FLAGS.vocab:
     return FLAGS.vocab, glue.load_vocab(FLAGS.vocab)
   if not os.path.isfile(path):
@@ -391,10 +392,9 @@ def cached_tokens(name, directory, vocab):
   if os.path.isfile(path):
     return np.load(path)
   tokens = tokenize_corpus(vocab, corpus_files(directory))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'wb') as f:
-    np.save(f, tokens)
-  os.replace(path + '.tmp', path)
+  npy = io.BytesIO()
+  np.save(npy, tokens)
+  load_ckpt.write_atomically(path, npy.getvalue())
   logging.info('%s: %d tokens from %s, cached in %s', name, len(tokens), directory, path)
   return tokens
 
@@ -402,149 +402,97 @@ def cached_tokens(name, directory, vocab):
 def model_config(vocab):
   """T5.1.1 of --size with the shape flags; as many decoder layers as encoder layers; the
   embedding has the pieces and the sentinels, padded to a multiple of 128 (T5: 32128)."""
-  vocab_size = -(-(vocab.GetPieceSize() + FLAGS.num_extra_ids) // 128) * 128
-  shape = {name: FLAGS[name].value for name in ('d_model', 'num_heads', 'head_dim', 'd_ff',
-                                                  'num_layers') if FLAGS[name].value is not None}
+  shape = {name: FLAGS[name].value for name in finetune.SHAPE_FIELDS
+           if FLAGS[name].value is not None}
   num_layers = shape.get('num_layers', enct5.SIZES[FLAGS.size]['num_layers'])
-  return enct5.get_config(FLAGS.size, vocab_size=vocab_size, num_decoder_layers=num_layers,
-                          dropout_rate=FLAGS.dropout_rate, dtype=FLAGS.dtype, **shape)
+  return enct5.get_config(
+      FLAGS.size, vocab_size=enct5.padded_vocab_size(vocab.GetPieceSize() + FLAGS.num_extra_ids),
+      num_decoder_layers=num_layers, dropout_rate=FLAGS.dropout_rate, dtype=FLAGS.dtype,
+      remat_policy=FLAGS.remat_policy, scan_layers=FLAGS.scan_layers, **shape)
 
 
-class Progress:
-  """Sums of the step metrics since the last log line and since the last evaluation."""
-  KEYS = ('cross_entropy', 'z_loss', 'num_tokens', 'correct', 'inputs')
-
-  def __init__(self, start, elapsed):
-    self.start, self.elapsed = start, elapsed  # elapsed: seconds of the runs before a resume
-    self.run_start = self.interval_start = time.time()
-    self.interval, self.since_eval = dict.fromkeys(self.KEYS, 0), dict.fromkeys(self.KEYS, 0)
-
-  def add(self, metrics, batch):
-    metrics = dict(metrics, inputs=(batch['inputs_segment_ids'] > 0).sum())
-    for sums in (self.interval, self.since_eval):
-      for key in self.KEYS:
-        sums[key] += float(metrics[key])
-    if not math.isfinite(self.interval['cross_entropy']):
-      raise FloatingPointError('the loss is not finite; the last checkpoint is left as it is')
-
-  def log(self, step, rate):
-    """The progress line: per-target-token loss, z-loss, accuracy, the step's learning rate,
-    throughput, ETA."""
-    now, sums = time.time(), self.interval
-    tokens = max(sums['num_tokens'], 1)
-    eta = (now - self.run_start) / (step - self.start) * (FLAGS.train_steps - step)
-    logging.info('step %d/%d | loss %.4f | z-loss %.4f | token accuracy %.2f%% | lr %.4g | '
-                 '%.0f input tokens/s | ETA %s', step, FLAGS.train_steps,
-                 sums['cross_entropy'] / tokens, sums['z_loss'] / tokens,
-                 100.0 * sums['correct'] / tokens, rate,
-                 sums['inputs'] / (now - self.interval_start), train.duration(eta))
-    self.interval, self.interval_start = dict.fromkeys(self.KEYS, 0), now
-
-  def record(self, step, validation_loss, validation_accuracy, validation_loss_swapped_inputs):
-    """metrics.jsonl's row of an evaluation (train figures since the previous one)."""
-    sums, tokens = self.since_eval, max(self.since_eval['num_tokens'], 1)
-    self.since_eval = dict.fromkeys(self.KEYS, 0)
-    return dict(step=step, train_loss=sums['cross_entropy'] / tokens,
-                train_accuracy=100.0 * sums['correct'] / tokens,
-                validation_loss=validation_loss, validation_accuracy=validation_accuracy,
-                validation_loss_swapped_inputs=validation_loss_swapped_inputs,
-                elapsed_s=round(self.elapsed + time.time() - self.run_start, 1))
-
-
-def restore_or_init(cfg, shardings, ckpt_dir):
-  """The latest checkpoint in `ckpt_dir`, else T5X's initialization (seed --seed)."""
-  if not load_ckpt.latest_checkpoint(ckpt_dir):
-    return train.init_train_state(cfg, shardings, jax.random.PRNGKey(FLAGS.seed), 't5')
-  logging.info('resuming from %s', load_ckpt.latest_checkpoint(ckpt_dir))
-  return load_ckpt.restore_checkpoint(ckpt_dir, shardings=shardings.params,
-                                      opt_shardings=shardings.opt_state)
-
-
-def pretrain(cfg, mesh, batches, validation, vocab_path):
-  """The loop: T5X's loss, Adafactor with T5's schedule, a checkpoint and the held-out loss
-  every --eval_every steps, progress every --log_every steps; SIGTERM or SIGINT: a checkpoint,
-  then exit status INTERRUPTED."""
+def pretrain(cfg, mesh, batches, validation, vocab_path, objective):
+  """`loop.train_loop` with T5X's loss, Adafactor with T5's schedule, a checkpoint and the
+  held-out loss every --eval_every steps, from the latest checkpoint in OUTPUT_DIR or T5X's
+  initialization (seed --seed)."""
   shardings = partitioning.Shardings(enct5.param_specs(cfg, 't5'), mesh)
-  ckpt_dir = os.path.join(FLAGS.output_dir, 'checkpoints')
-  params, opt_state = restore_or_init(cfg, shardings, ckpt_dir)
-  start = int(jax.device_get(opt_state['step']))
-  history = train.read_metrics(until_step=start)
+  restored = load_ckpt.restore_checkpoint(os.path.join(FLAGS.output_dir, 'checkpoints'),
+                                          shardings=shardings.params,
+                                          opt_shardings=shardings.opt_state)
+  params, opt_state = restored or loop.init_train_state(cfg, 't5', shardings,
+                                                        jax.random.PRNGKey(FLAGS.seed))
+  start = loop.adafactor_step(opt_state)
   schedule = functools.partial(learning_rate, warmup_steps=FLAGS.warmup_steps,
                                train_steps=FLAGS.train_steps, cooldown_steps=FLAGS.cooldown_steps,
                                final_rate=FLAGS.final_learning_rate)
-  train_step = train.make_train_step(cfg, shardings, loss_fn, schedule, FLAGS.seed)
-  eval_step = jax.jit(lambda p, batch: loss_fn(p, cfg, batch)[1],
+  step = loop.TrainStep(
+      fn=loop.make_train_step(cfg, shardings, t5.loss_fn, schedule, FLAGS.seed), keys=TRAIN_KEYS,
+      batch_sharding=shardings.batch, dtype=cfg.activation_dtype,
+      flops=enct5.train_step_flops(cfg, 't5', FLAGS.batch_size, FLAGS.max_input_length,
+                                   objective.targets_length))
+  eval_step = jax.jit(lambda p, batch: t5.loss_fn(p, cfg, batch)[1],
                       in_shardings=(shardings.params, shardings.batch),
                       out_shardings=shardings.replicated)
+
+  def evaluate_now(params):
+    loss, accuracy, swapped = evaluate(eval_step, params, validation, shardings,
+                                       FLAGS.batch_size)
+    logging.info('eval | held-out loss %.4f (%.4f with swapped inputs) | token accuracy %.2f%%',
+                 loss, swapped, accuracy)
+    return dict(validation_loss=loss, validation_accuracy=accuracy,
+                validation_loss_swapped_inputs=swapped)
+
   with open(vocab_path, 'rb') as f:
-    extra_files = {train.CHECKPOINT_VOCAB: f.read()}
+    extra_files = {finetune.CHECKPOINT_VOCAB: f.read()}
   logging.info('T5.1.1 %s: %s parameters; %d training chunks of %d tokens; batch %d; steps '
                '%d..%d', cfg, f'{enct5.count_params(cfg, "t5"):,}', len(batches.chunks),
                batches.chunks.shape[1], FLAGS.batch_size, start, FLAGS.train_steps)
-  with train.stop_on_signals() as received:
-    progress = Progress(start, history[-1]['elapsed_s'] if history else 0.0)
-    for step in range(start + 1, FLAGS.train_steps + 1):
-      batch = batches(step - 1)
-      params, opt_state, metrics = train_step(
-          params, opt_state, partitioning.global_batch({k: batch[k] for k in TRAIN_KEYS},
-                                                       shardings.batch))
-      progress.add(metrics, batch)
-      last = step == FLAGS.train_steps
-      if step % FLAGS.log_every == 0 or last:
-        progress.log(step, float(schedule(step - 1)))
-      evaluate_now = step % FLAGS.eval_every == 0 or last
-      if evaluate_now or received:
-        load_ckpt.save_checkpoint(ckpt_dir, step, params, opt_state, keep=FLAGS.keep_checkpoints,
-                                  extra_files=extra_files)
-      if evaluate_now:
-        record = progress.record(step, *evaluate(eval_step, params, validation, shardings,
-                                                     FLAGS.batch_size))
-        train.append_metrics(record)
-        logging.info('eval step %d | held-out loss %.4f (%.4f with swapped inputs) | token '
-                     'accuracy %.2f%% | train loss %.4f', step, record['validation_loss'],
-                     record['validation_loss_swapped_inputs'], record['validation_accuracy'],
-                     record['train_loss'])
-      if received:
-        logging.warning('signal %d: stopped after step %d, checkpoint in %s; run the same '
-                        'command again to resume', received[0], step, ckpt_dir)
-        raise SystemExit(INTERRUPTED)
-  return params
+  settings = loop.Settings(FLAGS.train_steps, FLAGS.eval_every, FLAGS.log_every,
+                           FLAGS.keep_checkpoints, FLAGS.output_dir)
+  loop.train_loop(settings, loop.TrainState(params, opt_state, start), step,
+                  map(batches, itertools.count(start)), evaluate_now, summarize,
+                  extra_files=extra_files)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}; flags are --name=value')
-  if FLAGS.model != 't5':
-    raise app.UsageError('pretrain.py trains the whole T5.1.1 (--model=t5); fine-tune EncT5 '
-                         'or 1decT5 from its checkpoint with train.py --checkpoint')
+def check_flags():
+  """Numbers that cannot work stop here, before anything is read or written."""
+  cli.check_positive()
   if not 0 <= FLAGS.cooldown_steps <= FLAGS.train_steps:
     raise app.UsageError(f'--cooldown_steps={FLAGS.cooldown_steps}: must be between 0 and '
                          f'--train_steps={FLAGS.train_steps}')
   if not FLAGS.final_learning_rate > 0:
     raise app.UsageError(f'--final_learning_rate={FLAGS.final_learning_rate}: must be positive')
-  logging.get_absl_handler().setFormatter(
-      std_logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+
+
+def main(argv):
+  cli.run('pretrain.py', run_command, argv)
+
+
+def run_command(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}; flags are --name=value')
+  check_flags()
+  cli.start_up()
   std_logging.getLogger('packing').setLevel(std_logging.WARNING)  # a line per batch otherwise
-  partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                      FLAGS.process_id)
-  mesh = partitioning.make_mesh(FLAGS.mesh)
-  os.makedirs(FLAGS.output_dir, exist_ok=True)
-  vocab_path, vocab = prepare_vocab()
-  cfg = model_config(vocab)
-  tokens_length, targets_length = random_spans_helper(
-      FLAGS.max_input_length, FLAGS.noise_density, FLAGS.mean_noise_span_length)
-  objective = Objective(
-      first_sentinel=vocab.GetPieceSize() + FLAGS.num_extra_ids - 1,  # <extra_id_0>
-      inputs_length=FLAGS.max_input_length, targets_length=targets_length,
-      noise_density=FLAGS.noise_density, mean_noise_span_length=FLAGS.mean_noise_span_length)
-  logging.info('span corruption: %d raw tokens -> %d inputs, %d targets; <extra_id_0> = %d',
-               tokens_length, FLAGS.max_input_length, targets_length, objective.first_sentinel)
-  batches = TrainBatches(chunk(cached_tokens('train', FLAGS.corpus, vocab), tokens_length),
-                         FLAGS.batch_size, FLAGS.seed, objective)
-  validation = validation_set(
-      chunk(cached_tokens('validation', FLAGS.validation_corpus, vocab), tokens_length),
-      FLAGS.validation_examples, FLAGS.seed, objective)
-  pretrain(cfg, mesh, batches, validation, vocab_path)
+  mesh = finetune.make_mesh(finetune.Config(mesh=FLAGS.mesh, batch_size=FLAGS.batch_size))
+  with (cli.lock_output_dir(FLAGS.output_dir) if jax.process_index() == 0
+        else contextlib.nullcontext()):
+    vocab_path, vocab = prepare_vocab()
+    cfg = model_config(vocab)
+    tokens_length, targets_length = random_spans_helper(
+        FLAGS.max_input_length, FLAGS.noise_density, FLAGS.mean_noise_span_length)
+    objective = Objective(
+        first_sentinel=vocab.GetPieceSize() + FLAGS.num_extra_ids - 1,  # <extra_id_0>
+        inputs_length=FLAGS.max_input_length, targets_length=targets_length,
+        noise_density=FLAGS.noise_density, mean_noise_span_length=FLAGS.mean_noise_span_length)
+    logging.info('span corruption: %d raw tokens -> %d inputs, %d targets; <extra_id_0> = %d',
+                 tokens_length, FLAGS.max_input_length, targets_length, objective.first_sentinel)
+    batches = TrainBatches(chunk(cached_tokens('train', FLAGS.corpus, vocab), tokens_length),
+                           FLAGS.batch_size, FLAGS.seed, objective)
+    validation = validation_set(
+        chunk(cached_tokens('validation', FLAGS.validation_corpus, vocab), tokens_length),
+        FLAGS.validation_examples, FLAGS.seed, objective)
+    pretrain(cfg, mesh, batches, validation, vocab_path, objective)
 
 
 if __name__ == '__main__':

@@ -78,21 +78,23 @@ def cross_entropy_with_z_loss(logits, targets, weights, z_loss=Z_LOSS):
   return jnp.sum(losses * weights), jnp.sum(token_z_loss * weights)
 
 
-def loss_fn(params, cfg, batch, *, model='t5', rng=None):
-  """T5X's loss, and aux = {loss_sum, z_loss, num_tokens, token_loss, logits}. rng=None: no dropout.
+def loss_fn(params, cfg, batch, rng=None, *, model='t5'):
+  """T5X's loss, and aux = {loss_sum, z_loss, num_tokens, num_examples, correct} for the logs:
+  the summed loss (z-loss included) and its z-loss part, the target tokens, the examples
+  (decoder segments) and the target tokens predicted right by argmax. rng=None: no dropout.
 
   NOTE: as T5X `EncoderDecoderModel.loss_fn` for T5.1.1: summed (loss_normalizing_factor
   None) token cross-entropy plus z-loss 1e-4, no label smoothing, weighted by
   `decoder_loss_weights` when given, else decoder_target_tokens > 0 (seqio's default).
-  `token_loss` is the per-token mean, for logs.
   """
   logits = apply(params, cfg, batch, model=model, deterministic=rng is None, rng=rng)
   targets = batch['decoder_target_tokens']
   weights = batch.get('decoder_loss_weights', targets > 0)
   loss, z_loss = cross_entropy_with_z_loss(logits, targets, weights)
-  num_tokens = jnp.sum(weights)
-  return loss, {'loss_sum': loss, 'z_loss': z_loss, 'num_tokens': num_tokens,
-                'token_loss': loss / jnp.maximum(num_tokens, 1), 'logits': logits}
+  segments = batch.get('decoder_segment_ids', (targets > 0).astype(jnp.int32))  # [B, Ld]
+  correct = (jnp.argmax(logits, axis=-1) == targets) & (weights > 0)
+  return loss, {'loss_sum': loss, 'z_loss': z_loss, 'num_tokens': jnp.sum(weights),
+                'num_examples': jnp.sum(jnp.max(segments, axis=1)), 'correct': jnp.sum(correct)}
 
 
 def greedy_decode(params, cfg, inputs, segment_ids=None, *, max_length, model='t5'):

@@ -223,7 +223,8 @@ def test_loss_fn_sums_real_tokens(golden):
   expected = np.sum(np.where(targets > 0, log_z - target_logits + 1e-4 * log_z ** 2, 0.0))
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   assert int(aux['num_tokens']) == int((targets > 0).sum()) == 14
-  np.testing.assert_allclose(aux['token_loss'], expected / 14, rtol=1e-5)
+  np.testing.assert_allclose(aux['loss_sum'] / aux['num_tokens'], expected / 14, rtol=1e-5)
+  assert int(aux['num_examples']) == int((targets > 0).any(1).sum())  # one example a row
 
 
 def test_dropout_only_with_rng(golden):

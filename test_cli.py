@@ -1,5 +1,5 @@
 """train.py as a user meets it: each mistake in a flag, a file or the data answered by one line on
-stderr and exit status train.USER_ERROR, never a traceback; GLUE files as real users have them;
+stderr and exit status cli.USER_ERROR, never a traceback; GLUE files as real users have them;
 SIGTERM, the lock on OUTPUT_DIR and a damaged checkpoint, with real child processes."""
 import concurrent.futures
 import fcntl
@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 import adafactor
+import cli
 import enct5
+import finetune
 import glue
 import load_ckpt
-import train
 from testutil import REPO
 
 ENV = {k: v for k, v in os.environ.items() if k != 'ENCT5_TRACEBACK'}
@@ -73,7 +74,7 @@ def train_py(*args, timeout=120, **kwargs):
 
 def assert_user_error(result, *named):
   """Exit status USER_ERROR, no traceback, one `train.py: error:` line naming `named`."""
-  assert result.returncode == train.USER_ERROR, result.stderr[-3000:]
+  assert result.returncode == cli.USER_ERROR, result.stderr[-3000:]
   assert 'Traceback' not in result.stderr, result.stderr[-3000:]
   message = result.stderr.strip().splitlines()[-1]
   assert message.startswith('train.py: error: '), result.stderr[-3000:]
@@ -85,10 +86,10 @@ def assert_user_error(result, *named):
 # written before anything is compiled; a checkpoint's OSError takes the same way out).
 FULL_DISK = ('import errno, os\n'
              'from absl import app\n'
-             'import train\n'
+             'import load_ckpt, train\n'
              'def full(path, data):\n'
              '  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)\n'
-             'train._write_atomically = full\n'
+             'load_ckpt.write_atomically = full\n'
              'app.run(train.main)\n')
 
 
@@ -199,7 +200,7 @@ def test_real_files_just_work(tmp_path):
 
 def test_second_run_on_output_dir_refused(files, tmp_path):
   os.makedirs(tmp_path / 'out')
-  with open(tmp_path / 'out' / train.LOCK_FILE, 'a+') as held:
+  with open(tmp_path / 'out' / cli.LOCK_FILE, 'a+') as held:
     fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
     result = train_py('--task=sst2', f'--data_dir={files["data"]}', f'--vocab={files["vocab"]}',
                       f'--output_dir={tmp_path / "out"}', *TINY)
@@ -213,7 +214,7 @@ def test_lock_of_killed_run_is_not_stuck(files, tmp_path):
   holder = subprocess.Popen(
       [sys.executable, '-c', 'import fcntl, sys, time\n'
        'f = open(sys.argv[1], "a+"); fcntl.flock(f, fcntl.LOCK_EX); print("locked", flush=True)\n'
-       'time.sleep(300)\n', str(tmp_path / 'out' / train.LOCK_FILE)],
+       'time.sleep(300)\n', str(tmp_path / 'out' / cli.LOCK_FILE)],
       stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == 'locked'
   holder.send_signal(signal.SIGKILL)
@@ -279,7 +280,7 @@ def test_sigterm_checkpoints_and_resume_is_exact(files, reference, tmp_path):
       child.send_signal(signal.SIGTERM)
       break
   log += child.stderr.readlines()
-  assert child.wait(timeout=300) == train.INTERRUPTED, ''.join(log[-30:])
+  assert child.wait(timeout=300) == cli.INTERRUPTED, ''.join(log[-30:])
   assert 'Traceback' not in ''.join(log)
   stopped = load_ckpt.latest_checkpoint(os.path.join(output_dir, 'checkpoints'))
   assert stopped and f'checkpoint in {output_dir}/checkpoints' in ''.join(log)
@@ -299,7 +300,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous(files, reference):
   output_dir, want, want_metrics = reference
   newest = load_ckpt.latest_checkpoint(os.path.join(output_dir, 'checkpoints'))
   arrays = [os.path.join(d, name) for d, _, names in os.walk(newest) for name in names
-            if not name.startswith('.') and name not in ('checkpoint', train.CONFIG_FILE)]
+            if not name.startswith('.') and name not in ('checkpoint', finetune.RECORD_FILE)]
   victim = max(arrays, key=os.path.getsize)
   os.truncate(victim, os.path.getsize(victim) // 2)
 

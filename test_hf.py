@@ -327,8 +327,8 @@ def test_train_fine_tunes_from_a_hugging_face_checkpoint(tmp_path, name, flags):
       capture_output=True, text=True, timeout=600, cwd=REPO,
       env={k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'})
   assert out.returncode == 0, out.stderr[-3000:]
-  record = json.loads((output_dir / 'config.json').read_text())
-  assert record['config']['d_model'] == load_ckpt.config_from_checkpoint(path)['d_model']
+  record = json.loads((output_dir / 'run_config.json').read_text())
+  assert record['model_config']['d_model'] == load_ckpt.config_from_checkpoint(path)['d_model']
   if name == 'hf_byt5_tiny':
     assert record['vocab_file'] == glue.BYT5_VOCAB and not (output_dir / 'vocab').exists()
   else:

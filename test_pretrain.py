@@ -12,8 +12,9 @@ import pytest
 import enct5
 import load_ckpt
 import partitioning
+import finetune
 import pretrain
-import train
+import t5
 import testutil
 from testutil import REPO
 
@@ -170,7 +171,7 @@ def test_swapped_inputs_measure_what_the_decoder_reads_from_the_encoder():
   packed = pretrain.corrupt(chunks, [np.random.default_rng(i) for i in range(6)], objective)
   shardings = partitioning.Shardings(enct5.param_specs(cfg, 't5'),
                                      partitioning.make_mesh(devices=jax.devices()[:1]))
-  eval_step = jax.jit(lambda p, batch: pretrain.loss_fn(p, cfg, batch)[1])
+  eval_step = jax.jit(lambda p, batch: t5.loss_fn(p, cfg, batch)[1])
   params = enct5.init_params(jax.random.PRNGKey(0), cfg, 't5')
   loss, _, swapped_loss = pretrain.evaluate(eval_step, params, packed, shardings, batch_size=4)
   assert abs(loss - swapped_loss) > 1e-3
@@ -222,7 +223,7 @@ def _pretrain(tmp, output_dir, *flags):
 
 
 @pytest.mark.parametrize('flags,message', [
-    (['--model=enct5'], 'trains the whole T5.1.1'),
+    (['--model=enct5'], "Unknown command line flag 'model'"),  # no fine-tuning flags
     (['--train_steps=5', '--cooldown_steps=10'], '--cooldown_steps=10: must be between 0 and'),
     (['--cooldown_steps=2', '--final_learning_rate=0'], '--final_learning_rate=0.0: must be'),
 ])
@@ -251,7 +252,7 @@ def test_pretraining_writes_a_t5x_checkpoint_with_its_vocabulary(pretrained):
   tmp, log = pretrained
   assert 'resuming from' in log and 'held-out loss' in log
   checkpoint = os.path.join(tmp, 'resumed', 'checkpoints', 'checkpoint_4')
-  assert os.path.isfile(os.path.join(checkpoint, train.CHECKPOINT_VOCAB))
+  assert os.path.isfile(os.path.join(checkpoint, finetune.CHECKPOINT_VOCAB))
   tree = load_ckpt.read_t5x(checkpoint)
   assert int(tree['state']['step']) == 4
   assert 'logits_dense' in tree['target']['decoder']
@@ -307,7 +308,7 @@ def test_train_fine_tunes_from_the_checkpoint_with_its_vocabulary(pretrained, mo
        f'--output_dir={tmp / ("finetune_" + run)}', *flags],
       capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert os.path.join(checkpoint, train.CHECKPOINT_VOCAB) in result.stderr
+  assert os.path.join(checkpoint, finetune.CHECKPOINT_VOCAB) in result.stderr
   with open(tmp / f'finetune_{run}' / 'metrics.jsonl') as f:
     record = json.loads(f.readline())
   assert record['step'] == 2 and record['t5x_step'] == t5x_step

@@ -13,7 +13,10 @@ from scipy import stats
 
 import adafactor
 import enct5
+import finetune
 import glue
+import load_ckpt
+import loop
 import partitioning
 import testutil
 import train
@@ -245,7 +248,7 @@ def test_each_step_draws_new_dropout_masks_and_a_resumed_step_the_same():
   cfg = enct5.get_config('tiny', num_classes=2, vocab_size=128, d_model=32, num_heads=2,
                          head_dim=16, d_ff=64, num_layers=2, dropout_rate=0.1)
   shardings = partitioning.Shardings(enct5.param_specs(cfg, 'enct5'), partitioning.make_mesh())
-  params, opt_state = train.init_train_state(cfg, shardings, jax.random.PRNGKey(0))
+  params, opt_state = loop.init_train_state(cfg, 'enct5', shardings, jax.random.PRNGKey(0))
   start = jax.device_get(opt_state)
   rng = np.random.default_rng(0)
   segment_ids = np.repeat(np.arange(1, 5), 8)[None].repeat(2, 0).astype(np.int32)  # 4 x 8
@@ -256,7 +259,7 @@ def test_each_step_draws_new_dropout_masks_and_a_resumed_step_the_same():
   batch = partitioning.global_batch(batch, shardings.batch)
 
   host_params = jax.device_get(params)
-  train_step = train.make_train_step(cfg, shardings, train.MODELS['enct5'].loss, 0.0, seed=0)
+  train_step = loop.make_train_step(cfg, shardings, finetune.MODELS['enct5'].loss, 0.0, seed=0)
 
   def losses(opt_state, num_steps):
     p = jax.device_put(host_params, shardings.params)  # donated: a fresh copy each time
@@ -269,7 +272,7 @@ def test_each_step_draws_new_dropout_masks_and_a_resumed_step_the_same():
   first = losses(start, 3)
   assert len(set(first)) == 3, f'steps 0, 1, 2 drew the same dropout masks: {first}'
   assert losses(dict(start, step=np.int32(1)), 2) == first[1:]
-  assert not np.array_equal(train.dropout_rng(0, 1), train.dropout_rng(1, 1))  # seed matters
+  assert not np.array_equal(loop.dropout_rng(0, 1), loop.dropout_rng(1, 1))  # seed matters
 
 
 # --------------------------------------------------------------------------------- The loop
@@ -288,7 +291,6 @@ def _main(*argv):
 
 
 def _params(checkpoint_dir):
-  import load_ckpt
   return load_ckpt.read_t5x(load_ckpt.latest_checkpoint(checkpoint_dir))
 
 
@@ -299,14 +301,14 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
   command = ['--train_steps=6', '--eval_every=3', f'--output_dir={tmp_path}/b',
              f'--vocab={tmp_path}/a/vocab/synthetic.model', *TINY]
 
-  save_checkpoint = train.save_checkpoint
+  save_checkpoint = load_ckpt.save_checkpoint
 
-  def crash(run, params, opt_state, directory, keep):
-    save_checkpoint(run, params, opt_state, directory, keep)
-    if directory == 'checkpoints':
+  def crash(directory, *args, **kwargs):
+    save_checkpoint(directory, *args, **kwargs)
+    if os.path.basename(directory) == 'checkpoints':
       raise KeyboardInterrupt('interrupted after the step-3 checkpoint')
   with monkeypatch.context() as m:
-    m.setattr(train, 'save_checkpoint', crash)
+    m.setattr(load_ckpt, 'save_checkpoint', crash)
     with pytest.raises(KeyboardInterrupt):
       _main(*command)
   assert sorted(os.listdir(tmp_path / 'b' / 'checkpoints')) == ['checkpoint_3']
@@ -321,7 +323,7 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, caplog):
-  make_train_step = train.make_train_step
+  make_train_step = loop.make_train_step
 
   def poisoned(*args, **kwargs):
     step_fn = make_train_step(*args, **kwargs)
@@ -332,10 +334,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
         metrics = dict(metrics, loss=jnp.float32(np.nan))
       return params, opt_state, metrics
     return step
-  monkeypatch.setattr(train, 'make_train_step', poisoned)
-  with pytest.raises(SystemExit):
+  monkeypatch.setattr(loop, 'make_train_step', poisoned)
+  with pytest.raises(loop.NonFiniteLoss) as stopped:  # train.py: logged, exit status 1
     _main('--train_steps=6', '--eval_every=3', f'--output_dir={tmp_path}', *TINY)
-  assert 'loss is nan at step 5' in caplog.text and 'checkpoint_3' in caplog.text
+  assert 'loss is nan at step 5' in str(stopped.value) and 'checkpoint_3' in str(stopped.value)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['checkpoint_3']
   assert int(_params(tmp_path / 'checkpoints')['state']['step']) == 3
 
@@ -346,12 +348,12 @@ def test_run_recorded_resume_checked_and_eval_from_output_dir_alone(tmp_path, ca
   (the demo's data lives there)."""
   out = tmp_path / 'run'
   _main('--train_steps=2', '--eval_every=2', f'--output_dir={out}', *TINY)
-  record = json.loads((out / 'config.json').read_text())
-  assert record['flags']['size'] == 'tiny' and record['flags']['d_model'] == 32
-  assert record['config']['d_model'] == 32 and record['config']['num_classes'] == 2
+  record = json.loads((out / 'run_config.json').read_text())
+  assert record['config']['size'] == 'tiny' and record['config']['d_model'] == 32
+  assert record['model_config']['d_model'] == 32 and record['model_config']['num_classes'] == 2
   assert record['vocab_file'] == str(out / 'vocab' / 'synthetic.model')
   for directory in ('checkpoints', 'best'):
-    assert json.loads((out / directory / 'checkpoint_2' / 'config.json').read_text()) == record
+    assert json.loads((out / directory / 'checkpoint_2' / 'run_config.json').read_text()) == record
   for flag, changed in [('--size', ['--size=small']), ('--vocab', [f'--vocab={tmp_path}/x']),
                         ('--task', ['--task=rte', f'--data_dir={tmp_path}'])]:
     with pytest.raises(train.app.UsageError,
@@ -412,7 +414,7 @@ def test_fine_tune_t5x_mini_checkpoint_then_eval_and_predict(tmp_path, caplog):
   assert [int(l.split('\t')[0]) for l in lines[1:]] == list(range(32))
   assert {l.split('\t')[1] for l in lines[1:]} <= {'0', '1'}
   # --size is checked against the checkpoint's shape.
-  with pytest.raises(train.UserError, match='does not match the flags: d_model 128'):
+  with pytest.raises(finetune.ConfigError, match='does not match the flags: d_model 128'):
     _main(f'--checkpoint={MINI_CKPT}', '--size=small', f'--output_dir={tmp_path}/other',
           *common[:2], *common[3:])
 
@@ -489,7 +491,6 @@ def test_seq2seq_model_trains_evaluates_and_predicts(tmp_path, caplog, model, de
   """--model=t5|1dect5 through train.py on 64 SST-2 examples: the loss goes down, the decoded
   strings become labels (accuracy far above the 0 of unknown strings), the checkpoint is a
   T5.1.1 tree, and the eval/predict modes read it back."""
-  import load_ckpt
   data = _glue_sample(tmp_path)
   out = tmp_path / 'out'
   common = [f'--model={model}', '--task=sst2', f'--data_dir={data}', f'--output_dir={out}',

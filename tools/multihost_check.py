@@ -27,7 +27,8 @@ from jax.experimental import multihost_utils
 
 import enct5
 import partitioning
-import train
+import finetune
+import loop
 from sharding_check import synthetic_batch
 
 
@@ -37,8 +38,8 @@ def main():
   cfg = enct5.get_config('tiny', num_classes=3, vocab_size=256, dropout_rate=0.1)
   mesh = partitioning.make_mesh(args.mesh)
   shardings = partitioning.Shardings(enct5.param_specs(cfg), mesh)
-  params, opt_state = train.init_train_state(cfg, shardings, jax.random.PRNGKey(0))
-  step = train.make_train_step(cfg, shardings, train.MODELS['enct5'].loss, 1e-3, seed=0)
+  params, opt_state = loop.init_train_state(cfg, 'enct5', shardings, jax.random.PRNGKey(0))
+  step = loop.make_train_step(cfg, shardings, finetune.MODELS['enct5'].loss, 1e-3, seed=0)
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(2):

@@ -1,0 +1,540 @@
+"""Fine-tuning EncT5 (paper §4), or the paper's T5 and 1decT5 baselines (§4.3): the library
+under `train.py`, which reads no flag. A frozen `Config` comes in; `train` fine-tunes (resuming
+from OUTPUT_DIR), `evaluate` scores a checkpoint, `predict` labels a split.
+
+OUTPUT_DIR/run_config.json (copied into every checkpoint) is the run's record: its `Config`,
+its vocabulary file and its model config. A resumed run must keep RUN_FIELDS (train.py checks);
+evaluation and prediction need no more than the record's config.
+
+Reads top-down: the config and the record; the models (all that differs between EncT5, T5 and
+1decT5); the vocabulary and the model's shape; training (`prepare`, then `loop.train_loop`);
+evaluation and prediction. The data road is `glue`'s: read, tokenize, pack.
+"""
+import dataclasses
+import json
+import logging
+import os
+from typing import Callable, NamedTuple
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+import adafactor
+import enct5
+import glue
+import hf_ckpt
+import load_ckpt
+import loop
+import packing
+import partitioning
+import t5
+
+
+# ----------------------------------------------------------------------------------------------
+# The run's config, with the paper's defaults (§4.1: T5's fine-tuning recipe, Adafactor with a
+# constant learning rate 1e-3, packed rows of 512 tokens, best checkpoint on validation), and
+# its record.
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A fine-tuning run. Every field is a `train.py` flag of the same name (its help explains
+  it); the defaults here are the flags' defaults."""
+  # Task and data.
+  task: str = None  # a GLUE task (glue.TASKS); None: the demo task, read from data_dir
+  data_dir: str = None
+  vocab: str = None  # SentencePiece model, or 'byt5'; None: the checkpoint's, or trained
+  vocab_size: int = 8000  # pieces of a vocabulary trained here (ours)
+  max_input_length: int = 512  # L, tokens per packed row (§4.1)
+  max_target_length: int = 62  # EncT5: T, example slots per row (§4.1); T5: decoder tokens
+  pack: bool = True  # several examples a row (§3)
+  # Model.
+  model: str = 'enct5'  # or the §4.3 baselines 't5', '1dect5'
+  checkpoint: str = None  # T5X or Hugging Face T5.1.1 (§4.2); None: random init
+  load_optimizer_state: bool = True  # continue the checkpoint's Adafactor state (T5X)
+  size: str = None  # enct5.SIZES; None: the checkpoint's, or 'tiny' from scratch
+  fresh_pooling_block: bool = False  # from an encoder-only checkpoint
+  d_model: int = None
+  num_heads: int = None
+  head_dim: int = None
+  d_ff: int = None
+  num_layers: int = None
+  dropout_rate: float = 0.1  # T5's fine-tuning dropout
+  dtype: str = 'float32'  # activations; parameters and Adafactor stay float32
+  remat_policy: str = 'none'
+  scan_layers: bool = False
+  # Training.
+  batch_size: int = 128  # packed rows a step (T5: 128 rows of 512 tokens)
+  learning_rate: float = 1e-3  # constant (§4.1)
+  train_steps: int = 50000  # §4.1
+  eval_every: int = 1000  # ours: 50 evaluations over the paper's 50k steps
+  log_every: int = 100
+  keep_checkpoints: int = 2  # ours: one to fall back on if the newest is damaged
+  seed: int = 0
+  # Devices and the run.
+  mesh: str = None  # DATAxMODEL; None: every device on 'data'
+  output_dir: str = None
+
+
+SHAPE_FIELDS = ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers')
+# What a resumed run must keep: a change of one of these is another run.
+RUN_FIELDS = ('task', 'model', 'size', 'vocab') + SHAPE_FIELDS
+RECORD_FILE = 'run_config.json'  # the run's record (not Hugging Face's config.json)
+CHECKPOINT_VOCAB = 'sentencepiece.model'  # a checkpoint's own vocabulary, if it has one
+
+
+class ConfigError(ValueError):
+  """A config that cannot work (a flag of train.py): the message names the field."""
+
+
+def run_record(config, cfg, vocab_path):
+  """run_config.json's contents (bytes): the run's Config, vocabulary file and model config."""
+  if vocab_path != glue.BYT5_VOCAB:  # a file; 'byt5' names ByT5's bytes
+    vocab_path = os.path.abspath(vocab_path)
+  record = dict(config=dataclasses.asdict(config), vocab_file=vocab_path,
+                model_config=dataclasses.asdict(cfg))
+  return (json.dumps(record, indent=2, sort_keys=True) + '\n').encode()
+
+
+def read_run_record(output_dir):
+  """OUTPUT_DIR/run_config.json as a dict, or None for a new run."""
+  path = os.path.join(output_dir, RECORD_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+# ----------------------------------------------------------------------------------------------
+# The models: EncT5 and the paper's baselines T5 and 1decT5 (§4.3). All that differs between
+# them is in `MODELS`; the rest of this file is shared.
+# ----------------------------------------------------------------------------------------------
+
+class Model(NamedTuple):
+  name: str
+  labels_as_text: bool  # targets are the labels as T5 text (LabelText), decoded at evaluation
+  train_keys: tuple     # the batch arrays the train step reads
+  eval_keys: tuple      # ... and the eval step
+  loss: Callable        # (params, cfg, batch, rng) -> (loss, {'loss_sum', 'num_examples', ..})
+  outputs: Callable     # (params, cfg, batch, decode_length) -> the eval step's outputs
+  predictions: Callable  # (outputs, cfg, LabelText) -> per-slot predictions, numpy [B, slots]
+
+
+def _seq2seq_model(name, model):
+  """T5 or 1decT5: teacher-forced training on packed rows, greedy decoding of one example per
+  row, the decoded text mapped back to a label."""
+  def loss(params, cfg, batch, rng):
+    return t5.loss_fn(params, cfg, batch, rng, model=model)
+
+  def outputs(params, cfg, batch, decode_length):
+    return t5.greedy_decode(params, cfg, batch['inputs'], batch['inputs_segment_ids'],
+                            max_length=decode_length, model=model)  # [B, decode_length]
+
+  return Model(name=name, labels_as_text=True,
+               train_keys=('inputs', 'inputs_segment_ids', 'decoder_input_tokens',
+                           'decoder_target_tokens', 'decoder_segment_ids'),
+               eval_keys=('inputs', 'inputs_segment_ids'), loss=loss, outputs=outputs,
+               predictions=lambda tokens, cfg, labels: labels.parse(tokens)[:, None])
+
+
+_ENCT5_KEYS = ('inputs', 'inputs_segment_ids', 'targets')
+MODELS = {
+    'enct5': Model(
+        name='EncT5', labels_as_text=False, train_keys=_ENCT5_KEYS, eval_keys=_ENCT5_KEYS,
+        loss=enct5.loss_fn,
+        outputs=lambda params, cfg, batch, _: enct5.apply(params, cfg, batch),  # [B, T, n+1]
+        predictions=lambda logits, cfg, _: np.asarray(enct5.predict(logits, cfg))),  # [B, T]
+    't5': _seq2seq_model('T5', 't5'),
+    '1dect5': _seq2seq_model('1decT5', '1dect5'),
+}
+
+
+def make_eval_step(cfg, shardings, model='enct5', decode_length=None):
+  """jit((params, batch) -> outputs), replicated on every host: EncT5's logits [B, T, n+1]
+  (regression [B, T]); T5's and 1decT5's greedily decoded tokens [B, decode_length]."""
+  outputs = MODELS[model].outputs
+
+  def eval_step(params, batch):
+    with partitioning.activation_mesh(shardings.mesh):
+      return outputs(params, cfg, batch, decode_length)
+  return jax.jit(eval_step, in_shardings=(shardings.params, shardings.batch),
+                 out_shardings=shardings.replicated)
+
+
+# ----------------------------------------------------------------------------------------------
+# The vocabulary and the model's shape: from the checkpoint when there is one, else from the
+# size (+ overrides).
+# ----------------------------------------------------------------------------------------------
+
+def vocab_file(config, task, train_examples=None):
+  """The SentencePiece model's local path (or 'byt5', for `glue.load_vocab`): `vocab` (a gs://
+  file is copied into OUTPUT_DIR/vocab/), else the `sentencepiece.model` inside the checkpoint
+  (pretrain.py writes it there), else the one a Hugging Face checkpoint names
+  (`hf_ckpt.vocabulary`), else the model trained earlier into OUTPUT_DIR/vocab/, else one
+  trained now on `train_examples`' text. Every process uses process 0's file."""
+  vocab_dir = os.path.join(config.output_dir, 'vocab')
+  if config.vocab and config.vocab.startswith('gs://'):
+    path = os.path.join(vocab_dir, config.vocab.rsplit('/', 1)[1])
+    data = load_ckpt.read_bytes(config.vocab)
+    if data is None:
+      raise ConfigError(f'--vocab={config.vocab}: not found')
+    load_ckpt.write_atomically(path, data)
+    return path
+  if config.vocab and config.vocab != glue.BYT5_VOCAB and not os.path.isfile(config.vocab):
+    raise ConfigError(f'--vocab={config.vocab}: no such file')
+  if config.vocab:
+    return config.vocab
+  beside_checkpoint = os.path.join(config.checkpoint or '', CHECKPOINT_VOCAB)
+  if config.checkpoint and os.path.isfile(beside_checkpoint):
+    logging.info('no --vocab: using the checkpoint\'s vocabulary, %s', beside_checkpoint)
+    return beside_checkpoint
+  if config.checkpoint and hf_ckpt.is_hf_checkpoint(config.checkpoint):
+    named = hf_ckpt.vocabulary(config.checkpoint)
+    if named:
+      logging.info('no --vocab: using the Hugging Face checkpoint\'s vocabulary, %s', named)
+      return named
+  path = os.path.join(vocab_dir, f'{task.name}.model')
+  if jax.process_index() == 0 and not os.path.isfile(path) and train_examples:
+    _train_vocab(config, task, train_examples, path)
+  if jax.process_count() > 1:
+    _share_file(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'no --vocab and no trained vocabulary at {path}')
+  logging.info('vocabulary: %s', path)
+  return path
+
+
+def _train_vocab(config, task, train_examples, path):
+  """A SentencePiece model trained on the training texts (and, for T5 and 1decT5, which read
+  the targets' text too, the label texts) into `path`."""
+  texts = [example.text for example in train_examples]
+  if MODELS[config.model].labels_as_text:
+    texts += [glue.label_text(task, example.label) for example in train_examples]
+  logging.info('no --vocab: training a SentencePiece model (up to %d pieces) on %d training '
+               'texts of %s into %s', config.vocab_size, len(texts), task.name, path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  glue.train_vocab(texts, path[:-len('.model')], config.vocab_size)
+
+
+def _share_file(path):
+  """Process 0's copy of a file written on every process (no shared disk needed)."""
+  data = b''
+  if jax.process_index() == 0 and os.path.isfile(path):
+    with open(path, 'rb') as f:
+      data = f.read()
+  size = int(multihost_utils.broadcast_one_to_all(np.int64(len(data))))
+  if not size:
+    return
+  buffer = np.frombuffer(data, np.uint8) if data else np.zeros(size, np.uint8)
+  data = np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes()
+  if jax.process_index() > 0:
+    load_ckpt.write_atomically(path, data)
+
+
+def model_config(config, task, vocab, checkpoint):
+  """EncT5Config for `task`; `checkpoint` (T5.1.1 or EncT5, or None) fixes the shape."""
+  options = dict(num_classes=task.num_classes, dropout_rate=config.dropout_rate,
+                 dtype=config.dtype, remat_policy=config.remat_policy,
+                 scan_layers=config.scan_layers)
+  overrides = {name: getattr(config, name) for name in SHAPE_FIELDS
+               if getattr(config, name) is not None}
+  if checkpoint:
+    # The checkpoint fixes the shape; the size and the shape fields, if given, must agree.
+    shape = load_ckpt.config_from_checkpoint(checkpoint)
+    asked = {k: (v, f'--size={config.size}') for k, v in enct5.SIZES[config.size].items()
+             if k in SHAPE_FIELDS} if config.size else {}
+    asked.update({k: (v, f'--{k}') for k, v in overrides.items()})
+    wrong = [f'{k} {shape[k]} (checkpoint) vs {v} ({flag})'
+             for k, (v, flag) in asked.items() if shape[k] != v]
+    if wrong:
+      raise ConfigError(f'the checkpoint {checkpoint} does not match the flags: '
+                        + '; '.join(wrong))
+    cfg = enct5.get_config(config.size or 'small', **shape, **options)
+  else:
+    # T5.1.1 has as many decoder layers as encoder layers (enct5.num_decoder_layers: which are
+    # used); ByT5's sizes keep their 3:1 encoder:decoder depth unless num_layers changes it.
+    size = enct5.SIZES[config.size or 'tiny']
+    num_decoder_layers = overrides.get('num_layers', size['num_decoder_layers'])
+    cfg = enct5.get_config(config.size or 'tiny',
+                           vocab_size=enct5.padded_vocab_size(vocab.GetPieceSize()),
+                           num_decoder_layers=num_decoder_layers, **overrides, **options)
+  glue.check_vocab_fits(vocab, cfg.vocab_size)
+  return cfg
+
+
+def make_mesh(config):
+  """The device mesh of `config.mesh`, checked against the batch size."""
+  try:
+    mesh = partitioning.make_mesh(config.mesh)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if config.batch_size % mesh.shape['data']:
+    raise ConfigError(f'--batch_size={config.batch_size} must be a multiple of the mesh\'s '
+                      f'data axis ({mesh.shape["data"]})')
+  return mesh
+
+
+def get_task(config):
+  """The task of `config` (None: the demo task), its folder checked to be there."""
+  task = glue.get_task(config.task or glue.DEMO_TASK.name)
+  glue.task_dir(task, config.data_dir)  # fails early if the task's files are not there
+  return task
+
+
+# ----------------------------------------------------------------------------------------------
+# Training: `prepare` (data, vocabulary, model, state), then the loop (`loop.train_loop`).
+# ----------------------------------------------------------------------------------------------
+
+class Run(NamedTuple):
+  """A fine-tuning run, prepared: what the loop needs."""
+  task: glue.Task
+  cfg: enct5.EncT5Config
+  shardings: partitioning.Shardings
+  labels: object      # the glue.LabelText that T5 and 1decT5 train and decode with, else None
+  packed: dict        # the training rows
+  eval_sets: dict     # validation split -> (examples, rows)
+  state: loop.TrainState
+  record: bytes       # run_config.json, written into OUTPUT_DIR and every checkpoint
+
+
+def train(config, watchdog=None):
+  """Fine-tunes up to `train_steps` (resuming from OUTPUT_DIR/checkpoints), evaluating and
+  checkpointing every `eval_every` steps; -> the best evaluation (a metrics.jsonl record)."""
+  task = get_task(config)
+  for split in ('train', *task.eval_names):
+    glue.split_path(task, config.data_dir, split)
+  run = prepare(config, task, make_mesh(config))
+  if run.state.step >= config.train_steps:
+    logging.info('already trained %d of --train_steps=%d steps; nothing to do', run.state.step,
+                 config.train_steps)
+    return max(loop.read_metrics(config.output_dir), key=lambda r: r['score'], default=None)
+  model = MODELS[config.model]
+  step = loop.TrainStep(
+      fn=loop.make_train_step(run.cfg, run.shardings, model.loss, config.learning_rate,
+                              config.seed),
+      keys=model.train_keys, batch_sharding=run.shardings.batch, dtype=run.cfg.activation_dtype,
+      flops=enct5.train_step_flops(run.cfg, config.model, config.batch_size,
+                                   config.max_input_length, _target_length(run)))
+  inference = Inference(run.task, run.cfg, run.shardings, labels=run.labels, eval_step=(
+      make_eval_step(run.cfg, run.shardings, config.model,
+                     decode_length=run.labels.decode_length if run.labels else None)))
+
+  def evaluate_now(params):
+    scores = evaluate_sets(config, inference, params, run.eval_sets)
+    logging.info('eval | %s', ' '.join(f'{k} {v:.2f}' for k, v in scores.items()))
+    return dict(scores=scores, score=glue.task_score(run.task, scores))
+
+  settings = loop.Settings(config.train_steps, config.eval_every, config.log_every,
+                           config.keep_checkpoints, config.output_dir)
+  batches = packing.train_batches(run.packed, config.batch_size, config.seed,
+                                  start_step=run.state.step)
+  return loop.train_loop(settings, run.state, step, batches, evaluate_now, summarize,
+                         extra_files={RECORD_FILE: run.record}, watchdog=watchdog)
+
+
+def summarize(sums):
+  """The logged training figure: the loss per example (EncT5: per slot; T5: per label)."""
+  return {'loss': sums['loss_sum'] / max(sums['num_examples'], 1)}
+
+
+def _target_length(run):
+  return run.packed['decoder_target_tokens' if run.labels else 'targets'].shape[1]
+
+
+def prepare(config, task, mesh):
+  """Reads and packs the data, fixes the vocabulary and the model, writes run_config.json, and
+  restores the state: the latest checkpoint in OUTPUT_DIR, else `checkpoint`, else random."""
+  model = MODELS[config.model]
+  train_examples = glue.read_split(task, config.data_dir, 'train')
+  vocab_path = vocab_file(config, task, train_examples)
+  vocab = glue.load_vocab(vocab_path)
+  labels = glue.LabelText(task, vocab) if model.labels_as_text else None
+  ckpt_dir = os.path.join(config.output_dir, 'checkpoints')
+  cfg = model_config(config, task, vocab, load_ckpt.latest_checkpoint(ckpt_dir)
+                     or config.checkpoint)
+  shardings = partitioning.Shardings(enct5.param_specs(cfg, config.model), mesh)
+  logging.info('%s %s: %s parameters; mesh %s', model.name, cfg,
+               f'{enct5.count_params(cfg, config.model):,}', dict(mesh.shape))
+  record = run_record(config, cfg, vocab_path)
+  if jax.process_index() == 0:
+    load_ckpt.write_atomically(os.path.join(config.output_dir, RECORD_FILE), record)
+
+  # Data: the training split packed once; rows shuffled per epoch by (seed, epoch), so the
+  # batch of step s is the same whether or not the run was interrupted (packing.train_batches).
+  # EncT5 unpacked: one example, one slot a row; T5's decoder rows keep their length.
+  targets = config.max_target_length if config.pack or labels else 1
+  packed = glue.pack_split(task, train_examples, vocab, config.max_input_length, targets,
+                           method='best_fit' if config.pack else 'unpacked', labels=labels,
+                           path=glue.split_path(task, config.data_dir, 'train'))
+  eval_sets = {split: load_eval_split(config, task, split, vocab) for split in task.eval_names}
+  info = packing.stats(packed)
+  logging.info('train: %d examples in %d rows of %d tokens (packing efficiency %.3f); '
+               '%.1f steps per epoch', info['examples'], info['rows'], config.max_input_length,
+               info['efficiency'], info['rows'] / config.batch_size)
+  state = initial_state(config, cfg, shardings, ckpt_dir)
+  return Run(task, cfg, shardings, labels, packed, eval_sets, state, record)
+
+
+def initial_state(config, cfg, shardings, ckpt_dir):
+  """The run's state: its latest checkpoint (resuming), else the pre-trained `checkpoint`
+  (paper §4.2; with its Adafactor state and step when `load_optimizer_state`), else random.
+  The step counts fine-tuning steps: the checkpoint's own Adafactor step is subtracted."""
+  continued = config.checkpoint and config.load_optimizer_state
+  base_step = load_ckpt.checkpoint_step(config.checkpoint) if continued else 0
+  restored = load_ckpt.restore_checkpoint(ckpt_dir, shardings=shardings.params,
+                                          opt_shardings=shardings.opt_state)
+  if restored:
+    params, opt_state = restored
+  elif config.checkpoint:
+    loaded = load_ckpt.load_params(
+        config.checkpoint, cfg, jax.random.PRNGKey(config.seed), model=config.model,
+        with_optimizer_state=config.load_optimizer_state, shardings=shardings.params,
+        opt_shardings=shardings.opt_state, fresh_pooling_block=config.fresh_pooling_block)
+    params, opt_state = loaded if config.load_optimizer_state else (
+        loaded, jax.jit(adafactor.init, out_shardings=shardings.opt_state)(loaded))
+    logging.info('fine-tuning %s from Adafactor step %d', config.checkpoint,
+                 loop.adafactor_step(opt_state))
+  else:
+    params, opt_state = loop.init_train_state(cfg, config.model, shardings,
+                                              jax.random.PRNGKey(config.seed))
+    logging.info('random init (seed %d)', config.seed)
+  return loop.TrainState(params, opt_state, loop.adafactor_step(opt_state) - base_step)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation and prediction: EncT5's packed inference, the padding class ignored
+# (enct5.predict); T5's and 1decT5's greedy decoding, the text mapped back to a label.
+# ----------------------------------------------------------------------------------------------
+
+def load_eval_split(config, task, split, vocab):
+  """(examples, rows) of a split as the eval step reads them: EncT5's packed rows (one example
+  a row unpacked); one example a row for T5 and 1decT5, which decode greedily."""
+  pack = config.pack and not MODELS[config.model].labels_as_text
+  return glue.load_packed(task, config.data_dir, split, vocab, config.max_input_length,
+                          config.max_target_length if pack else 1,
+                          method='best_fit' if pack else 'unpacked')
+
+
+class Inference(NamedTuple):
+  """What labels packed rows with given parameters."""
+  task: glue.Task
+  cfg: enct5.EncT5Config
+  shardings: partitioning.Shardings
+  eval_step: Callable  # make_eval_step's
+  labels: object  # the glue.LabelText that T5 and 1decT5 decode with, else None
+
+
+def infer(config, inference, params, packed):
+  """Per-example predictions of a split's rows -> (example ids ascending, predictions)."""
+  model = MODELS[config.model]
+  outputs = []
+  for batch in packing.eval_batches(packed, config.batch_size):
+    inputs = {k: batch[k] for k in model.eval_keys}
+    out = inference.eval_step(params,
+                              partitioning.global_batch(inputs, inference.shardings.batch))
+    outputs.append(model.predictions(np.asarray(out), inference.cfg, inference.labels))
+  return packing.per_example(packed['example_ids'], np.concatenate(outputs))
+
+
+def evaluate_sets(config, inference, params, eval_sets):
+  """The task's metrics on its validation split(s) -> {'<eval name>/<metric>': value}.
+  `eval_sets`: split -> (examples, rows), as `load_eval_split`.
+
+  NOTE: every model is scored against the file's labels; for STS-B that is the raw score, where
+  T5 compares with its rounded target strings.
+  """
+  scores = {}
+  for split, (examples, packed) in eval_sets.items():
+    ids, predictions = infer(config, inference, params, packed)
+    gold = {example.idx: example.label for example in examples}
+    gold = [gold[i] for i in ids]
+    invalid = predictions == glue.INVALID_PREDICTION
+    if not inference.task.is_regression and invalid.any():
+      logging.info('%s: %d of %d decoded strings are no label; counted wrong', split,
+                   invalid.sum(), len(predictions))
+    scores.update(glue.compute_metrics(inference.task, split, gold, predictions))
+  return scores
+
+
+def inference_checkpoint(config):
+  """`checkpoint`, else the best, else the latest checkpoint in OUTPUT_DIR."""
+  path = (config.checkpoint
+          or load_ckpt.latest_checkpoint(os.path.join(config.output_dir, 'best'))
+          or load_ckpt.latest_checkpoint(os.path.join(config.output_dir, 'checkpoints')))
+  if not path:
+    raise FileNotFoundError(f'no --checkpoint and no checkpoint in {config.output_dir}/best '
+                            f'or {config.output_dir}/checkpoints')
+  return path
+
+
+def load_for_inference(config):
+  """(Inference, params, vocab, checkpoint path) of `inference_checkpoint`; its shape fixes
+  the model's."""
+  task = get_task(config)
+  path = inference_checkpoint(config)
+  vocab = glue.load_vocab(vocab_file(config, task))
+  labels = glue.LabelText(task, vocab) if MODELS[config.model].labels_as_text else None
+  cfg = model_config(config, task, vocab, path)
+  shardings = partitioning.Shardings(enct5.param_specs(cfg, config.model), make_mesh(config))
+  if config.model == 'enct5' and 'target/decoder/class_projection/kernel' not in \
+      load_ckpt.flatten(load_ckpt.read_index(path)):
+    logging.warning('%s is a T5.1.1 checkpoint: the EncT5 head is untrained', path)
+  params = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(config.seed),
+                                 model=config.model, shardings=shardings.params,
+                                 fresh_pooling_block=config.fresh_pooling_block)
+  eval_step = make_eval_step(cfg, shardings, config.model,
+                             decode_length=labels.decode_length if labels else None)
+  logging.info('inference with %s', path)
+  return Inference(task, cfg, shardings, eval_step, labels), params, vocab, path
+
+
+def evaluate(config):
+  """The task's metrics of `inference_checkpoint` on its validation split(s)."""
+  inference, params, vocab, path = load_for_inference(config)
+  eval_sets = {split: load_eval_split(config, inference.task, split, vocab)
+               for split in inference.task.eval_names}
+  scores = evaluate_sets(config, inference, params, eval_sets)
+  logging.info('eval %s | %s | score %.2f', path,
+               ' '.join(f'{k} {v:.2f}' for k, v in scores.items()),
+               glue.task_score(inference.task, scores))
+  return scores
+
+
+def predict(config, split='test'):
+  """GLUE submission TSVs (index, prediction) of `split` (test: all the task's test files, e.g.
+  MNLI-m and MNLI-mm) into OUTPUT_DIR/predictions; -> the files written."""
+  inference, params, vocab, _ = load_for_inference(config)
+  task = inference.task
+  splits = [s for s in task.files if s.startswith('test')] if split == 'test' else [split]
+  written = []
+  for name in splits:
+    _, packed = load_eval_split(config, task, name, vocab)
+    ids, predictions = infer(config, inference, params, packed)
+    written.append(write_predictions(config, task, name, ids, predictions))
+  return written
+
+
+def prediction_file(task, split):
+  """GLUE submission names: SST-2.tsv, MNLI-m.tsv, MNLI-mm.tsv, ...; other splits get theirs."""
+  if split == 'test':
+    return f'{task.dir_name}.tsv'
+  if split in ('test_matched', 'test_mismatched'):
+    return f'{task.dir_name}-{"m" if split == "test_matched" else "mm"}.tsv'
+  return f'{task.dir_name}.{split}.tsv'
+
+
+def write_predictions(config, task, split, ids, predictions):
+  """OUTPUT_DIR/predictions/<GLUE submission name>: index and predicted label per line."""
+  invalid = predictions == glue.INVALID_PREDICTION
+  if not task.is_regression and invalid.any():
+    logging.warning('%s: %d of %d decoded strings are no label; written as %r (a submission '
+                    'needs one)', split, invalid.sum(), len(predictions), task.raw_label(1))
+    predictions = np.maximum(predictions, 1)
+  out = os.path.join(config.output_dir, 'predictions', prediction_file(task, split))
+  if jax.process_index() == 0:
+    lines = ['index\tprediction\n'] + [f'{i}\t{task.raw_label(p)}\n'
+                                        for i, p in zip(ids, predictions)]
+    load_ckpt.write_atomically(out, ''.join(lines).encode())
+    logging.info('wrote %d predictions to %s', len(ids), out)
+  return out
