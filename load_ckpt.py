@@ -27,6 +27,7 @@ import posixpath
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 
 import jax
@@ -550,7 +551,7 @@ def write_atomically(path, data):
   """Writes bytes `data` to `path` through a temporary sibling and a rename: a reader sees the
   old file or the new one, never a part. Every process of a run may write the same file."""
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp-{jax.process_index()}'
+  tmp = f'{path}.tmp-{socket.gethostname()}-{os.getpid()}'
   with open(tmp, 'wb') as f:
     f.write(data)
   os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""tools/plan_pod.py: the sharded train step compiled for simulated devices, nothing allocated."""
+"""experiments/plan_pod.py: the sharded train step compiled for simulated devices, unallocated."""
 import json
 import os
 import subprocess
@@ -12,9 +12,10 @@ def plan_tiny(tmp_path, *flags):
   out = tmp_path / 'plan.json'
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   result = subprocess.run(
-      [sys.executable, os.path.join(testutil.REPO, 'tools', 'plan_pod.py'), '--devices=8',
+      [sys.executable, '-m', 'experiments.plan_pod', '--devices=8',
        '--sizes=tiny', '--models=enct5', '--meshes=2x4', '--batch_size=8', '--input_length=128',
-       f'--json={out}', *flags], capture_output=True, text=True, env=env, timeout=600)
+       f'--json={out}', *flags], capture_output=True, text=True, env=env, timeout=600,
+      cwd=testutil.REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   [row] = json.loads(out.read_text())
   return row

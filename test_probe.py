@@ -1,17 +1,12 @@
-"""tools/probe.py: the per-example features against each example encoded on its own, and the
+"""experiments/probe.py: the per-example features against each example encoded on its own, and the
 ridge probe against an independent least-squares formulation."""
-import os
-import sys
-
 import jax
 import numpy as np
 
 import enct5
 import glue
 import packing
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tools'))
-import probe  # noqa: E402
+from experiments import probe
 
 
 def test_mean_features_match_each_example_encoded_alone():

@@ -1,4 +1,4 @@
-"""tools/table1.py end to end in a tiny setting: a tiny T5.1.1 checkpoint written by train.py,
+"""experiments/table1.py end to end in a tiny setting: a tiny T5.1.1 checkpoint written by train.py,
 then two rows of the grid (EncT5 from it, EncT5-rand of its shape) on 64 RTE examples, the
 table, and a re-run that redoes nothing."""
 import json
@@ -40,7 +40,7 @@ def test_table1_grid_and_resume(tmp_path):
   assert ckpt.is_dir()
 
   out = tmp_path / 'table1'
-  command = ['tools/table1.py', f'--checkpoint={ckpt}', f'--vocab={pre}/vocab/rte.model',
+  command = ['-m', 'experiments.table1', f'--checkpoint={ckpt}', f'--vocab={pre}/vocab/rte.model',
              f'--glue_dir={glue_dir}', f'--output_dir={out}', '--rows=EncT5,EncT5-rand',
              '--tasks=rte', '--train_steps=2', '--eval_every=1', '--batch_size=4',
              '--max_input_length=64', '--train_flags=--max_target_length=8']
@@ -82,7 +82,7 @@ def test_table1_grid_and_resume(tmp_path):
   assert second.count('done earlier') == 2 and 'start' not in second, second
   assert {key: (out / key / 'train.log').read_text() for key in results} == logs
   assert json.loads((out / 'results.json').read_text())['cells'] == results
-  printed = _run(['tools/table1.py', f'--output_dir={out}', '--print_only'], testutil.REPO)
+  printed = _run(['-m', 'experiments.table1', f'--output_dir={out}', '--print_only'], testutil.REPO)
   assert [l for l in printed.splitlines() if l.startswith('|')] == lines
 
 
@@ -117,7 +117,7 @@ def test_table1_average_over_seeds(tmp_path):
                                rte=None)}
   _grid(tmp_path / 'seed0', 0, first)
   _grid(tmp_path / 'seed1', 1, second)
-  printed = _run(['tools/table1.py', '--print_only',
+  printed = _run(['-m', 'experiments.table1', '--print_only',
                   f'--average_over={tmp_path}/seed0,{tmp_path}/seed1'], testutil.REPO)
   table = {l.split(' | ')[0][2:]: l.strip('| ').split(' | ')
            for l in printed.splitlines() if l.startswith('| ') and not l.startswith('| Model')}
@@ -131,7 +131,7 @@ def test_table1_average_over_seeds(tmp_path):
   assert f'EncT5-rand: {tmp_path}/seed0 ' in printed and f'{tmp_path}/seed1 -' in printed
 
   _grid(tmp_path / 'other_rate', 2, first, learning_rate='0.001')
-  out = subprocess.run([sys.executable, 'tools/table1.py', '--print_only',
+  out = subprocess.run([sys.executable, '-m', 'experiments.table1', '--print_only',
                         f'--average_over={tmp_path}/seed0,{tmp_path}/other_rate'],
                        cwd=testutil.REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0

@@ -138,18 +138,19 @@ def test_adafactor_square_matrix_rows_are_dim0():
 
 # ------------------------------------------------------------------------------------- Sharding
 
-def _run_tool(name, *args, timeout=120):
-  """Runs tools/<name> in its own process (XLA_FLAGS must be set before jax is imported)."""
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  script = os.path.join(os.path.dirname(__file__), 'tools', name)
-  out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                       timeout=timeout, env=env)
+def _run_tool(name, *args, timeout=120, devices=1):
+  """Runs `python -m tools.<name>` in its own process with `devices` CPU devices (XLA_FLAGS
+  must be set before jax is imported) -> its last line of output, as JSON."""
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-m', f'tools.{name}', *args], capture_output=True,
+                       text=True, timeout=timeout, env=env, cwd=testutil.REPO)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_sharded_train_step_equals_single_device():
-  result = _run_tool('sharding_check.py')
+  result = _run_tool('sharding_check')
   for mesh in ('4x2', '8x1'):
     r = result[mesh]
     np.testing.assert_allclose(r['losses'], r['ref_losses'], rtol=1e-5)
@@ -165,14 +166,14 @@ def test_sharded_train_step_equals_single_device():
 def test_two_processes_reach_the_same_loss_as_one():
   """Two processes on 127.0.0.1 (2 CPU devices each, mesh 2x2, gloo collectives), each feeding
   its half of the global batch, match one single-device process on the same global batch."""
-  single = _run_tool('multihost_check.py')
-  script = os.path.join(os.path.dirname(__file__), 'tools', 'multihost_check.py')
+  single = _run_tool('multihost_check')
   address = f'127.0.0.1:{testutil.free_port()}'
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu')
   outs = testutil.run_processes(
-      [[sys.executable, script, '--num_processes=2', f'--process_id={i}',
-        f'--coordinator_address={address}', '--local_devices=2', '--mesh=2x2']
-       for i in range(2)], env, timeout=120)
+      [[sys.executable, '-m', 'tools.multihost_check', '--num_processes=2',
+        f'--process_id={i}', f'--coordinator_address={address}', '--mesh=2x2']
+       for i in range(2)], env, timeout=120, cwd=testutil.REPO)
   multi = json.loads(outs[0].strip().splitlines()[-1])
   assert multi['processes'] == 2 and multi['devices'] == 4, multi
   np.testing.assert_allclose(multi['losses'], single['losses'], rtol=1e-5)

@@ -16,11 +16,11 @@ def free_port():
     return s.getsockname()[1]
 
 
-def run_processes(commands, env, timeout):
+def run_processes(commands, env, timeout, cwd=None):
   """Runs the commands side by side (e.g. the processes of one jax.distributed job) and
   returns their stdouts; asserts that each exited 0, showing its stderr if not."""
   procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env) for command in commands]
+                            env=env, cwd=cwd) for command in commands]
   try:
     outputs = [p.communicate(timeout=timeout) for p in procs]
   finally:

@@ -1,42 +1,34 @@
 """Two train steps on a synthetic global batch, in one of several processes (run by
-test_train.py): `--num_processes 2 --process_id i --coordinator_address 127.0.0.1:PORT`.
+test_train.py): `python -m tools.multihost_check --num_processes=2 --process_id=i
+--coordinator_address=127.0.0.1:PORT --mesh=2x2` from the repository's root, XLA_FLAGS giving
+each process its CPU devices.
 
 Every process builds the same global batch and feeds only its rows. Prints one JSON line
 (process 0 only, or the single process): losses and a checksum of the gathered parameters.
 """
-import argparse
-import os
-
-parser = argparse.ArgumentParser()
-parser.add_argument('--coordinator_address', default=None)
-parser.add_argument('--num_processes', type=int, default=1)
-parser.add_argument('--process_id', type=int, default=0)
-parser.add_argument('--local_devices', type=int, default=1)
-parser.add_argument('--mesh', default=None)
-args = parser.parse_args()
-os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.local_devices}'
-os.environ['JAX_PLATFORMS'] = 'cpu'
 import json
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+from absl import app
 import numpy as np
 import jax
 from jax.experimental import multihost_utils
 
+import cli  # the device flags: --coordinator_address, --num_processes, --process_id, --mesh
 import enct5
-import partitioning
 import finetune
 import loop
-from sharding_check import synthetic_batch
+import partitioning
+from tools.sharding_check import synthetic_batch
+
+FLAGS = cli.FLAGS
 
 
-def main():
-  partitioning.initialize_distributed(args.coordinator_address, args.num_processes,
-                                      args.process_id)
+def main(argv):
+  del argv
+  partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                      FLAGS.process_id)
   cfg = enct5.get_config('tiny', num_classes=3, vocab_size=256, dropout_rate=0.1)
-  mesh = partitioning.make_mesh(args.mesh)
+  mesh = partitioning.make_mesh(FLAGS.mesh)
   shardings = partitioning.Shardings(enct5.param_specs(cfg), mesh)
   params, opt_state = loop.init_train_state(cfg, 'enct5', shardings, jax.random.PRNGKey(0))
   step = loop.make_train_step(cfg, shardings, finetune.MODELS['enct5'].loss, 1e-3, seed=0)
@@ -55,4 +47,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -1,4 +1,5 @@
-"""Train steps on meshes 1x1, 4x2 and 8x1 of 8 CPU devices agree (run by test_train.py).
+"""Train steps on meshes 1x1, 4x2 and 8x1 of 8 CPU devices agree (run by test_train.py):
+`python -m tools.sharding_check` from the repository's root.
 
 Prints one JSON line: per mesh, the losses and the largest parameter difference to 1x1.
 """
@@ -7,17 +8,15 @@ if __name__ == '__main__':  # before jax is imported
   os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
   os.environ['JAX_PLATFORMS'] = 'cpu'
 import json
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 import numpy as np
 import jax
 
 import adafactor
 import enct5
-import partitioning
 import finetune
 import loop
+import partitioning
 
 
 def synthetic_batch(rng, cfg, rows=8, length=32, slots=4):

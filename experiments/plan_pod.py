@@ -1,4 +1,5 @@
-"""Plan the paper's pod runs without a pod: compile `train.make_train_step` for simulated meshes.
+"""Plan the paper's pod runs without a pod: compile `loop.make_train_step` for simulated
+meshes.
 
 The paper fine-tuned up to T5.1.1-xxl on 128 TPU v3 chips (16 GiB each), 2048 rows of 512
 tokens per batch. Here XLA:CPU compiles the real sharded train step for a mesh of simulated CPU
@@ -6,9 +7,9 @@ devices, from abstract inputs (`jax.ShapeDtypeStruct`s with shardings: nothing i
 and its analyses give per device: parameter, optimizer-state and batch bytes, the temporaries
 (activations, gradients), FLOPs and the bytes that collectives move, and the compile time.
 
-  python tools/plan_pod.py --sizes=small --meshes=32x4,8x1       # a few minutes
-  python tools/plan_pod.py --memory_only                         # what fits where
-  python tools/plan_pod.py                                       # small..xxl: hours on 2 cores
+  python -m experiments.plan_pod --sizes=small --meshes=32x4,8x1   # a few minutes
+  python -m experiments.plan_pod --memory_only                     # what fits where
+  python -m experiments.plan_pod                                   # small..xxl: hours, 2 cores
 
 Memory is XLA's for the step with `scan_layers` (rematerialization frees memory on XLA:CPU
 only inside a scan, see `plan`); FLOPs and collectives for the unrolled step.
@@ -24,20 +25,34 @@ if __name__ == '__main__':  # the simulated devices, before jax is imported
   _count = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--devices=')), '128')
   os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={_count}'
   os.environ['JAX_PLATFORMS'] = 'cpu'
-import argparse
 import json
 import re
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from absl import app, flags
 import numpy as np
 import jax
 
 import adafactor
 import enct5
-import partitioning
 import finetune
 import loop
+import partitioning
+
+flags.DEFINE_integer('devices', 128, 'Simulated CPU devices.')
+flags.DEFINE_list('sizes', ['small', 'base', 'large', 'xl', 'xxl'], 'T5.1.1 sizes.')
+flags.DEFINE_list('models', ['enct5', 't5', '1dect5'], 'Models.')
+flags.DEFINE_list('meshes', ['32x4', '16x8', '8x16', '8x1'], 'DATAxMODEL; a mesh of fewer '
+                  'devices takes the first ones.')
+flags.DEFINE_integer('batch_size', 2048, 'Rows (paper: 2048).')
+flags.DEFINE_integer('input_length', 512, 'Tokens per row.')
+flags.DEFINE_enum('dtype', 'bfloat16', ['float32', 'bfloat16'], 'Activations (T5X on TPUs: '
+                  'bfloat16).')
+flags.DEFINE_enum('remat_policy', 'full', ['none', 'minimal', 'full'], 'Rematerialization.')
+flags.DEFINE_bool('memory_only', False, 'Compile only the scanned step (memory, fit): no FLOPs '
+                  'or collectives, several times faster for the large sizes.')
+flags.DEFINE_string('json', None, 'Also write the rows here.')
+FLAGS = flags.FLAGS
 
 GIB = 2**30
 # Lengths of the paper's batches (§4.1): 512 input tokens; 62 EncT5 slots; T5's targets as T5X
@@ -157,45 +172,31 @@ def print_ratios(rows):
       print(f'{size:6} {mesh:6}                   {row["peak"] / t5_row["peak"]:11.2f} {flops}')
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--devices', type=int, default=128, help='simulated CPU devices')
-  parser.add_argument('--sizes', default='small,base,large,xl,xxl')
-  parser.add_argument('--models', default='enct5,t5,1dect5')
-  parser.add_argument('--meshes', default='32x4,16x8,8x16,8x1',
-                      help='DATAxMODEL; a mesh of fewer devices takes the first ones')
-  parser.add_argument('--batch_size', type=int, default=2048, help='rows (paper: 2048)')
-  parser.add_argument('--input_length', type=int, default=512, help='tokens per row')
-  parser.add_argument('--dtype', default='bfloat16', help='activations (T5X on TPUs: bfloat16)')
-  parser.add_argument('--remat_policy', default='full', choices=['none', 'minimal', 'full'])
-  parser.add_argument('--memory_only', action='store_true',
-                      help='compile only the scanned step (memory, fit): no FLOPs or '
-                      'collectives, several times faster for the large sizes')
-  parser.add_argument('--json', help='also write the rows here')
-  args = parser.parse_args()
-  options = dict(dtype=args.dtype, remat_policy=args.remat_policy, num_classes=3)
-  print(f'{args.batch_size}x{args.input_length} tokens, activations {args.dtype}, remat '
-        f'{args.remat_policy}; per device (GiB, from the step with scan_layers): params, '
+def main(argv):
+  del argv
+  options = dict(dtype=FLAGS.dtype, remat_policy=FLAGS.remat_policy, num_classes=3)
+  print(f'{FLAGS.batch_size}x{FLAGS.input_length} tokens, activations {FLAGS.dtype}, remat '
+        f'{FLAGS.remat_policy}; per device (GiB, from the step with scan_layers): params, '
         'optimizer state, temporaries (activations, gradients), peak; fits 16/32 GiB; TFLOPs '
         'per step (all devices) and collective GiB per device (from the unrolled step); '
         'compile seconds')
   print(f"{'size':6} {'model':6} {'mesh':6} {'params':>8} {'opt':>8} {'temp':>8} {'peak':>8}   "
         f"16  32   {'TFLOPs':>10} {'collect.':>9} {'compile':>8}")
   rows = []
-  for size in args.sizes.split(','):
-    for model in args.models.split(','):
-      for shape in args.meshes.split(','):
+  for size in FLAGS.sizes:
+    for model in FLAGS.models:
+      for shape in FLAGS.meshes:
         data, model_axis = (int(n) for n in shape.split('x'))
         mesh = partitioning.make_mesh(shape, jax.devices()[:data * model_axis])
-        row = plan(size, model, mesh, args.batch_size, args.input_length,
-                   count_flops=not args.memory_only, **options)
+        row = plan(size, model, mesh, FLAGS.batch_size, FLAGS.input_length,
+                   count_flops=not FLAGS.memory_only, **options)
         print_row(row)
         rows.append(row)
   print_ratios(rows)
-  if args.json:
-    with open(args.json, 'w') as f:
+  if FLAGS.json:
+    with open(FLAGS.json, 'w') as f:
       json.dump(rows, f, indent=1)
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

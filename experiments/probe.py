@@ -1,6 +1,7 @@
 """Linear probes of a T5.1.1 checkpoint's frozen encoder: does it hold what GLUE asks for?
 
-  python tools/probe.py --checkpoint=runs/pretrain3_all/checkpoint_12000 --tasks=sst2,cola,stsb
+  python -m experiments.probe --checkpoint=runs/pretrain3_all/checkpoint_12000 \
+      --tasks=sst2,cola,stsb
 
 Before any fine-tuning: each example's feature is the mean over its tokens of the encoder
 output (and, as a control, of its token embeddings), from the checkpoint and from random inits
@@ -9,25 +10,39 @@ standardized on the train split) is fit on the train split, one-vs-rest on the c
 (STS-B: on the score), and scored on the dev split with the task's GLUE metrics. If the
 pre-trained features score no better than random ones, fine-tuning has nothing to inherit.
 """
-import argparse
 import functools
 import os
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import enct5
+import glue
+import load_ckpt
+import packing
+import t5_layers
 
-import enct5  # noqa: E402
-import glue  # noqa: E402
-import load_ckpt  # noqa: E402
-import packing  # noqa: E402
-import t5_layers  # noqa: E402
+FLAGS = flags.FLAGS
 
-SHARED = os.environ.get('ENCT5_SHARED', os.path.join(REPO, '..', 'shared'))
+
+def define_flags():
+  """The command line's flags. Defined when run as a script, not on import: test_probe.py
+  imports this module beside train.py, whose --checkpoint and --vocab these would repeat."""
+  flags.DEFINE_string('checkpoint', None, 'The T5.1.1 checkpoint (T5X format) to probe.',
+                      required=True)
+  flags.DEFINE_string('vocab', None, 'Its SentencePiece model (default '
+                      'CHECKPOINT/sentencepiece.model).')
+  flags.DEFINE_string('glue_dir', os.path.relpath(os.path.join(glue.SHARED, 'glue')),
+                      'GLUE data root.')
+  flags.DEFINE_list('tasks', ['sst2', 'cola', 'stsb'], 'GLUE tasks (train and dev).')
+  flags.DEFINE_integer('max_train_examples', 8000, 'The first N train examples fit the probe.')
+  flags.DEFINE_integer('max_input_length', 128, 'Tokens per packed row (longer examples are '
+                       'truncated, as train.py).')
+  flags.DEFINE_float('ridge', 1.0, 'The ridge penalty on the standardized features.')
+  flags.DEFINE_list('random_seeds', ['0', '1', '2'], 'Seeds of the random inits compared with '
+                    '(empty: the checkpoint alone).')
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4))
@@ -77,68 +92,65 @@ def probe_score(task, split, train, dev, penalty):
   return glue.task_score(task, scores)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--checkpoint', required=True,
-                      help='the T5.1.1 checkpoint (T5X format) to probe')
-  parser.add_argument('--vocab', help='its SentencePiece model (default '
-                      'CHECKPOINT/sentencepiece.model)')
-  parser.add_argument('--glue_dir', default=os.path.relpath(os.path.join(SHARED, 'glue')),
-                      help='GLUE data root')
-  parser.add_argument('--tasks', default='sst2,cola,stsb', help='GLUE tasks (train and dev)')
-  parser.add_argument('--max_train_examples', type=int, default=8000,
-                      help='the first N train examples fit the probe')
-  parser.add_argument('--max_input_length', type=int, default=128,
-                      help='tokens per packed row (longer examples are truncated, as train.py)')
-  parser.add_argument('--ridge', type=float, default=1.0,
-                      help='the ridge penalty on the standardized features')
-  parser.add_argument('--random_seeds', default='0,1,2',
-                      help='seeds of the random inits compared with (empty: the checkpoint alone)')
-  args = parser.parse_args()
-  vocab_path = args.vocab or os.path.join(args.checkpoint, 'sentencepiece.model')
-  for path, flag in ((args.checkpoint, '--checkpoint'), (vocab_path, '--vocab')):
+def probe_data(task, vocab):
+  """{part: (packed rows, {example id: label})} of the task's first --max_train_examples train
+  examples and of its dev split."""
+  data = {}
+  for part in ('train', next(iter(task.eval_names))):
+    examples = glue.read_split(task, FLAGS.glue_dir, part)
+    if part == 'train':
+      examples = examples[:FLAGS.max_train_examples]
+    packed = glue.pack_split(task, examples, vocab, FLAGS.max_input_length, 62,
+                             path=glue.split_path(task, FLAGS.glue_dir, part))
+    data[part] = packed, {e.idx: e.label for e in examples}
+  return data
+
+
+def probe_features(params, cfg, data):
+  """{part: {'encoder mean' or 'embedding mean': (features, labels)}} of `probe_data`."""
+  features = {}
+  for part, (packed, labels) in data.items():
+    ids, encoded, embedded = mean_features(params, cfg, packed)
+    y = np.array([labels[i] for i in ids])
+    features[part] = {'encoder mean': (encoded, y), 'embedding mean': (embedded, y)}
+  return features
+
+
+def main(argv):
+  del argv
+  vocab_path = FLAGS.vocab or os.path.join(FLAGS.checkpoint, 'sentencepiece.model')
+  for path, flag in ((FLAGS.checkpoint, '--checkpoint'), (vocab_path, '--vocab')):
     if not os.path.exists(path):
-      parser.error(f'{flag} {path} not found')
-  unknown = [name for name in args.tasks.split(',') if name not in glue.TASKS]
+      raise app.UsageError(f'{flag} {path} not found')
+  unknown = [name for name in FLAGS.tasks if name not in glue.TASKS]
   if unknown:
-    parser.error(f'unknown tasks {unknown}; expected some of {", ".join(glue.TASKS)}')
+    raise app.UsageError(f'unknown tasks {unknown}; expected some of {", ".join(glue.TASKS)}')
   vocab = glue.load_vocab(vocab_path)
-  shape = load_ckpt.config_from_checkpoint(args.checkpoint)
-  seeds = [int(seed) for seed in args.random_seeds.split(',') if seed]
+  shape = load_ckpt.config_from_checkpoint(FLAGS.checkpoint)
+  seeds = [int(seed) for seed in FLAGS.random_seeds]
   print('| Task | Features | Pre-trained | Random init (mean; min..max of '
         f'{len(seeds)} seeds) |\n|---|---|---|---|', flush=True)
-  for name in args.tasks.split(','):
+  for name in FLAGS.tasks:
     task = glue.get_task(name)
     cfg = enct5.get_config('small', **shape, num_classes=task.num_classes)
     split = next(iter(task.eval_names))
-    data = {}
-    for part in ('train', split):
-      examples = glue.read_split(task, args.glue_dir, part)
-      if part == 'train':
-        examples = examples[:args.max_train_examples]
-      packed = glue.pack_split(task, examples, vocab, args.max_input_length, 62,
-                               path=glue.split_path(task, args.glue_dir, part))
-      labels = {e.idx: e.label for e in examples}
-      data[part] = packed, labels
-    inits = {'pre-trained': load_ckpt.load_params(args.checkpoint, cfg, jax.random.PRNGKey(0))}
+    data = probe_data(task, vocab)
+    inits = {'pre-trained': load_ckpt.load_params(FLAGS.checkpoint, cfg, jax.random.PRNGKey(0))}
     inits.update({seed: enct5.init_params(jax.random.PRNGKey(seed), cfg) for seed in seeds})
     scores = {}  # (features, init) -> score
     for init, params in inits.items():
-      features = {}
-      for part, (packed, labels) in data.items():
-        ids, encoded, embedded = mean_features(params, cfg, packed)
-        y = np.array([labels[i] for i in ids])
-        features[part] = {'encoder mean': (encoded, y), 'embedding mean': (embedded, y)}
+      features = probe_features(params, cfg, data)
       for kind in ('encoder mean', 'embedding mean'):
         scores[kind, init] = probe_score(task, split, features['train'][kind],
-                                         features[split][kind], args.ridge)
+                                         features[split][kind], FLAGS.ridge)
     for kind in ('encoder mean', 'embedding mean'):
       random = [scores[kind, seed] for seed in seeds]
       spread = f'{np.mean(random):.1f}; {min(random):.1f}..{max(random):.1f}' if seeds else '-'
       print(f'| {name} | {kind} | {scores[kind, "pre-trained"]:.1f} | {spread} |', flush=True)
-  print(f'\nRidge probes ({args.ridge:g}) on the first {args.max_train_examples} train examples, '
-        'scored on dev: the task score (its metrics averaged, as Table 1).', flush=True)
+  print(f'\nRidge probes ({FLAGS.ridge:g}) on the first {FLAGS.max_train_examples} train '
+        'examples, scored on dev: the task score (its metrics averaged, as Table 1).', flush=True)
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  app.run(main)

@@ -1,11 +1,12 @@
 """The paper's Table 1 in miniature: T5, 1decT5 and EncT5 fine-tuned from one T5.1.1 checkpoint,
-and EncT5 from random init, on CoLA, SST-2, MRPC, STS-B and RTE: `python tools/table1.py`.
+and EncT5 from random init, on CoLA, SST-2, MRPC, STS-B and RTE: `python -m experiments.table1`
+from the repository's root.
 
-  python tools/table1.py --checkpoint=runs/pretrain/checkpoints/checkpoint_N
-  python tools/table1.py --checkpoint=... --rows=EncT5,EncT5-rand --tasks=rte,mrpc  # a piece
-  python tools/table1.py --checkpoint=... --print_only           # the table of the results so far
-  python tools/table1.py --print_only --average_over=DIR0,DIR1,DIR2   # the mean of grids run
-                                                                  # with --seed=0, 1, 2
+  python -m experiments.table1 --checkpoint=runs/pretrain/checkpoints/checkpoint_N
+  python -m experiments.table1 --checkpoint=... --rows=EncT5,EncT5-rand --tasks=rte,mrpc
+  python -m experiments.table1 --checkpoint=... --print_only     # the results so far
+  python -m experiments.table1 --print_only --average_over=DIR0,DIR1,DIR2   # the mean of grids
+                                                                  # run with --seed=0, 1, 2
 
 Every cell is one `python train.py ...` subprocess writing OUTPUT_DIR/<row>/<task>/ (its log in
 train.log there, starting with the exact command). All rows of a task get the same steps, batch,
@@ -41,25 +42,25 @@ import time
 
 from absl import app, flags
 
+import enct5
+import finetune
+import glue
+import load_ckpt
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import glue  # noqa: E402  (numpy and sentencepiece only; jax is imported only when needed)
-
-SHARED = os.environ.get('ENCT5_SHARED', os.path.join(REPO, '..', 'shared'))
 
 # Row name -> (train.py --model, fine-tuned from --checkpoint?), in Table 1's order.
 ROWS = {'T5': ('t5', True), '1decT5': ('1dect5', True), 'EncT5': ('enct5', True),
         'EncT5-rand': ('enct5', False)}
 TASKS = ('cola', 'sst2', 'mrpc', 'stsb', 'rte')  # Table 1's columns we have data for
-SHAPE_FLAGS = ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers')
+SHAPE_FLAGS = finetune.SHAPE_FIELDS
 
 flags.DEFINE_string('checkpoint', None, 'The T5.1.1 checkpoint in T5X format (a '
                     'checkpoint_<step> directory) that T5, 1decT5 and EncT5 fine-tune from, and '
                     'whose shape EncT5-rand copies. Required.')
 flags.DEFINE_string('vocab', None, 'SentencePiece model of the checkpoint (default '
                     'CHECKPOINT/sentencepiece.model); every row uses it.')
-flags.DEFINE_string('glue_dir', os.path.relpath(os.path.join(SHARED, 'glue')), 'GLUE data: '
+flags.DEFINE_string('glue_dir', os.path.relpath(os.path.join(glue.SHARED, 'glue')), 'GLUE data: '
                     'task dirs CoLA, SST-2, MRPC, STS-B, RTE with train.tsv and dev.tsv.')
 flags.DEFINE_string('output_dir', 'runs/table1', 'OUTPUT_DIR/<row>/<task>/ per cell, and '
                     'OUTPUT_DIR/results.json.')
@@ -117,12 +118,8 @@ def update_cell(key, record):
   with _locked():
     results = read_results()
     results['cells'][key] = record
-    path = _results_path()
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-      json.dump(results, f, indent=1, sort_keys=True)
-      f.write('\n')
-    os.replace(tmp, path)
+    load_ckpt.write_atomically(_results_path(),
+                               (json.dumps(results, indent=1, sort_keys=True) + '\n').encode())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,11 +193,10 @@ def logged_params(directory):
 def counted_params(row, task, shape):
   """The parameter count from the model's shapes, if train.py's log did not give it."""
   try:
-    import enct5
     model, pretrained = ROWS[row]
     if not pretrained:  # train.py's from-scratch embedding; EncT5 keeps one decoder layer
       pieces = glue.load_vocab(FLAGS.vocab).GetPieceSize()
-      shape = dict(shape, vocab_size=-(-pieces // 128) * 128, num_decoder_layers=1)
+      shape = dict(shape, vocab_size=enct5.padded_vocab_size(pieces), num_decoder_layers=1)
     cfg = enct5.get_config('small', num_classes=glue.TASKS[task].num_classes, **shape)
     return enct5.count_params(cfg, model)
   except Exception as e:  # noqa: BLE001  (a count is not worth failing a finished cell for)
@@ -212,6 +208,27 @@ def _duration(seconds):
   seconds = int(round(seconds))
   return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else \
       f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+def run_logged(argv, log_path, header):
+  """Runs train.py's `argv` (python first), its output appended to `log_path` after a dated
+  `header`; -> its exit status. Interrupted (Ctrl-C, or SIGTERM: see main), it never leaves
+  train.py running on its own."""
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  with open(log_path, 'a') as log:
+    log.write(f'# {datetime.datetime.now().isoformat(timespec="seconds")} {header}\n')
+    log.flush()
+    proc = subprocess.Popen([sys.executable] + argv[1:], stdout=log, stderr=subprocess.STDOUT)
+    try:
+      return proc.wait()
+    finally:
+      if proc.poll() is None:
+        proc.terminate()
+        try:
+          proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+          proc.kill()
+          proc.wait()
 
 
 def run_cell(row, task, steps, shape, index, total):
@@ -235,28 +252,11 @@ def run_cell(row, task, steps, shape, index, total):
     resuming = bool(glob.glob(os.path.join(directory, 'checkpoints', 'checkpoint_*')))
     print(f'[{index}/{total}] {key}: {"resuming" if resuming else "start"} '
           f'({steps} steps) -> {directory}/train.log', flush=True)
-    os.makedirs(directory, exist_ok=True)
     log_path = os.path.join(directory, 'train.log')
     start = time.time()
     returncode = None
     try:
-      with open(log_path, 'a') as log:
-        log.write(f'# {datetime.datetime.now().isoformat(timespec="seconds")} table1 cell '
-                  f'{key}:\n{command}\n')
-        log.flush()
-        proc = subprocess.Popen([sys.executable] + argv[1:], stdout=log,
-                                stderr=subprocess.STDOUT)
-        try:
-          returncode = proc.wait()
-        finally:
-          # Interrupted (Ctrl-C, or SIGTERM: see main): never leave train.py running on its own.
-          if proc.poll() is None:
-            proc.terminate()
-            try:
-              proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-              proc.kill()
-              proc.wait()
+      returncode = run_logged(argv, log_path, f'table1 cell {key}:\n{command}')
     finally:
       # Also when interrupted: the time spent so far counts towards the cell's wall time.
       wall += time.time() - start
@@ -405,7 +405,7 @@ def check_rand_vocab(shape):
   """EncT5-rand gets train.py's from-scratch embedding: the vocabulary's pieces rounded up to a
   multiple of 128. Warns when that differs from the checkpoint's embedding rows."""
   vocab = glue.load_vocab(FLAGS.vocab)
-  rows = -(-vocab.GetPieceSize() // 128) * 128
+  rows = enct5.padded_vocab_size(vocab.GetPieceSize())
   if rows != shape['vocab_size']:
     print(f'WARNING: EncT5-rand will embed {rows} rows ({vocab.GetPieceSize()} pieces of '
           f'{FLAGS.vocab}, rounded up to 128) but the checkpoint embeds {shape["vocab_size"]}: '
