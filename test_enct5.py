@@ -72,6 +72,13 @@ def test_rms_norm_matches_formula_without_mean_subtraction():
                              rtol=1e-6)  # x has mean ~3: subtracting it would fail here
 
 
+def test_rms_norm_epsilon_is_t5s_by_hand():
+  # [3e-3, -4e-3]: mean square 12.5e-6, so T5's eps 1e-6 moves the result measurably:
+  # x / sqrt(13.5e-6) = [0.81649658, -1.08866211]; eps 1e-5 would give [0.63245553, -0.84327404].
+  out = t5_layers.rms_norm(jnp.array([3e-3, -4e-3], jnp.float32), jnp.ones((2,)))
+  np.testing.assert_allclose(out, [0.81649658, -1.08866211], rtol=1e-6)
+
+
 def test_rms_norm_keeps_activation_dtype():
   x = jnp.ones((2, 4), jnp.bfloat16) * 300
   out = t5_layers.rms_norm(x, jnp.full((4,), 2.0))
@@ -231,6 +238,20 @@ def test_predict_ignores_padding_class():
   cfg = tiny_config()
   logits = jnp.array([[[9.0, 1.0, 2.0, 0.5]]])
   assert int(enct5.predict(logits, cfg)[0, 0]) == 2
+
+
+def test_class_projection_adds_its_bias():
+  """The head is `pooled @ kernel + bias` (paper §3: a projection with bias): logits move by
+  exactly the bias, whatever the input (the bias starts at zero, so only a non-zero one tests
+  it)."""
+  cfg = tiny_config()
+  params = enct5.init_params(jax.random.PRNGKey(4), cfg)
+  bias = np.array([0.5, -1.0, 2.0, 3.5], np.float32)
+  biased = jax.tree.map(lambda x: x, params)
+  biased['decoder']['class_projection']['bias'] = jnp.asarray(bias)
+  batch = packed_batch()
+  np.testing.assert_allclose(enct5.apply(biased, cfg, batch) - enct5.apply(params, cfg, batch),
+                             np.broadcast_to(bias, (2, 3, 4)), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ configs, init, counts

@@ -1,5 +1,6 @@
 """Tests of pretrain.py: span corruption against hand-worked cases and seqio's properties, the
 batches of a step, and a tiny pre-training run whose checkpoint every model fine-tunes from."""
+import inspect
 import json
 import os
 import subprocess
@@ -32,6 +33,23 @@ def test_random_spans_helper_gives_t5s_lengths():
   inputs, targets = pretrain.span_corruption(np.arange(3, 3 + tokens_length),
                                              np.random.default_rng(0), first_sentinel=999)
   assert (len(inputs) + 1, len(targets) + 1) == (128, targets_length)  # + EOS: rows exactly full
+
+
+def test_defaults_are_t5s_span_corruption():
+  """pretrain.py's flags, `Objective` and the span functions default to T5's objective: 15%
+  noise in spans of mean length 3 and 100 sentinels, which turn 568 raw tokens into T5's 512
+  inputs and 114 targets."""
+  flags = pretrain.FLAGS
+  density, mean = flags['noise_density'].default, flags['mean_noise_span_length'].default
+  assert (density, mean, flags['num_extra_ids'].default) == (0.15, 3.0, 100)
+  assert pretrain.random_spans_helper(512, density, mean) == (568, 114)
+  objective = pretrain.Objective(first_sentinel=32099, inputs_length=512, targets_length=114)
+  assert (objective.noise_density, objective.mean_noise_span_length) == (0.15, 3.0)
+  for function in (pretrain.random_spans_noise_mask, pretrain.span_corruption,
+                   pretrain.random_spans_helper):
+    defaults = inspect.signature(function).parameters
+    assert (defaults['noise_density'].default,
+            defaults['mean_noise_span_length'].default) == (0.15, 3.0), function.__name__
 
 
 def test_one_span_by_hand():
