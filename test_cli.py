@@ -187,7 +187,7 @@ def test_real_files_just_work(tmp_path):
   path.write_bytes('\ufeffsentence\tlabel\t\r\n'
                    'he said "no" to it \t0\t\r\n'
                    "it 's a \"great\" film\t1\r\n".encode())
-  examples = glue.read_tsv(glue.get_task('sst2'), str(path))
+  examples = glue.read_file(glue.get_task('sst2'), str(path))
   assert [(e.text, e.label, e.line) for e in examples] == [
       ('sst2 sentence: he said "no" to it ', 1, 2),
       ('sst2 sentence: it \'s a "great" film', 2, 3)]
