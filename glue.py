@@ -264,7 +264,10 @@ def _labels_in(task, path):
   """The labels of a file's well-formed rows (`read_file` reports the others)."""
   found = set()
   with open(path, 'rb') as f:
-    _, rows = _rows(task, path, f)
+    columns, rows = _rows(task, path, f)
+    if columns is not None and task.label_column not in columns:
+      raise DataError(f'{path}: columns {[task.label_column]} missing from the header '
+                      f'{list(columns)}')
     for _, row, problem in rows:
       if problem is None and task.label_column in row:
         try:

@@ -260,7 +260,7 @@ def _multi_hot_labels(examples, ids, num_labels):
   for i, (_, label) in enumerate(examples):
     if label is None:
       continue
-    if isinstance(label, (str, bytes)) or not all(
+    if not isinstance(label, (list, tuple, np.ndarray)) or not all(
         isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
         and 1 <= k <= num_labels for k in label):
       raise ValueError(f'example {ids[i]} has labels {label!r}; expected class ids 1..'
