@@ -9,9 +9,10 @@ The decoder of a pre-trained T5 is replaced by (§3, Figure 1):
 
 Class 0 is the padding class (T5 pads targets with 0), so packed rows with fewer examples
 than slots need no special case. Multi-label tasks project to n logits, one sigmoid per label,
-with binary cross-entropy masked on the padding slots. Everything is a pure function of a nested dict of arrays
-whose names are those of a T5X T5.1.1 checkpoint (`t5_layers` has the building blocks; the
-paper's T5 and 1decT5 baselines are `t5`, with parameters from the same table here).
+with binary cross-entropy masked on the padding slots. Everything is a pure function of a
+nested dict of arrays whose names are those of a T5X T5.1.1 checkpoint (`t5_layers` has the
+building blocks; the paper's T5 and 1decT5 baselines are `t5`, with parameters from the same
+table here).
 
 Reads top-down: configs; the parameter table (init, counts, model FLOPs); the forward pass
 (`encode`, `pool`, `apply`); losses and predictions.
@@ -342,8 +343,8 @@ def apply(params, cfg, batch, *, deterministic=True, rng=None):
   multi-label [B, T, n].
 
   `batch` is a packed batch (see `packing`): inputs, inputs_segment_ids [B, L] and targets
-  [B, T] ([B, T, n] multi-hot for multi-label), whose width T is the number of query slots. An unpacked batch is a packed one with
-  one example per row and T = 1.
+  [B, T] ([B, T, n] multi-hot for multi-label), whose width T is the number of query slots.
+  An unpacked batch is a packed one with one example per row and T = 1.
   """
   rng = t5_layers.training_rng(deterministic, rng)
   encoder_rng, pool_rng = t5_layers.split_rng(rng, 2)
