@@ -1,4 +1,5 @@
-"""EncT5: a T5.1.1 encoder with a small pooling block for classification and regression.
+"""EncT5: a T5.1.1 encoder with a small pooling block for classification, regression and
+multi-label classification.
 
 Liu, Shakeri, Yu, Li (2021), "EncT5: Fine-tuning T5 Encoder for Non-autoregressive Tasks".
 The decoder of a pre-trained T5 is replaced by (§3, Figure 1):
@@ -7,9 +8,11 @@ The decoder of a pre-trained T5 is replaced by (§3, Figure 1):
   decoder layer's FFN --> the decoder's final RMSNorm --> projection with bias to n+1 classes
 
 Class 0 is the padding class (T5 pads targets with 0), so packed rows with fewer examples
-than slots need no special case. Everything is a pure function of a nested dict of arrays
-whose names are those of a T5X T5.1.1 checkpoint (`t5_layers` has the building blocks; the
-paper's T5 and 1decT5 baselines are `t5`, with parameters from the same table here).
+than slots need no special case. Multi-label tasks project to n logits, one sigmoid per label,
+with binary cross-entropy masked on the padding slots. Everything is a pure function of a
+nested dict of arrays whose names are those of a T5X T5.1.1 checkpoint (`t5_layers` has the
+building blocks; the paper's T5 and 1decT5 baselines are `t5`, with parameters from the same
+table here).
 
 Reads top-down: configs; the parameter table (init, counts, model FLOPs); the forward pass
 (`encode`, `pool`, `apply`); losses and predictions.
@@ -37,17 +40,21 @@ class EncT5Config:
   max_distance: int = 128  # distances beyond share the last bucket
   dropout_rate: float = 0.1  # T5's fine-tuning dropout
   num_classes: int = 2  # n real classes, ids 1..n; 1 means regression (STS-B)
+  multi_label: bool = False  # n labels, each its own sigmoid (GoEmotions); not regression
   dtype: str = 'float32'  # activations: 'float32' or 'bfloat16'; parameters stay float32
   remat_policy: str = 'none'  # T5X's: 'none', 'minimal' or 'full' (t5_layers.REMAT_POLICIES)
   scan_layers: bool = False  # each stack's layers as one lax.scan (T5X's option)
 
   @property
   def is_regression(self):
-    return self.num_classes == 1
+    return self.num_classes == 1 and not self.multi_label
 
   @property
   def num_outputs(self):
-    """n + 1 logits, class 0 being padding; one value for regression."""
+    """n + 1 logits, class 0 being padding; one value for regression; n for multi-label,
+    whose sigmoids need no padding class (its padding slots are masked in the loss)."""
+    if self.multi_label:
+      return self.num_classes
     return 1 if self.is_regression else self.num_classes + 1
 
   @property
@@ -338,11 +345,12 @@ def pool(params, cfg, encoded, segment_ids, num_slots, rng=None):
 
 
 def apply(params, cfg, batch, *, deterministic=True, rng=None):
-  """Logits of every target slot: [B, T, n+1] (class 0 = padding), regression [B, T].
+  """Logits of every target slot: [B, T, n+1] (class 0 = padding), regression [B, T],
+  multi-label [B, T, n].
 
   `batch` is a packed batch (see `packing`): inputs, inputs_segment_ids [B, L] and targets
-  [B, T], whose width T is the number of query slots. An unpacked batch is a packed one with
-  one example per row and T = 1.
+  [B, T] ([B, T, n] multi-hot for multi-label), whose width T is the number of query slots.
+  An unpacked batch is a packed one with one example per row and T = 1.
   """
   rng = t5_layers.training_rng(deterministic, rng)
   encoder_rng, pool_rng = t5_layers.split_rng(rng, 2)
@@ -372,11 +380,16 @@ def example_losses(cfg, logits, batch):
 
   Classification: cross-entropy over the n+1 classes, masked on padding slots (target 0), so
   class 0 is never a target: training only pushes its logit down. Regression: squared error
-  on the slots whose segment exists.
+  on the slots whose segment exists. Multi-label: binary cross-entropy of each label's
+  sigmoid, summed over the n labels, on the slots whose segment exists.
   """
   targets = batch['targets']
   if cfg.is_regression:
     return jnp.square(logits - targets), slot_is_example(batch)
+  if cfg.multi_label:
+    # -[y log s(x) + (1 - y) log(1 - s(x))] = softplus(x) - y x, stable for large |x|.
+    bce = jax.nn.softplus(logits) - targets.astype(jnp.float32) * logits  # [B, T, n]
+    return jnp.sum(bce, axis=-1), slot_is_example(batch)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   target_log_probs = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32),
                                          axis=-1)[..., 0]
@@ -392,8 +405,8 @@ def loss_fn(params, cfg, batch, rng=None):
   the pre-trained checkpoint's second moments (§4.2), which a summed pre-training loss made; a
   mean over the ~300 examples of a batch gave gradients hundreds of times smaller than those
   moments expect and left the pre-trained weights all but frozen (our SST-2 run stayed at 51%
-  where random init reached 66%). No z-loss: it regularizes T5's vocabulary softmax, which
-  EncT5 does not have.
+  where random init reached 66%). Multi-label sums over labels too, as T5X over tokens. No
+  z-loss: it regularizes T5's vocabulary softmax, which EncT5 does not have.
   """
   logits = apply(params, cfg, batch, deterministic=rng is None, rng=rng)
   losses, weights = example_losses(cfg, logits, batch)
@@ -401,8 +414,24 @@ def loss_fn(params, cfg, batch, rng=None):
   return loss_sum, {'loss_sum': loss_sum, 'num_examples': jnp.sum(weights)}
 
 
-def predict(logits, cfg):
-  """Predicted class ids 1..n (the padding class is ignored), or regression values."""
+def probabilities(logits, cfg):
+  """Each label's probability [..., n]: softmax over the real classes 1..n (the padding class
+  left out, so they sum to 1), or each label's sigmoid (multi-label)."""
+  if cfg.is_regression:
+    raise ValueError('regression predicts values, not probabilities')
+  if cfg.multi_label:
+    return jax.nn.sigmoid(logits)
+  return jax.nn.softmax(logits[..., 1:], axis=-1)
+
+
+def predict(logits, cfg, *, threshold=0.5):
+  """Predicted class ids 1..n (the padding class is ignored), regression values, or for
+  multi-label the multi-hot decisions [..., n] int32: probability >= threshold.
+
+  NOTE: `>=`, as GoEmotions' own classifier keeps a label (`prob >= pred_cutoff`).
+  """
   if cfg.is_regression:
     return logits
+  if cfg.multi_label:
+    return (jax.nn.sigmoid(logits) >= threshold).astype(jnp.int32)
   return jnp.argmax(logits[..., 1:], axis=-1) + 1

@@ -1,6 +1,7 @@
 """Fine-tuning EncT5 (paper §4), or the paper's T5 and 1decT5 baselines (§4.3): the library
 under `train.py`, which reads no flag. A frozen `Config` comes in; `train` fine-tunes (resuming
-from OUTPUT_DIR), `evaluate` scores a checkpoint, `predict` labels a split.
+from OUTPUT_DIR), `evaluate` scores a checkpoint, `predict` writes GLUE submission files,
+`predict_file` labels a file of any size, and `Labeler` labels text from Python.
 
 OUTPUT_DIR/run_config.json (copied into every checkpoint) is the run's record: its `Config`,
 its vocabulary file and its model config. A resumed run must keep RUN_FIELDS (train.py checks);
@@ -14,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from typing import Callable, NamedTuple
 
 import jax
@@ -41,9 +43,23 @@ import t5
 class Config:
   """A fine-tuning run. Every field is a `train.py` flag of the same name (its help explains
   it); the defaults here are the flags' defaults."""
-  # Task and data.
-  task: str = None  # a GLUE task (glue.TASKS); None: the demo task, read from data_dir
+  # Task and data: a GLUE task, or your own files (`glue.file_task`), or the demo.
+  task: str = None  # a GLUE task (glue.TASKS); None: train_file's task, or the demo's
   data_dir: str = None
+  train_file: str = None  # CSV, TSV or JSON Lines (by extension, or file_format)
+  validation_file: str = None
+  test_file: str = None
+  file_format: str = None  # csv, tsv or jsonl; None: each file's extension
+  text_fields: tuple = ('text',)  # each becomes `field: value` in the input, as GLUE's
+  label_field: str = 'label'
+  regression: bool = False  # a number a row
+  multi_label: bool = False  # zero or more labels a row, a sigmoid each
+  labels: str = None  # 'a,b,c' or a file of one label a line; None: the training file's
+  labels_by_index: bool = False  # the files spell labels as 0-based indices into `labels`
+  label_separator: str = ','  # multi-label CSV/TSV: between a row's labels ('0,15')
+  skip_bad_rows: bool = False  # else a bad row stops the run, naming file and line
+  selection_metric: str = None  # picks the best checkpoint; None: the kind's default
+  threshold: float = 0.5  # multi-label: a label is predicted when its probability >= this
   vocab: str = None  # SentencePiece model, or 'byt5'; None: the checkpoint's, or trained
   vocab_size: int = 8000  # pieces of a vocabulary trained here (ours)
   max_input_length: int = 512  # L, tokens per packed row (§4.1)
@@ -79,7 +95,8 @@ class Config:
 
 SHAPE_FIELDS = ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers')
 # What a resumed run must keep: a change of one of these is another run.
-RUN_FIELDS = ('task', 'model', 'size', 'vocab') + SHAPE_FIELDS
+RUN_FIELDS = ('task', 'train_file', 'text_fields', 'label_field', 'regression', 'multi_label',
+              'labels', 'labels_by_index', 'model', 'size', 'vocab') + SHAPE_FIELDS
 RECORD_FILE = 'run_config.json'  # the run's record (not Hugging Face's config.json)
 CHECKPOINT_VOCAB = 'sentencepiece.model'  # a checkpoint's own vocabulary, if it has one
 
@@ -88,12 +105,13 @@ class ConfigError(ValueError):
   """A config that cannot work (a flag of train.py): the message names the field."""
 
 
-def run_record(config, cfg, vocab_path):
-  """run_config.json's contents (bytes): the run's Config, vocabulary file and model config."""
+def run_record(config, task, cfg, vocab_path):
+  """run_config.json's contents (bytes): the run's Config, task (its labels), vocabulary file
+  and model config."""
   if vocab_path != glue.BYT5_VOCAB:  # a file; 'byt5' names ByT5's bytes
     vocab_path = os.path.abspath(vocab_path)
-  record = dict(config=dataclasses.asdict(config), vocab_file=vocab_path,
-                model_config=dataclasses.asdict(cfg))
+  record = dict(config=dataclasses.asdict(config), task=glue.task_to_json(task),
+                vocab_file=vocab_path, model_config=dataclasses.asdict(cfg))
   return (json.dumps(record, indent=2, sort_keys=True) + '\n').encode()
 
 
@@ -118,7 +136,7 @@ class Model(NamedTuple):
   eval_keys: tuple      # ... and the eval step
   loss: Callable        # (params, cfg, batch, rng) -> (loss, {'loss_sum', 'num_examples', ..})
   outputs: Callable     # (params, cfg, batch, decode_length) -> the eval step's outputs
-  predictions: Callable  # (outputs, cfg, LabelText) -> per-slot predictions, numpy [B, slots]
+  predictions: Callable  # (outputs, Inference) -> per-slot predictions, numpy [B, slots, ..]
 
 
 def _seq2seq_model(name, model):
@@ -135,7 +153,7 @@ def _seq2seq_model(name, model):
                train_keys=('inputs', 'inputs_segment_ids', 'decoder_input_tokens',
                            'decoder_target_tokens', 'decoder_segment_ids'),
                eval_keys=('inputs', 'inputs_segment_ids'), loss=loss, outputs=outputs,
-               predictions=lambda tokens, cfg, labels: labels.parse(tokens)[:, None])
+               predictions=lambda tokens, inference: inference.labels.parse(tokens)[:, None])
 
 
 _ENCT5_KEYS = ('inputs', 'inputs_segment_ids', 'targets')
@@ -144,7 +162,8 @@ MODELS = {
         name='EncT5', labels_as_text=False, train_keys=_ENCT5_KEYS, eval_keys=_ENCT5_KEYS,
         loss=enct5.loss_fn,
         outputs=lambda params, cfg, batch, _: enct5.apply(params, cfg, batch),  # [B, T, n+1]
-        predictions=lambda logits, cfg, _: np.asarray(enct5.predict(logits, cfg))),  # [B, T]
+        predictions=lambda logits, inference: np.asarray(  # [B, T] (multi-label [B, T, n])
+            enct5.predict(logits, inference.cfg, threshold=inference.threshold))),
     't5': _seq2seq_model('T5', 't5'),
     '1dect5': _seq2seq_model('1decT5', '1dect5'),
 }
@@ -234,9 +253,9 @@ def _share_file(path):
 
 def model_config(config, task, vocab, checkpoint):
   """EncT5Config for `task`; `checkpoint` (T5.1.1 or EncT5, or None) fixes the shape."""
-  options = dict(num_classes=task.num_classes, dropout_rate=config.dropout_rate,
-                 dtype=config.dtype, remat_policy=config.remat_policy,
-                 scan_layers=config.scan_layers)
+  options = dict(num_classes=task.num_classes, multi_label=task.is_multi_label,
+                 dropout_rate=config.dropout_rate, dtype=config.dtype,
+                 remat_policy=config.remat_policy, scan_layers=config.scan_layers)
   overrides = {name: getattr(config, name) for name in SHAPE_FIELDS
                if getattr(config, name) is not None}
   if checkpoint:
@@ -276,10 +295,34 @@ def make_mesh(config):
 
 
 def get_task(config):
-  """The task of `config` (None: the demo task), its folder checked to be there."""
-  task = glue.get_task(config.task or glue.DEMO_TASK.name)
-  glue.task_dir(task, config.data_dir)  # fails early if the task's files are not there
-  return task
+  """The task of `config`: a GLUE task (its folder checked to be there), the task of your own
+  `train_file`, or the demo. A file task's labels, once recorded in OUTPUT_DIR's
+  run_config.json, are the recorded ones: resuming and prediction need no training file."""
+  if not config.train_file:
+    task = glue.get_task(config.task or glue.DEMO_TASK.name)
+    glue.task_dir(task, config.data_dir)  # fails early if the task's files are not there
+    return task
+  record = read_run_record(config.output_dir) if config.output_dir else None
+  labels = config.labels
+  if labels and os.path.isfile(labels):
+    labels = glue.read_label_names(labels)
+  elif labels:
+    labels = tuple(labels.split(','))
+  if record and not config.regression:
+    labels = record['task']['label_names']
+  kind = ('multi_label' if config.multi_label else 'regression' if config.regression
+          else 'classification')
+  try:
+    return glue.file_task(
+        config.train_file, config.validation_file, config.test_file,
+        text_fields=config.text_fields, label_field=config.label_field, kind=kind,
+        labels=labels, labels_by_index=config.labels_by_index,
+        label_separator=config.label_separator, fmt=config.file_format,
+        selection_metric=config.selection_metric)
+  except ValueError as e:
+    if isinstance(e, glue.DataError):
+      raise
+    raise ConfigError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,13 +359,14 @@ def train(config, watchdog=None):
       keys=model.train_keys, batch_sharding=run.shardings.batch, dtype=run.cfg.activation_dtype,
       flops=enct5.train_step_flops(run.cfg, config.model, config.batch_size,
                                    config.max_input_length, _target_length(run)))
-  inference = Inference(run.task, run.cfg, run.shardings, labels=run.labels, eval_step=(
-      make_eval_step(run.cfg, run.shardings, config.model,
-                     decode_length=run.labels.decode_length if run.labels else None)))
+  inference = Inference(run.task, run.cfg, run.shardings, labels=run.labels,
+                        threshold=config.threshold, eval_step=make_eval_step(
+                            run.cfg, run.shardings, config.model,
+                            decode_length=run.labels.decode_length if run.labels else None))
 
   def evaluate_now(params):
     scores = evaluate_sets(config, inference, params, run.eval_sets)
-    logging.info('eval | %s', ' '.join(f'{k} {v:.2f}' for k, v in scores.items()))
+    logging.info('eval | %s', ' '.join(f'{k} {scores[k]:.2f}' for k in run.task.metric_keys))
     return dict(scores=scores, score=glue.task_score(run.task, scores))
 
   settings = loop.Settings(config.train_steps, config.eval_every, config.log_every,
@@ -346,7 +390,7 @@ def prepare(config, task, mesh):
   """Reads and packs the data, fixes the vocabulary and the model, writes run_config.json, and
   restores the state: the latest checkpoint in OUTPUT_DIR, else `checkpoint`, else random."""
   model = MODELS[config.model]
-  train_examples = glue.read_split(task, config.data_dir, 'train')
+  train_examples = glue.read_split(task, config.data_dir, 'train', on_error=_on_error(config))
   vocab_path = vocab_file(config, task, train_examples)
   vocab = glue.load_vocab(vocab_path)
   labels = glue.LabelText(task, vocab) if model.labels_as_text else None
@@ -356,7 +400,7 @@ def prepare(config, task, mesh):
   shardings = partitioning.Shardings(enct5.param_specs(cfg, config.model), mesh)
   logging.info('%s %s: %s parameters; mesh %s', model.name, cfg,
                f'{enct5.count_params(cfg, config.model):,}', dict(mesh.shape))
-  record = run_record(config, cfg, vocab_path)
+  record = run_record(config, task, cfg, vocab_path)
   if jax.process_index() == 0:
     load_ckpt.write_atomically(os.path.join(config.output_dir, RECORD_FILE), record)
 
@@ -407,13 +451,17 @@ def initial_state(config, cfg, shardings, ckpt_dir):
 # (enct5.predict); T5's and 1decT5's greedy decoding, the text mapped back to a label.
 # ----------------------------------------------------------------------------------------------
 
+def _on_error(config):
+  return 'skip' if config.skip_bad_rows else 'raise'
+
+
 def load_eval_split(config, task, split, vocab):
   """(examples, rows) of a split as the eval step reads them: EncT5's packed rows (one example
   a row unpacked); one example a row for T5 and 1decT5, which decode greedily."""
   pack = config.pack and not MODELS[config.model].labels_as_text
   return glue.load_packed(task, config.data_dir, split, vocab, config.max_input_length,
                           config.max_target_length if pack else 1,
-                          method='best_fit' if pack else 'unpacked')
+                          method='best_fit' if pack else 'unpacked', on_error=_on_error(config))
 
 
 class Inference(NamedTuple):
@@ -423,6 +471,7 @@ class Inference(NamedTuple):
   shardings: partitioning.Shardings
   eval_step: Callable  # make_eval_step's
   labels: object  # the glue.LabelText that T5 and 1decT5 decode with, else None
+  threshold: float  # multi-label: a label is predicted when its probability >= this
 
 
 def infer(config, inference, params, packed):
@@ -433,7 +482,7 @@ def infer(config, inference, params, packed):
     inputs = {k: batch[k] for k in model.eval_keys}
     out = inference.eval_step(params,
                               partitioning.global_batch(inputs, inference.shardings.batch))
-    outputs.append(model.predictions(np.asarray(out), inference.cfg, inference.labels))
+    outputs.append(model.predictions(np.asarray(out), inference))
   return packing.per_example(packed['example_ids'], np.concatenate(outputs))
 
 
@@ -449,8 +498,10 @@ def evaluate_sets(config, inference, params, eval_sets):
     ids, predictions = infer(config, inference, params, packed)
     gold = {example.idx: example.label for example in examples}
     gold = [gold[i] for i in ids]
+    if inference.task.is_multi_label:
+      gold = glue.multi_hot(gold, inference.task.num_classes)
     invalid = predictions == glue.INVALID_PREDICTION
-    if not inference.task.is_regression and invalid.any():
+    if inference.labels and invalid.any():
       logging.info('%s: %d of %d decoded strings are no label; counted wrong', split,
                    invalid.sum(), len(predictions))
     scores.update(glue.compute_metrics(inference.task, split, gold, predictions))
@@ -486,7 +537,8 @@ def load_for_inference(config):
   eval_step = make_eval_step(cfg, shardings, config.model,
                              decode_length=labels.decode_length if labels else None)
   logging.info('inference with %s', path)
-  return Inference(task, cfg, shardings, eval_step, labels), params, vocab, path
+  inference = Inference(task, cfg, shardings, eval_step, labels, config.threshold)
+  return inference, params, vocab, path
 
 
 def evaluate(config):
@@ -496,7 +548,7 @@ def evaluate(config):
                for split in inference.task.eval_names}
   scores = evaluate_sets(config, inference, params, eval_sets)
   logging.info('eval %s | %s | score %.2f', path,
-               ' '.join(f'{k} {v:.2f}' for k, v in scores.items()),
+               ' '.join(f'{k} {scores[k]:.2f}' for k in inference.task.metric_keys),
                glue.task_score(inference.task, scores))
   return scores
 
@@ -538,3 +590,134 @@ def write_predictions(config, task, split, ids, predictions):
     load_ckpt.write_atomically(out, ''.join(lines).encode())
     logging.info('wrote %d predictions to %s', len(ids), out)
   return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Labelling new text: a file of any size (`predict_file`), or rows from Python (`Labeler`).
+# ----------------------------------------------------------------------------------------------
+
+PREDICT_CHUNK_ROWS = 8192  # rows read, tokenized, packed and labelled at a time
+
+
+def label_outputs(config, inference, params, packed):
+  """Per example of packed EncT5 rows, in id order: (ids, every label's probability [N, n]),
+  regression: (ids, the values [N])."""
+  outputs = []
+  for batch in packing.eval_batches(packed, config.batch_size):
+    batch = partitioning.global_batch({k: batch[k] for k in _ENCT5_KEYS},
+                                      inference.shardings.batch)
+    logits = inference.eval_step(params, batch)
+    outputs.append(np.asarray(logits if inference.cfg.is_regression
+                              else enct5.probabilities(logits, inference.cfg)))
+  return packing.per_example(packed['example_ids'], np.concatenate(outputs))
+
+
+def predict_file(config, input_file, predictions_file=None, id_field=None):
+  """Labels every row of `input_file` (CSV, TSV or JSON Lines; a label column is not needed)
+  into `predictions_file`; -> its path.
+
+  One output row per input row, in input order (`glue.prediction_row`): the row's 'id' (its
+  `id_field` column) or 'line' (its line number), the predicted label ('label'), labels ('labels',
+  multi-label) or value ('value', regression), and every label's probability; JSON Lines for a
+  .jsonl path, else TSV. It streams: PREDICT_CHUNK_ROWS rows at a time are read, tokenized,
+  packed and labelled, so memory stays bounded whatever the file's size. The file appears
+  whole when done (`load_ckpt.atomic_file`). Default path: OUTPUT_DIR/predictions/<input
+  file's name>.jsonl.
+  """
+  if config.model != 'enct5':
+    raise ConfigError(f'--input_file: labelling a file takes an EncT5 run (--model=enct5), '
+                      f'with its probabilities; this one is --model={config.model}')
+  inference, params, vocab, _ = load_for_inference(config)
+  task = inference.task
+  path = predictions_file or os.path.join(config.output_dir, 'predictions',
+                                          os.path.basename(input_file) + '.jsonl')
+  progress = Progress(input_file)
+  with (load_ckpt.atomic_file(path, 'w') if jax.process_index() == 0
+        else open(os.devnull, 'w')) as out:
+    id_key = 'id' if id_field else 'line'
+    write = _row_writer(out, task, json_lines=path.endswith('.jsonl'), id_key=id_key)
+    for row_ids, examples in glue.stream_file(task, input_file, PREDICT_CHUNK_ROWS,
+                                              id_field=id_field, on_error=_on_error(config)):
+      packed = glue.pack_split(task, examples, vocab, config.max_input_length,
+                               config.max_target_length if config.pack else 1,
+                               method='best_fit' if config.pack else 'unpacked', path=input_file)
+      ids, outputs = label_outputs(config, inference, params, packed)
+      row_id = {example.idx: i for example, i in zip(examples, row_ids)}
+      for idx, output in zip(ids, outputs):
+        write(glue.prediction_row(task, row_id[idx], output, threshold=config.threshold,
+                                  id_key=id_key))
+      progress.update(examples[-1].line, len(examples))
+  logging.info('wrote %d predictions to %s', progress.rows, path)
+  return path
+
+
+def _row_writer(out, task, json_lines, id_key):
+  """write(prediction row) into `out`: a JSON object a line, or TSV with a header: the id, the
+  label(s) or value, and a column of probabilities per label."""
+  if json_lines:
+    return lambda row: out.write(json.dumps(row) + '\n')
+  answer = 'value' if task.is_regression else 'labels' if task.is_multi_label else 'label'
+  out.write('\t'.join([id_key, answer, *(f'p({name})' for name in
+                                         ([] if task.is_regression else task.label_names))])
+            + '\n')
+
+  def write(row):
+    value = row[answer]
+    value = task.label_separator.join(value) if isinstance(value, list) else str(value)
+    out.write('\t'.join([str(row[id_key]), value,
+                         *map(str, row.get('probabilities', {}).values())]) + '\n')
+  return write
+
+
+class Progress:
+  """Logs rows labelled, rows/s and the ETA (from the lines left), every 10 seconds."""
+
+  def __init__(self, path):
+    with open(path, 'rb') as f:
+      self.lines = sum(chunk.count(b'\n') for chunk in iter(lambda: f.read(1 << 20), b''))
+    self.start = self.last = time.time()
+    self.rows = 0
+
+  def update(self, line, rows):
+    self.rows += rows
+    now = time.time()
+    if now - self.last >= 10:
+      per_second = self.rows / (now - self.start)
+      left = max(self.lines - line, 0) * self.rows / max(line, 1) / per_second
+      logging.info('labelled %d rows (line %d of %d) | %.0f rows/s | ETA %s', self.rows, line,
+                   self.lines, per_second, loop.duration(left))
+      self.last = now
+
+
+class Labeler:
+  """A trained run, loaded to label text from Python (a notebook, a service):
+
+    labeler = finetune.Labeler('runs/goemotions')
+    labeler(['What a lovely surprise!', 'I give up.'])
+    # [{'row': 1, 'labels': ['surprise'], 'probabilities': {'admiration': 0.01, ...}}, ...]
+
+  A row is a string (a task with one text field) or a dict {text field: string}; the output
+  rows are `predict_file`'s, numbered from 1 in input order. `checkpoint`: another than the
+  run's best; `batch_size`: packed rows per batch (default the run's).
+  """
+
+  def __init__(self, output_dir, checkpoint=None, batch_size=None):
+    record = read_run_record(output_dir)
+    if record is None:
+      raise FileNotFoundError(f'{output_dir}: no {RECORD_FILE}, so no run of train.py')
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in record['config'].items()}
+    config.update(output_dir=output_dir, checkpoint=checkpoint, vocab=record['vocab_file'],
+                  mesh=None, batch_size=batch_size or config['batch_size'])
+    self.config = Config(**config)
+    self.inference, self.params, self.vocab, _ = load_for_inference(self.config)
+
+  def __call__(self, rows):
+    task, config = self.inference.task, self.config
+    examples = glue.text_examples(task, rows)
+    packed = glue.pack_split(task, examples, self.vocab, config.max_input_length,
+                             config.max_target_length if config.pack else 1,
+                             method='best_fit' if config.pack else 'unpacked')
+    ids, outputs = label_outputs(config, self.inference, self.params, packed)
+    return [glue.prediction_row(task, int(idx) + 1, output, threshold=config.threshold,
+                                id_key='row')
+            for idx, output in zip(ids, outputs)]

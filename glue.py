@@ -1,17 +1,30 @@
-"""GLUE for EncT5: official TSV files -> T5 text -> SentencePiece ids -> packed rows; metrics.
+"""Tasks for EncT5: GLUE's files or your own CSV, TSV or JSON Lines -> T5 text -> SentencePiece
+ids -> packed rows; metrics.
 
-EncT5 is fine-tuned on the eight GLUE tasks of the paper's Table 1 (§4.1; WNLI and AX left
-out). Text follows T5 (`t5.data.preprocessors.glue` with `t5.data.glue_utils`): the task name,
-then `feature: text` for each text feature in sorted feature order, e.g.
-`mnli hypothesis: ... premise: ...`. Labels are T5's label classes, numbered from 1 because
-class 0 is EncT5's padding class (§3); STS-B is regression on the raw score. Metrics are
-T5's GLUE metrics (`glue_utils.GLUE_METRICS`), scaled to 0-100 as T5 reports them.
+One data path for every task. A `Task` says where its files are and in which format, which
+columns hold the text and how they become T5's input, which column holds the label and of which
+kind it is (classification, regression or multi-label), the label names, the metrics and those
+that pick the best checkpoint. The eight GLUE tasks of the paper's Table 1 (§4.1; WNLI and AX
+left out) and the demo task are presets (`TASKS`, `DEMO_TASK`); `file_task` makes a task of
+your own files.
 
-Reads top-down: the tasks (and the demo task); reading TSV files; SentencePiece; one split
-read, tokenized and packed (`load_packed`, the road train.py takes); labels as T5 text for the
-T5 and 1decT5 baselines (`LabelText`); metrics.
+Text follows T5 (`t5.data.preprocessors.glue` with `t5.data.glue_utils`): the task name, then
+`feature: text` for each text feature, e.g. `mnli hypothesis: ... premise: ...` (GLUE in T5's
+sorted feature order; your own files in the order of their text fields, after the task's name
+if it has one). Class labels are numbered from 1 because class 0 is EncT5's padding class (§3);
+regression (STS-B) keeps the raw score; a multi-label row has a set of class ids (multi-hot
+targets, one sigmoid per label). GLUE's metrics are T5's (`glue_utils.GLUE_METRICS`), scaled to
+0-100 as T5 reports them; your own tasks get accuracy and macro-F1, Pearson and Spearman, or
+micro-, macro- and per-label F1.
+
+Reads top-down: tasks (GLUE's, the demo's, `file_task`); reading files (`read_file`, and
+`stream_file` to label a large file chunk by chunk); SentencePiece; one split read, tokenized
+and packed (`load_packed`, the road training takes); labels as T5 text for the T5 and 1decT5
+baselines (`LabelText`); metrics; prediction rows.
 """
+import csv
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -28,6 +41,10 @@ SHARED = os.environ.get('ENCT5_SHARED',
 # T5's SentencePiece ids (`seqio.SentencePieceVocabulary`): pad 0, EOS 1, unk 2, no BOS.
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
+KINDS = ('classification', 'regression', 'multi_label')
+FORMATS = ('glue', 'csv', 'tsv', 'jsonl')  # 'glue': GLUE's own TSV layout (`_glue_rows`)
+_EXTENSIONS = {'.csv': 'csv', '.tsv': 'tsv', '.jsonl': 'jsonl', '.ndjson': 'jsonl'}
+
 _FILES = {'train': 'train.tsv', 'validation': 'dev.tsv', 'test': 'test.tsv'}
 _MNLI_FILES = {'train': 'train.tsv',
                'validation_matched': 'dev_matched.tsv',
@@ -43,26 +60,39 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """One GLUE task: where its files are, how a row becomes T5 text, its labels and metrics."""
-  name: str  # T5's benchmark name, also the first word of every input
-  dir_name: str  # folder in the GLUE data directory
-  features: tuple  # (T5 feature name, TSV column), in T5's (sorted) order
+  """A task: its files, how a row becomes T5 text, its labels and metrics.
+
+  A run records it (`task_to_json`), so that prediction knows the labels without the training
+  file.
+  """
+  name: str  # the first word of every input ('' for none); T5's benchmark name for GLUE
+  features: tuple  # (feature name in the text, column), in text order
   label_column: str
-  label_names: tuple  # T5's label classes; class id = index + 1. () for regression
-  raw_labels: tuple  # how the TSV spells each class ('0', '1' or the names)
-  metric_names: tuple
-  files: dict = dataclasses.field(default_factory=lambda: dict(_FILES))  # split -> file
+  files: dict  # split -> a file name in the task's GLUE folder, or a path (file_task)
+  kind: str = 'classification'  # one of KINDS
+  label_names: tuple = ()  # class id = index + 1; predictions are written as these
+  raw_labels: tuple = ()  # how the files spell each label, in the same order
+  metric_names: tuple = ()
+  selection_metrics: tuple = ()  # the metrics whose mean picks the best checkpoint
   eval_names: dict = None  # validation split -> name its metrics are reported under
+  fmt: str = None  # one of FORMATS; None: each file's by its extension (`file_format`)
+  dir_name: str = ''  # the task's folder in the GLUE data directory; '' for file_task's
   headerless_columns: tuple = ()  # CoLA's train/dev files have no header row
+  label_separator: str = ','  # between a multi-label row's labels in CSV/TSV ('0,15')
+  score_range: tuple = None  # regression: (low, high) a score must lie in (STS-B: 0 to 5)
 
   @property
   def is_regression(self):
-    return not self.label_names
+    return self.kind == 'regression'
+
+  @property
+  def is_multi_label(self):
+    return self.kind == 'multi_label'
 
   @property
   def num_classes(self):
-    """n real classes (ids 1..n), or 1 for regression: EncT5Config.num_classes."""
-    return len(self.label_names) or 1
+    """n labels (class ids 1..n), or 1 for regression: EncT5Config.num_classes."""
+    return 1 if self.is_regression else len(self.label_names)
 
   @property
   def metric_keys(self):
@@ -70,18 +100,30 @@ class Task:
     return tuple(f'{eval_name}/{metric}' for eval_name in self.eval_names.values()
                  for metric in self.metric_names)
 
+  @property
+  def selection_keys(self):
+    """The scores whose mean picks the best checkpoint (`task_score`)."""
+    return tuple(f'{eval_name}/{metric}' for eval_name in self.eval_names.values()
+                 for metric in self.selection_metrics)
+
   def raw_label(self, prediction):
-    """A predicted class id (or score) as the TSV spells labels, for prediction files."""
+    """A prediction as the files spell labels (GLUE submission files): a class id's label, a
+    score with 3 decimals, or a multi-label row's multi-hot vector as separated labels."""
     if self.is_regression:
       return f'{float(prediction):.3f}'
+    if self.is_multi_label:
+      return self.label_separator.join(self.raw_labels[i] for i in np.flatnonzero(prediction))
     return self.raw_labels[int(prediction) - 1]
 
 
 def _task(name, dir_name, features, label_column, label_names, raw_labels, metric_names,
           **kwargs):
+  """A GLUE task: GLUE's TSV layout in its folder; T5's metrics, whose mean selects (T5)."""
   kwargs.setdefault('eval_names', {'validation': name})
-  return Task(name, dir_name, features, label_column, label_names, raw_labels, metric_names,
-              **kwargs)
+  kwargs.setdefault('files', dict(_FILES))
+  return Task(name, features, label_column, label_names=label_names, raw_labels=raw_labels,
+              metric_names=metric_names, selection_metrics=metric_names, fmt='glue',
+              dir_name=dir_name, **kwargs)
 
 
 _BINARY = ('0', '1')
@@ -94,7 +136,8 @@ TASKS = {task.name: task for task in [
     _task('mrpc', 'MRPC', (('sentence1', '#1 String'), ('sentence2', '#2 String')), 'Quality',
           ('not_equivalent', 'equivalent'), _BINARY, ('f1', 'accuracy')),
     _task('stsb', 'STS-B', (('sentence1', 'sentence1'), ('sentence2', 'sentence2')), 'score',
-          (), (), ('pearson_corrcoef', 'spearman_corrcoef')),
+          (), (), ('pearson_corrcoef', 'spearman_corrcoef'), kind='regression',
+          score_range=(0.0, 5.0)),
     _task('qqp', 'QQP', (('question1', 'question1'), ('question2', 'question2')),
           'is_duplicate', ('not_duplicate', 'duplicate'), _BINARY, ('f1', 'accuracy')),
     # MNLI's premise is the TSV's sentence1; sorted feature order puts the hypothesis first.
@@ -112,10 +155,8 @@ TASKS = {task.name: task for task in [
 
 # The demo task: made-up words; the label says whether a sentence has more "good" than "bad"
 # cue words. It goes through exactly the GLUE road (TSV files, T5 text, SentencePiece).
-DEMO_TASK = Task(name='synthetic', dir_name='synthetic', features=(('sentence', 'sentence'),),
-                 label_column='label', label_names=('negative', 'positive'),
-                 raw_labels=('0', '1'), metric_names=('accuracy',),
-                 eval_names={'validation': 'synthetic'})
+DEMO_TASK = _task('synthetic', 'synthetic', (('sentence', 'sentence'),), 'label',
+                  ('negative', 'positive'), _BINARY, ('accuracy',))
 
 
 def get_task(name):
@@ -127,32 +168,173 @@ def get_task(name):
   return TASKS[name]
 
 
+# Your own tasks' metrics per kind, and those that pick the best checkpoint by default
+# (regression: the mean of both correlations, as T5 scores STS-B).
+FILE_METRICS = {
+    'classification': (('accuracy', 'macro_f1'), ('accuracy',)),
+    'regression': (('pearson_corrcoef', 'spearman_corrcoef'),
+                   ('pearson_corrcoef', 'spearman_corrcoef')),
+    'multi_label': (('micro_f1', 'macro_f1'), ('macro_f1',)),
+}
+
+
+def file_task(train_file, validation_file=None, test_file=None, *, text_fields=('text',),
+              label_field='label', kind='classification', labels=None, labels_by_index=False,
+              label_separator=',', fmt=None, name='', selection_metric=None):
+  """A task of your own CSV, TSV or JSON Lines files.
+
+  Args:
+    train_file, validation_file, test_file: paths. Each file's format comes from its
+      extension (.csv, .tsv, .jsonl or .ndjson) unless `fmt` ('csv', 'tsv', 'jsonl') is given.
+    text_fields: the columns (JSON keys) of the text, in order; each becomes `field: value` in
+      T5's input, after `name` if there is one, as GLUE's: ('question', 'passage') ->
+      'question: ... passage: ...'; ('text',) -> 'text: ...'.
+    label_field: the column of the label.
+    kind: 'classification' (one label a row), 'regression' (a number a row) or 'multi_label'
+      (zero or more labels a row: a JSON list, or `label_separator`-separated in CSV/TSV; an
+      empty field is no label).
+    labels: the label names in class order (class id = index + 1). None: the labels of the
+      training file, sorted (numbers by value, '2' before '10', then the others). A label of
+      any split that is not one of them is a DataError.
+    labels_by_index: the files spell each label as its 0-based index into `labels`
+      (GoEmotions: `0,15` with labels.txt's names, see `read_label_names`); predictions are
+      written as the names. Without it the files spell the names themselves.
+    name: the first word of every input and the name of the validation metrics; '' (the
+      default): no first word, and metrics named 'validation/...'.
+    selection_metric: the metric that picks the best checkpoint (one of FILE_METRICS[kind]);
+      default: accuracy, the mean of Pearson and Spearman, or macro-F1.
+
+  Reads the training file once to find its labels when `labels` is None.
+  """
+  if kind not in KINDS:
+    raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
+  if fmt not in (None, 'csv', 'tsv', 'jsonl'):
+    raise ValueError(f"fmt must be 'csv', 'tsv', 'jsonl' or None (by extension), got {fmt!r}")
+  text_fields = (text_fields,) if isinstance(text_fields, str) else tuple(text_fields)
+  if not text_fields or len(set(text_fields)) < len(text_fields) or label_field in text_fields:
+    raise ValueError(f'text_fields {text_fields} must be distinct columns, without the label '
+                     f'field {label_field!r}')
+  metric_names, selection = FILE_METRICS[kind]
+  if selection_metric is not None:
+    if selection_metric not in metric_names:
+      raise ValueError(f'selection_metric {selection_metric!r} is not one of the {kind} '
+                       f'metrics {metric_names}')
+    selection = (selection_metric,)
+  files = {split: path for split, path in (('train', train_file), ('validation', validation_file),
+                                           ('test', test_file)) if path}
+  task = Task(name, tuple((field, field) for field in text_fields), label_field, files,
+              kind=kind, metric_names=metric_names, selection_metrics=selection,
+              eval_names={'validation': name or 'validation'} if validation_file else {},
+              fmt=fmt, label_separator=label_separator)
+  for path in files.values():
+    file_format(task, path)  # an unknown extension fails here, not after training
+  if kind == 'regression':
+    if labels is not None or labels_by_index:
+      raise ValueError('regression takes no labels (labels, labels_by_index)')
+    return task
+  label_names, raw_labels = _label_set(task, labels, labels_by_index)
+  return dataclasses.replace(task, label_names=label_names, raw_labels=raw_labels)
+
+
+def _label_set(task, labels, labels_by_index):
+  """(label names, how the files spell them) of a file task's classes."""
+  if labels is None:
+    if labels_by_index:
+      raise ValueError('labels_by_index needs the label names (labels=...)')
+    found = tuple(sorted(_labels_in(task, split_path(task, None, 'train')), key=_label_order))
+    return found, found
+  labels = (labels,) if isinstance(labels, str) else tuple(labels)
+  if not labels or not all(isinstance(x, str) and x.strip() == x and x for x in labels):
+    raise ValueError(f'labels must be non-empty strings without surrounding spaces: {labels}')
+  if len(set(labels)) < len(labels):
+    raise ValueError(f'labels {labels} name a label twice')
+  return labels, tuple(map(str, range(len(labels)))) if labels_by_index else labels
+
+
+def _label_order(label):
+  """Sort key of labels found in a file: numbers by value ('2' before '10'), then the rest."""
+  try:
+    value = float(label)
+  except ValueError:
+    value = math.nan
+  return (0, value, label) if math.isfinite(value) else (1, 0.0, label)
+
+
+def _labels_in(task, path):
+  """The labels of a file's well-formed rows (`read_file` reports the others)."""
+  found = set()
+  with open(path, 'rb') as f:
+    columns, rows = _rows(task, path, f)
+    if columns is not None and task.label_column not in columns:
+      raise DataError(f'{path}: columns {[task.label_column]} missing from the header '
+                      f'{list(columns)}')
+    for _, row, problem in rows:
+      if problem is None and task.label_column in row:
+        try:
+          found.update(_label_strings(task, row[task.label_column]))
+        except ValueError:
+          pass
+  if not found:
+    raise DataError(f'{path}: no labels in column {task.label_column!r}')
+  return found
+
+
+def read_label_names(path):
+  """Label names from a text file, one a line, in class order: GoEmotions' labels.txt names
+  0-based label id i on line i + 1 (`file_task(..., labels_by_index=True)`)."""
+  with open(path, 'rb') as f:
+    names = [line.strip() for line in _text_lines(path, f)]
+  while names and not names[-1]:
+    names.pop()  # blank lines at the end
+  if not names:
+    raise DataError(f'{path}: no label names')
+  for line_no, name in enumerate(names, 1):
+    if not name:
+      raise DataError(f'{path}:{line_no}: empty label name')
+    if names.index(name) + 1 < line_no:
+      raise DataError(f'{path}:{line_no}: label {name!r} again (line {names.index(name) + 1})')
+  return tuple(names)
+
+
+def task_to_json(task):
+  """The task as a dict of JSON values, for a run's record; `task_from_json` reads it back."""
+  return dataclasses.asdict(task)
+
+
+def task_from_json(record):
+  """The Task of `task_to_json`'s dict after a JSON round trip (lists back to tuples)."""
+  def tuples(value):
+    return tuple(map(tuples, value)) if isinstance(value, list) else value
+  return Task(**{key: tuples(value) for key, value in record.items()})
+
+
 # ---------------------------------------------------------------------------------------------
-# Reading TSV files.
+# Reading files: GLUE's TSV layout, CSV, TSV and JSON Lines, one road from a row to an Example.
 # ---------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class Example:
   idx: int  # 0-based data row of the file (TFDS's `idx`; GLUE's `index` column)
-  line: int  # 1-based line in the file, for error messages
+  line: int  # 1-based line in the file where the row starts, for messages and predictions
   text: str  # the T5 input text
-  label: object  # class id 1..n, float score (STS-B), or None (unlabeled test file)
+  label: object  # class id 1..n, a float score, a tuple of class ids (multi-label), or None
 
 
 def format_text(task, fields):
-  """T5's text: 'rte sentence1: <s1> sentence2: <s2>' (`preprocessors.glue`, `stsb`).
+  """T5's text: 'rte sentence1: <s1> sentence2: <s2>' (`preprocessors.glue`, `stsb`); without
+  the first word when the task has no name.
 
   NOTE: fields are joined as they are, as in T5 (SST-2's sentences end with a space);
   SentencePiece's normalizer collapses the extra whitespace.
   """
-  parts = [task.name]
+  parts = [task.name] if task.name else []
   for feature, _ in task.features:
     parts += [f'{feature}:', fields[feature]]
   return ' '.join(parts)
 
 
 def task_dir(task, data_dir):
-  """The task's folder: `data_dir` is the GLUE root (holding SST-2/, ...) or that folder."""
+  """A GLUE task's folder: `data_dir` is the GLUE root (holding SST-2/, ...) or that folder."""
   own = os.path.join(data_dir, task.dir_name)
   if os.path.isdir(own):
     return own
@@ -163,87 +345,172 @@ def task_dir(task, data_dir):
 
 
 def split_path(task, data_dir, split):
-  """The file of one split; `data_dir` as in `task_dir`."""
+  """The file of one split: in the GLUE task's folder (`data_dir` as in `task_dir`), or the
+  path a file task was given (`data_dir` unused: None)."""
   if split not in task.files:
     raise ValueError(f'task {task.name} has no split {split!r}; expected one of '
                      f'{sorted(task.files)}')
-  path = os.path.join(task_dir(task, data_dir), task.files[split])
+  folder = task_dir(task, data_dir) if task.dir_name else ''
+  path = os.path.join(folder, task.files[split])
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} not found (the {split} split of {task.name})')
+    raise FileNotFoundError(f'{path} not found (the {split} split of {task.name or "the task"})')
   return path
 
 
-def read_split(task, data_dir, split, *, on_error='raise'):
-  """The examples of one split; test splits are read without labels."""
-  return read_tsv(task, split_path(task, data_dir, split),
-                  labeled=not split.startswith('test'), on_error=on_error)
+def file_format(task, path):
+  """The format of a file of the task: the task's `fmt`, else the file's extension's."""
+  if task.fmt:
+    return task.fmt
+  extension = os.path.splitext(path)[1].lower()
+  if extension not in _EXTENSIONS:
+    raise DataError(f'{path}: cannot tell the format from the extension {extension!r}; name '
+                    'the file .csv, .tsv or .jsonl, or give the format (csv, tsv or jsonl)')
+  return _EXTENSIONS[extension]
 
 
-def read_tsv(task, path, *, labeled=True, on_error='raise'):
-  """Reads a GLUE TSV file in its official layout into Examples.
+def read_split(task, data_dir, split, *, labeled=None, on_error='raise'):
+  """The examples of one split (`split_path`); test splits are read without labels unless
+  `labeled` says otherwise."""
+  labeled = not split.startswith('test') if labeled is None else labeled
+  return read_file(task, split_path(task, data_dir, split), labeled=labeled, on_error=on_error)
 
-  Like TFDS's GLUE builder: tab-separated, no quoting (`csv.QUOTE_NONE`), columns found by
-  header name; CoLA's train/dev files have no header; a UTF-8 BOM (MRPC), CRLF line ends and
-  empty trailing fields (a tab at the end of a line) are ignored.
-  `labeled=False` reads test files, which have no label column (label None).
 
-  Bad rows (wrong number of columns, unknown label, a score that is not a number in [0, 5])
-  raise DataError naming file and line when on_error='raise' (default). With
-  on_error='skip' they are left out, each logged with its line, and counted in the log; the
-  other examples keep their `idx`. Empty files are always an error. Empty text fields are
-  kept, as T5 keeps them, and logged.
+def read_file(task, path, *, labeled=True, on_error='raise'):
+  """A file's rows as Examples, in file order (formats: `_glue_rows`, `_delimited_rows`,
+  `_jsonl_rows`).
+
+  `labeled=False` reads files without labels (test files, text to label): label None, and
+  the label column need not exist. Bad rows (a missing column or key, an empty text, a label
+  that is unknown, not a number or out of range, invalid JSON, a wrong number of columns)
+  raise DataError naming file and line when on_error='raise' (default). With on_error='skip'
+  they are left out, each logged with its line, and counted in the log; the other examples
+  keep their `idx`. Bytes that are not UTF-8, broken quoting, a missing column in the header
+  and a file without examples are always errors. A row whose text fields are all empty is
+  bad; one empty field of several is kept, as T5 keeps it, and logged.
   """
+  return [example for _, example in _examples(task, path, labeled=labeled, on_error=on_error)]
+
+
+def stream_file(task, path, chunk_size, *, id_field=None, labeled=False, fmt=None,
+                on_error='raise'):
+  """A (large) file's rows in chunks of `chunk_size`, in file order, for labelling it in
+  bounded memory: read, tokenize, pack and predict a chunk at a time.
+
+  Yields (ids, examples) per chunk: each row's value in the column `id_field`, or without one
+  its line number (`Example.line`), and its Example (whose `idx`, the row's index in the
+  whole file, can go to `packing.pack_examples(ids=...)` and back through
+  `packing.per_example`). The label column is read only if `labeled`. `fmt` overrides the
+  task's format (`file_format`); errors and `on_error` as in `read_file`.
+  """
+  if chunk_size < 1:
+    raise ValueError(f'chunk_size must be >= 1, got {chunk_size}')
+  if fmt is not None:
+    task = dataclasses.replace(task, fmt=fmt)
+  ids, examples = [], []
+  for row_id, example in _examples(task, path, labeled=labeled, on_error=on_error,
+                                   id_field=id_field):
+    ids.append(row_id)
+    examples.append(example)
+    if len(examples) == chunk_size:
+      yield ids, examples
+      ids, examples = [], []
+  if examples:
+    yield ids, examples
+
+
+def _examples(task, path, *, labeled, on_error, id_field=None):
+  """(row id, Example) for each good row of a file, in order: the road of `read_file` and
+  `stream_file`. The row id is the `id_field` value, else the line number."""
   if on_error not in ('raise', 'skip'):
     raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-  examples, skipped, empty_fields = [], [], []
+  wanted = [column for _, column in task.features]
+  wanted += [task.label_column] if labeled else []
+  wanted += [id_field] if id_field else []
+  count, skipped, empty_fields = 0, [], []
   with open(path, 'rb') as f:
-    header, lines, first_line = _header(task, path, _text_lines(path, f))
-    columns = {name: i for i, name in enumerate(header)}
-    wanted = [column for _, column in task.features] + ([task.label_column] if labeled else [])
-    missing = [column for column in wanted if column not in columns]
-    if missing:
-      raise DataError(f'{path}: columns {missing} missing from the header {header} of a '
-                      f'{task.name} file' + (' (test files: labeled=False)' if labeled else ''))
-    for idx, (line_no, line) in enumerate(enumerate(lines, first_line)):
-      fields = line.split('\t')
-      if len(fields) > len(header) and not any(fields[len(header):]):
-        fields = fields[:len(header)]  # trailing tabs
+    columns, rows = _rows(task, path, f)
+    if columns is not None and any(column not in columns for column in wanted):
+      raise DataError(f'{path}: columns {[c for c in wanted if c not in columns]} missing '
+                      f'from the header {list(columns)}'
+                      + (' (test files: labeled=False)' if labeled else ''))
+    for idx, (line_no, row, problem) in enumerate(rows):
       try:
-        if len(fields) != len(header):
-          raise ValueError(f'{len(fields)} columns; the header has {len(header)}')
-        label = _parse_label(task, fields[columns[task.label_column]]) if labeled else None
+        if problem:
+          raise ValueError(problem)
+        if any(column not in row for column in wanted):
+          raise ValueError(f'keys {[c for c in wanted if c not in row]} missing')
+        fields = {feature: _text(row[column], column) for feature, column in task.features}
+        if not any(text.strip() for text in fields.values()):
+          raise ValueError(f'empty text (columns {[column for _, column in task.features]})')
+        label = _parse_label(task, row[task.label_column]) if labeled else None
       except ValueError as e:
         if on_error == 'raise':
           raise DataError(f'{path}:{line_no}: {e}') from None
         skipped.append(line_no)
         logging.warning('%s:%d: skipped: %s', path, line_no, e)
         continue
-      text_fields = {feature: fields[columns[column]] for feature, column in task.features}
-      if not all(text_fields.values()):
+      if not all(fields.values()):
         empty_fields.append(line_no)
-      examples.append(Example(idx, line_no, format_text(task, text_fields), label))
-  if not examples and not skipped:
-    raise DataError(f'{path}: no examples, only a header')
+      count += 1
+      yield (row[id_field] if id_field else line_no), Example(idx, line_no,
+                                                              format_text(task, fields), label)
+  _log_read(path, count, skipped, empty_fields)
+
+
+def _log_read(path, count, skipped, empty_fields):
+  """The summary of a read file; a file without examples is an error."""
+  if not count and not skipped:
+    raise DataError(f'{path}: no examples, only a header (or nothing)')
   if empty_fields:
     logging.warning('%s: %d rows with an empty text field, kept as T5 does (lines %s)',
                     path, len(empty_fields), empty_fields[:10])
-  logging.info('%s: read %d %s examples, skipped %d bad rows%s', path, len(examples),
-               task.name, len(skipped), f' (lines {skipped[:10]})' if skipped else '')
-  if not examples:
+  logging.info('%s: read %d examples, skipped %d bad rows%s', path, count, len(skipped),
+               f' (lines {skipped[:10]})' if skipped else '')
+  if not count:
     raise DataError(f'{path}: all {len(skipped)} rows are bad')
-  return examples
 
 
-def _text_lines(path, f):
-  """The lines of a binary file as text, without line ends or a leading UTF-8 BOM; bytes that
-  are not UTF-8 raise DataError naming the line."""
+def _rows(task, path, f):
+  """(column names, rows) of an open binary file in its format: the header's columns (None
+  for JSON Lines, whose rows name their own keys), and (line, row, problem) per data row: row a
+  dict column -> value, or None with `problem` saying why the line is no row."""
+  fmt = file_format(task, path)
+  if fmt == 'glue':
+    return _glue_rows(task, path, f)
+  if fmt == 'jsonl':
+    return None, _jsonl_rows(path, f)
+  return _delimited_rows(path, f, ',' if fmt == 'csv' else '\t')
+
+
+def _text_lines(path, f, keep_ends=False):
+  """The lines of a binary file as text, without a leading UTF-8 BOM (and without line ends,
+  unless `keep_ends`); bytes that are not UTF-8 raise DataError naming the line."""
   for line_no, line in enumerate(f, 1):
     try:
       text = line.decode('utf-8-sig' if line_no == 1 else 'utf-8')
     except UnicodeDecodeError as e:
       raise DataError(f'{path}:{line_no}: byte {line[e.start]:#04x} at column {e.start + 1} is '
-                      'not UTF-8; GLUE files are UTF-8 text') from None
-    yield text.rstrip('\r\n')
+                      'not UTF-8; data files must be UTF-8 text') from None
+    yield text if keep_ends else text.rstrip('\r\n')
+
+
+def _glue_rows(task, path, f):
+  """GLUE's TSV layout, read as TFDS's GLUE builder reads it: tab-separated, no quoting
+  (`csv.QUOTE_NONE`: a quote is text), columns found by header name; CoLA's train/dev files
+  have no header; a UTF-8 BOM (MRPC), CRLF line ends and empty trailing fields (a tab at the
+  end of a line) are ignored."""
+  header, lines, first_line = _header(task, path, _text_lines(path, f))
+  return header, (_row(line_no, header, line.split('\t'))
+                  for line_no, line in enumerate(lines, first_line))
+
+
+def _row(line_no, header, fields):
+  """(line, row, problem) of a line's fields; empty fields past the header's are dropped."""
+  if len(fields) > len(header) and not any(fields[len(header):]):
+    fields = fields[:len(header)]  # trailing tabs (commas)
+  if len(fields) != len(header):
+    return line_no, None, f'{len(fields)} columns; the header has {len(header)}'
+  return line_no, dict(zip(header, fields)), None
 
 
 def _header(task, path, lines):
@@ -264,18 +531,123 @@ def _prepend(first, lines):
   yield from lines
 
 
-def _parse_label(task, value):
-  if task.is_regression:
+def _delimited_rows(path, f, delimiter):
+  """CSV (RFC 4180: "..." around a field, "" for a quote inside, line breaks allowed inside)
+  or TSV with the same quoting (GoEmotions' files); the first row names the columns; blank
+  lines hold no row. Quoting that never closes, or text after a closing quote, is a DataError
+  naming the line where the row starts."""
+  reader = csv.reader(_text_lines(path, f, keep_ends=True), delimiter=delimiter, strict=True)
+  first = _next_record(path, reader)
+  if first is None:
+    raise DataError(f'{path}: empty file (no header and no rows)')
+  header = first[1]
+  while len(header) > 1 and not header[-1]:  # trailing delimiters
+    header.pop()
+  repeated = sorted({column for column in header if header.count(column) > 1})
+  if repeated:
+    raise DataError(f'{path}:{first[0]}: columns {repeated} appear twice in the header')
+  return header, _delimited_records(path, reader, header)
+
+
+def _delimited_records(path, reader, header):
+  while (record := _next_record(path, reader)) is not None:
+    line_no, fields = record
+    yield _row(line_no, header, fields)
+
+
+def _next_record(path, reader):
+  """(first line, fields) of a csv reader's next non-blank record, or None at the end."""
+  while True:
+    line_no = reader.line_num + 1
     try:
-      score = float(value)
-    except ValueError:
-      raise DataError(f'score {value!r} is not a number') from None
-    if not 0.0 <= score <= 5.0:  # also rejects nan
-      raise DataError(f'score {value!r} is outside STS-B\'s range [0, 5]')
-    return score
-  if value not in task.raw_labels:
-    raise DataError(f'unknown label {value!r}; {task.name} labels are {task.raw_labels}')
-  return task.raw_labels.index(value) + 1
+      fields = next(reader, None)
+    except csv.Error as e:
+      raise DataError(f'{path}:{line_no}: broken quoting ({e}): a quoted field ends at its '
+                      'closing quote, and a quote inside one is written ""') from None
+    if fields != []:
+      return None if fields is None else (line_no, fields)
+
+
+def _jsonl_rows(path, f):
+  """JSON Lines: one JSON object a line, its keys the columns; blank lines hold no row."""
+  for line_no, line in enumerate(_text_lines(path, f), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      yield line_no, None, f'invalid JSON ({e.msg} at column {e.colno})'
+      continue
+    if isinstance(row, dict):
+      yield line_no, row, None
+    else:
+      yield line_no, None, f'a JSON {type(row).__name__}, not an object'
+
+
+def _text(value, column):
+  if not isinstance(value, str):
+    raise ValueError(f'{column!r} is {json.dumps(value)}, not a string')
+  return value
+
+
+def _parse_label(task, value):
+  """A label as a file spells it -> a class id 1..n, a score, or a multi-label row's sorted
+  tuple of class ids."""
+  if task.is_regression:
+    return _score(task, value)
+  names = _label_strings(task, value)
+  ids = [_class_id(task, name) for name in names]
+  if task.is_multi_label:
+    if len(set(ids)) < len(ids):
+      raise ValueError(f'a label twice in {value!r}')
+    return tuple(sorted(ids))
+  return ids[0]
+
+
+def _label_strings(task, value):
+  """The labels a field or JSON value holds: one, or for multi-label a JSON list or a
+  separated string (empty: no labels). Whitespace around each label is dropped."""
+  if not task.is_multi_label:
+    return [_label_string(value)]
+  if isinstance(value, list):
+    return [_label_string(item) for item in value]
+  if isinstance(value, str) and not value.strip():
+    return []
+  if not isinstance(value, str):
+    raise ValueError(f'labels {json.dumps(value)} are neither a JSON list nor a string')
+  return [_label_string(item) for item in value.split(task.label_separator)]
+
+
+def _label_string(value):
+  # JSON integers name labels as their digits; floats and booleans would be ambiguous.
+  if isinstance(value, bool) or not isinstance(value, (str, int)):
+    raise ValueError(f'label {json.dumps(value)} is neither a string nor an integer')
+  if not str(value).strip():
+    raise ValueError('empty label')
+  return str(value).strip()
+
+
+def _class_id(task, label):
+  if label not in task.raw_labels:
+    shown = task.raw_labels if len(task.raw_labels) <= 30 else task.raw_labels[:30] + ('...',)
+    raise ValueError(f'unknown label {label!r}; {task.name or "the"} labels are {shown}')
+  return task.raw_labels.index(label) + 1
+
+
+def _score(task, value):
+  """A regression label: a number (or a string of one); finite, and in the task's range."""
+  if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    raise ValueError(f'score {json.dumps(value)} is not a number')
+  try:
+    score = float(value)
+  except ValueError:
+    raise ValueError(f'score {value!r} is not a number') from None
+  if not math.isfinite(score):
+    raise ValueError(f'score {value!r} is not a finite number')
+  if task.score_range and not task.score_range[0] <= score <= task.score_range[1]:
+    low, high = task.score_range
+    raise ValueError(f'score {value!r} is outside {task.name}\'s range [{low:g}, {high:g}]')
+  return score
 
 
 def write_demo_task(directory, seed, num_train=20000, num_validation=1000):
@@ -302,6 +674,7 @@ def write_demo_task(directory, seed, num_train=20000, num_validation=1000):
     os.replace(f'{path}.tmp-{os.getpid()}', path)
 
 
+# ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
 # SentencePiece.
 # ---------------------------------------------------------------------------------------------
@@ -419,7 +792,8 @@ def pack_split(task, examples, vocab, max_input_length, max_target_length, *,
                method='best_fit', labels=None, path='<examples>'):
   """Tokenized, packed rows of one split's examples (see `packing`).
 
-  EncT5: up to `max_target_length` examples a row, each label in its target slot. With
+  EncT5: up to `max_target_length` examples a row, each label in its target slot (a
+  multi-label row's labels as a multi-hot vector of `task.num_classes`). With
   `labels` (a LabelText: T5's and 1decT5's training rows), each example's label as T5 text in
   decoder rows of `max_target_length` tokens (`packing.pack_seq2seq_examples`).
   `packed['example_ids']` holds each example's `idx` (its data row in the file).
@@ -427,8 +801,10 @@ def pack_split(task, examples, vocab, max_input_length, max_target_length, *,
   tokenized, _ = tokenize(vocab, examples, max_input_length, path=path)
   ids = [example.idx for example in examples]
   if labels is None:
-    return packing.pack_examples(tokenized, max_input_length, max_target_length,
-                                 method=method, regression=task.is_regression, ids=ids)
+    return packing.pack_examples(
+        tokenized, max_input_length, max_target_length, method=method,
+        regression=task.is_regression,
+        num_labels=task.num_classes if task.is_multi_label else None, ids=ids)
   targets = labels.tokens([example.label for example in examples])
   return packing.pack_seq2seq_examples(
       [(tokens, target) for (tokens, _), target in zip(tokenized, targets)], max_input_length,
@@ -452,7 +828,15 @@ INVALID_PREDICTION = -1  # T5's class id for an output string that is no label
 
 
 def label_texts(task):
-  """T5's target strings of a task: its label names, or STS-B's scores 0.0, 0.2, ..., 5.0."""
+  """T5's target strings of a task: its label names, or STS-B's scores 0.0, 0.2, ..., 5.0.
+
+  T5's text labels exist for single-label classification and for scores on STS-B's scale
+  (T5's `stsb` rounds to 0.2); other regression and multi-label tasks are EncT5's only.
+  """
+  if task.is_multi_label or (task.is_regression and task.score_range != (0.0, 5.0)):
+    raise DataError(f'T5 and 1decT5 write labels as text: single-label classes or STS-B\'s '
+                    f'0-5 scores, not the {task.kind} labels of {task.name or "this task"}; '
+                    'use EncT5')
   return [f'{i / 5:.1f}' for i in range(26)] if task.is_regression else list(task.label_names)
 
 
@@ -575,54 +959,121 @@ def spearman_corrcoef(x, y):
   return pearson_corrcoef(average_ranks(x), average_ranks(y))
 
 
-def compute_metrics(task, split, labels, predictions):
-  """The task's GLUE metrics on one validation split -> {'<eval name>/<metric>': value}.
+def one_hot(class_ids, num_classes):
+  """Class ids 1..n [N] -> one-hot rows [N, n] int32; an id outside 1..n (a T5 output that is
+  no label) is a row of zeros."""
+  class_ids = np.asarray(class_ids)
+  return (class_ids[:, None] == np.arange(1, num_classes + 1)).astype(np.int32)
 
-  labels: class ids 1..n, or scores for STS-B. predictions: the same, where a class
-  prediction may be INVALID_PREDICTION (a T5 output string that is no label).
+
+def multi_hot(label_sets, num_classes):
+  """Multi-label rows' class ids (`Example.label`: tuples of ids 1..n) -> multi-hot [N, n]."""
+  rows = np.zeros((len(label_sets), num_classes), np.int32)
+  for i, label_set in enumerate(label_sets):
+    rows[i, np.asarray(label_set, np.int64) - 1] = 1
+  return rows
+
+
+def label_f1(labels, predictions):
+  """Each label's F1 of multi-hot rows [N, n] -> [n], in percent; 0 for a label that is
+  neither true nor predicted anywhere (as sklearn's f1_score with zero_division=0)."""
+  labels, predictions = np.asarray(labels, bool), np.asarray(predictions, bool)
+  true_positives = np.sum(labels & predictions, axis=0)
+  denominator = np.sum(labels, axis=0) + np.sum(predictions, axis=0)
+  return 100.0 * np.where(denominator > 0, 2 * true_positives / np.maximum(denominator, 1), 0.0)
+
+
+def macro_f1(labels, predictions):
+  """The mean of the labels' F1 (`label_f1`): every label weighs the same."""
+  return float(np.mean(label_f1(labels, predictions)))
+
+
+def micro_f1(labels, predictions):
+  """F1 of all (row, label) decisions pooled: frequent labels weigh more. 0 if nothing is
+  true or predicted."""
+  labels, predictions = np.asarray(labels, bool), np.asarray(predictions, bool)
+  denominator = labels.sum() + predictions.sum()
+  return 100.0 * float(2 * np.sum(labels & predictions) / denominator) if denominator else 0.0
+
+
+def compute_metrics(task, split, labels, predictions):
+  """The task's metrics on one split -> {'<eval name>/<metric>': value}.
+
+  `split`: one of `task.eval_names` (named as they say), or another split of the task's
+  files (a labeled test file; named as the split). labels: class ids 1..n, scores, or
+  multi-hot rows [N, n] (multi-label: `multi_hot`, or `packing.per_example` of the packed
+  targets). predictions: the same, where a class prediction may be INVALID_PREDICTION (a T5
+  output string that is no label). Multi-label adds each label's F1 as
+  '<eval name>/f1/<label name>'.
+
   NOTE: as T5's metrics count an invalid prediction: wrong for accuracy, a class of its own
   for Matthews correlation (sklearn's), and the opposite of the gold label for F1
-  (`f1_score_with_invalid`).
+  (`f1_score_with_invalid`); macro-F1 (our own tasks) counts it as no class: a miss.
   """
-  if split not in task.eval_names:
+  if split not in task.eval_names and split not in task.files:
     raise ValueError(f'{task.name}: no metrics for split {split!r}; evaluated splits are '
                      f'{sorted(task.eval_names)}')
+  eval_name = task.eval_names.get(split, split)
   labels, predictions = np.asarray(labels), np.asarray(predictions)
-  if labels.shape != predictions.shape or labels.ndim != 1 or not len(labels):
-    raise ValueError(f'{task.name}: labels {labels.shape} and predictions '
-                     f'{predictions.shape} must be equal, non-empty vectors')
-  if not task.is_regression:
-    for name, values, allowed in (('label', labels, ()),
-                                  ('prediction', predictions, (INVALID_PREDICTION,))):
-      valid = ((values >= 1) & (values <= task.num_classes)) | np.isin(values, allowed)
-      if not valid.all():
-        raise ValueError(f'{task.name}: {name} {values[~valid][0]} is not a class id '
-                         f'1..{task.num_classes}')
+  _check_metric_inputs(task, labels, predictions)
+  if task.is_multi_label:
+    scores = {f'{eval_name}/micro_f1': micro_f1(labels, predictions),
+              f'{eval_name}/macro_f1': macro_f1(labels, predictions)}
+    per_label = label_f1(labels, predictions)
+    scores.update({f'{eval_name}/f1/{name}': float(value)
+                   for name, value in zip(task.label_names, per_label)})
+    return scores
   positive = 2  # T5's label 1 ('equivalent', 'duplicate') is class id 2
   opposite = np.where(labels == positive, 1, positive)  # binary tasks only use it
+  n = task.num_classes
   functions = {
       'accuracy': accuracy,
       'f1': lambda l, p: f1(l, np.where(p == INVALID_PREDICTION, opposite, p), positive),
+      'macro_f1': lambda l, p: macro_f1(one_hot(l, n), one_hot(p, n)),
       'matthews_corrcoef': matthews_corrcoef,
       'pearson_corrcoef': pearson_corrcoef,
       'spearman_corrcoef': spearman_corrcoef,
   }
-  eval_name = task.eval_names[split]
   return {f'{eval_name}/{metric}': functions[metric](labels, predictions)
           for metric in task.metric_names}
 
 
+def _check_metric_inputs(task, labels, predictions):
+  """Labels and predictions of equal shape, non-empty, and valid for the task's kind."""
+  shape = (len(labels), task.num_classes) if task.is_multi_label else (len(labels),)
+  if labels.shape != predictions.shape or labels.shape != shape or not len(labels):
+    raise ValueError(f'{task.name}: labels {labels.shape} and predictions '
+                     f'{predictions.shape} must both be non-empty, of shape [N]'
+                     + (f' x {task.num_classes} (multi-hot)' if task.is_multi_label else ''))
+  if task.is_multi_label:
+    if not (np.isin(labels, (0, 1)).all() and np.isin(predictions, (0, 1)).all()):
+      raise ValueError(f'{task.name}: multi-label labels and predictions must be 0 or 1')
+    return
+  if task.is_regression:
+    return
+  for name, values, allowed in (('label', labels, ()),
+                                ('prediction', predictions, (INVALID_PREDICTION,))):
+    valid = ((values >= 1) & (values <= task.num_classes)) | np.isin(values, allowed)
+    if not valid.all():
+      raise ValueError(f'{task.name}: {name} {values[~valid][0]} is not a class id '
+                       f'1..{task.num_classes}')
+
+
 def task_score(task, scores):
-  """The mean of a task's metrics: its column in Table 1 and the best-checkpoint criterion.
+  """The mean of the task's selection metrics: the best-checkpoint criterion, and a GLUE
+  task's column in Table 1 (all its metrics).
 
   NOTE: as T5's `eval_utils`: metrics of one task (MRPC F1 and accuracy; STS-B Pearson and
   Spearman; MNLI matched and mismatched accuracy) are averaged into one score, and T5's
-  `metric_group_max` picks the best step by that mean.
+  `metric_group_max` picks the best step by that mean. Our own tasks select by one metric
+  (or STS-B's mean) per kind, `FILE_METRICS`.
   """
-  missing = [key for key in task.metric_keys if key not in scores]
+  missing = [key for key in task.selection_keys if key not in scores]
   if missing:
     raise ValueError(f'{task.name}: scores lack {missing}')
-  return float(np.mean([scores[key] for key in task.metric_keys]))
+  if not task.selection_keys:
+    raise ValueError(f'{task.name or "the task"}: no validation split to score')
+  return float(np.mean([scores[key] for key in task.selection_keys]))
 
 
 def glue_average(scores):
@@ -635,3 +1086,49 @@ def glue_average(scores):
   if missing:
     raise ValueError(f'the GLUE average needs all 8 tasks; scores lack {missing}')
   return float(np.mean([task_score(task, scores) for task in TASKS.values()]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Labelling new text: in-memory rows in, one prediction row per input row out.
+# ---------------------------------------------------------------------------------------------
+
+def text_examples(task, rows):
+  """Examples of rows held in memory, to label text from Python: strings (for a task with
+  one text field) or dicts {text field: string}. Row i gets idx i and line i + 1."""
+  columns = [column for _, column in task.features]
+  examples = []
+  for idx, row in enumerate(rows):
+    if isinstance(row, str) and len(columns) == 1:
+      row = {columns[0]: row}
+    if not isinstance(row, dict) or any(column not in row for column in columns):
+      raise DataError(f'row {idx}: expected a dict with the text fields {columns}'
+                      + (' or a string' if len(columns) == 1 else '') + f', got {row!r:.80}')
+    fields = {feature: _text(row[column], column) for feature, column in task.features}
+    if not any(text.strip() for text in fields.values()):
+      raise DataError(f'row {idx}: empty text')
+    examples.append(Example(idx, idx + 1, format_text(task, fields), None))
+  return examples
+
+
+def prediction_row(task, row_id, output, *, threshold=0.5, id_key='id'):
+  """One output row of labelling a file, as a dict for JSON Lines.
+
+  `output`: the row's probabilities over the labels [n] (`enct5.probabilities`), or its
+  value (regression). The row: {id_key: row_id} and 'label' (the most probable name) for
+  classification, 'labels' (the names whose probability is >= threshold, in class order)
+  for multi-label, each with 'probabilities' {name: p} over every label; 'value' for
+  regression. Probabilities are rounded to 6 decimals.
+  """
+  if task.is_regression:
+    return {id_key: row_id, 'value': float(np.asarray(output).reshape(()))}
+  output = np.asarray(output, np.float64)
+  if output.shape != (task.num_classes,):
+    raise ValueError(f'output of shape {output.shape}; expected ({task.num_classes},), one '
+                     'probability per label')
+  row = {id_key: row_id}
+  if task.is_multi_label:
+    row['labels'] = [task.label_names[k] for k in np.flatnonzero(output >= threshold)]
+  else:
+    row['label'] = task.label_names[int(np.argmax(output))]
+  row['probabilities'] = {name: round(float(p), 6) for name, p in zip(task.label_names, output)}
+  return row

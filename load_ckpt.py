@@ -20,6 +20,7 @@ Paths are local or 'gs://bucket/path' (TensorStore's gcs kvstore: no download st
 A Hugging Face model directory (config.json + safetensors) is read as the same tree, lazily, with
 T5X's names (hf_ckpt.py): every function here that reads a checkpoint takes one.
 """
+import contextlib
 import functools
 import logging
 import os
@@ -547,14 +548,26 @@ def _fsync_tree(root):
     _fsync(directory)
 
 
-def write_atomically(path, data):
-  """Writes bytes `data` to `path` through a temporary sibling and a rename: a reader sees the
-  old file or the new one, never a part. Every process of a run may write the same file."""
+@contextlib.contextmanager
+def atomic_file(path, mode='wb'):
+  """A file open for writing at a temporary sibling of `path`, renamed to `path` when the block
+  ends without an error (removed when it raises): a reader sees the old file or the whole new
+  one, never a part. Every process of a run may write the same file."""
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   tmp = f'{path}.tmp-{socket.gethostname()}-{os.getpid()}'
-  with open(tmp, 'wb') as f:
+  try:
+    with open(tmp, mode) as f:
+      yield f
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_atomically(path, data):
+  """Writes bytes `data` to `path` (`atomic_file`)."""
+  with atomic_file(path) as f:
     f.write(data)
-  os.replace(tmp, path)
 
 
 def _tensorstore_specs(leaves):

@@ -108,23 +108,27 @@ def _place(sequences, row, slot, start, shape):
 
 
 def pack_examples(examples, max_input_length, max_target_length, *, method='best_fit',
-                  regression=False, ids=None):
+                  regression=False, num_labels=None, ids=None):
   """Packs tokenized examples into fixed-shape numpy rows (§3: "we pack multiple examples").
 
   Args:
     examples: sequence of (token_ids, label); token_ids already truncated and ending in EOS
       (1 <= len <= max_input_length). label: a class id 1..n, a float score if `regression`,
-      or None for unlabeled (test) examples, stored as 0 / 0.0.
+      a sequence of class ids 1..num_labels (multi-label; empty for none), or None for
+      unlabeled (test) examples, stored as 0 / 0.0 / no label.
     max_input_length: L, tokens per row.
     max_target_length: T, examples (target slots) per row at most; the paper uses 62.
     method: 'best_fit' (default; best-fit decreasing, never more rows than 'next_fit'),
       'next_fit' (seqio's arrival-order greedy packing) or 'unpacked' (one example per row).
     regression: float32 targets (STS-B) instead of int32 class ids.
+    num_labels: n for multi-label examples: targets become multi-hot, slot j's label k (class
+      id k + 1) at [.., j, k], and padding slots all zero.
     ids: per-example ids to record (default 0, 1, ...), e.g. each example's row in its file.
 
   Returns:
     dict of numpy arrays: inputs, inputs_segment_ids, inputs_positions [R, L] int32;
-    targets [R, T] int32 (float32 if regression); example_ids [R, T] int32, -1 on empty slots.
+    targets [R, T] int32 (float32 if regression; [R, T, num_labels] int32 multi-hot for
+    multi-label); example_ids [R, T] int32, -1 on empty slots.
     Deterministic: the same examples give the same rows.
   """
   if method not in METHODS:
@@ -136,8 +140,11 @@ def pack_examples(examples, max_input_length, max_target_length, *, method='best
   ids = np.arange(n) if ids is None else np.asarray(ids)
   if ids.shape != (n,):
     raise ValueError(f'ids has shape {ids.shape}; expected ({n},), one per example')
+  if regression and num_labels is not None:
+    raise ValueError('regression and multi-label (num_labels) exclude each other')
   lengths = [len(tokens) for tokens, _ in examples]
-  labels = _labels(examples, ids, regression)
+  labels = (_labels(examples, ids, regression) if num_labels is None
+            else _multi_hot_labels(examples, ids, num_labels))
   _check_lengths(lengths, max_input_length, ids, 'tokens', 'max_input_length')
 
   row, slot, start = _assign_rows(lengths, max_input_length, max_target_length, method)
@@ -145,7 +152,7 @@ def pack_examples(examples, max_input_length, max_target_length, *, method='best
   packed = dict(zip(('inputs', 'inputs_segment_ids', 'inputs_positions'),
                     _place([tokens for tokens, _ in examples], row, slot, start,
                            (num_rows, max_input_length))))
-  packed['targets'] = np.zeros((num_rows, max_target_length), labels.dtype)
+  packed['targets'] = np.zeros((num_rows, max_target_length) + labels.shape[1:], labels.dtype)
   packed['targets'][row, slot] = labels
   packed['example_ids'] = np.full((num_rows, max_target_length), -1, np.int32)
   packed['example_ids'][row, slot] = ids
@@ -248,6 +255,22 @@ def _labels(examples, ids, regression):
       raise ValueError(f'example {ids[i]} has regression label {label!r}; expected a finite '
                        'number or None')
     labels[i] = label
+  return labels
+
+
+def _multi_hot_labels(examples, ids, num_labels):
+  """Multi-label examples' labels as multi-hot rows [N, num_labels] int32: class id k + 1 at
+  column k (class ids start at 1, as single labels do)."""
+  labels = np.zeros((len(examples), num_labels), np.int32)
+  for i, (_, label) in enumerate(examples):
+    if label is None:
+      continue
+    if not isinstance(label, (list, tuple, np.ndarray)) or not all(
+        isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
+        and 1 <= k <= num_labels for k in label):
+      raise ValueError(f'example {ids[i]} has labels {label!r}; expected class ids 1..'
+                       f'{num_labels} (a sequence, empty for none) or None')
+    labels[i, np.asarray(label, np.int64) - 1] = 1
   return labels
 
 

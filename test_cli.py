@@ -93,6 +93,37 @@ FULL_DISK = ('import errno, os\n'
              'app.run(train.main)\n')
 
 
+def bad_files(root, vocab):
+  """{case: (arguments, named)} for your own files: each a CSV/TSV/JSON Lines pair in which one
+  file is bad (train: the training file, dev: the validation file)."""
+  good = ['text,label', 'a fine film,pos', 'dull and long,neg', 'a great cast,pos']
+  bad = {
+      'missing_column': ('train.csv', ['text,kind', 'a fine film,pos'], ['train.csv',
+                                                                        "'label'"]),
+      'empty_text': ('train.csv', good + ['   ,neg'], ['train.csv:5', 'empty text']),
+      'unknown_label_in_dev': ('dev.csv', good + ['so so,meh'], ['dev.csv:5', "'meh'"]),
+      'broken_quoting': ('train.csv', good[:2] + ['"an open quote,neg'] + good[2:],
+                         ['train.csv:3', 'quot']),
+      'regression_not_a_number': ('train.csv', ['text,score', 'a fine film,4.5', 'dull,many'],
+                                  ['train.csv:3', "'many'"]),
+  }
+  cases = {}
+  for name, (victim, lines, named) in bad.items():
+    directory = os.path.join(root, 'files', name)
+    os.makedirs(directory)
+    regression = name.startswith('regression')
+    for file_name in ('train.csv', 'dev.csv'):
+      rows = lines if file_name == victim else (
+          ['text,score', 'a fine film,4.5', 'dull,1.0'] if regression else good)
+      with open(os.path.join(directory, file_name), 'w') as f:
+        f.write('\n'.join(rows) + '\n')
+    args = [f'--train_file={directory}/train.csv', f'--validation_file={directory}/dev.csv',
+            f'--vocab={vocab}']
+    cases[name] = (args + (['--regression', '--label_field=score'] if regression else []),
+                   named)
+  return cases
+
+
 def bad_inputs(files):
   """{case: (train.py's arguments, strings its message must hold)}; data files written here."""
   root, data, vocab = files['root'], files['data'], files['vocab']
@@ -135,6 +166,12 @@ def bad_inputs(files):
       'eval_every_past_end': ([*run, '--eval_every=10'], ['--eval_every=10', '--train_steps=1']),
       'mesh_vs_devices': ([*run, '--mesh=3x5'], ['--mesh', '15 devices']),
       'unknown_task': (['--task=sst3'], ['--task=sst3']),
+      'task_and_train_file': (['--task=sst2', f'--train_file={data}/train.tsv'],
+                              ['--task=sst2', '--train_file']),
+      'train_file_alone': ([f'--train_file={data}/train.tsv'], ['--validation_file']),
+  })
+  cases.update(bad_files(root, vocab))
+  cases.update({
       'full_disk': ([*run, '--train_steps=1', out('full')],
                     ['No space left', os.path.join(root, 'out', 'full'), 'resume']),
   })
@@ -164,7 +201,9 @@ CASES = ['truncated_row', 'unknown_label', 'empty_file', 'header_only', 'not_utf
          'no_data_dir', 'missing_data_dir', 'missing_split', 'no_checkpoint',
          'checkpoint_vs_size', 'vocab_too_big', 'missing_vocab', 'not_a_vocab',
          'unwritable_output_dir', 'batch_size_0', 'eval_every_past_end', 'mesh_vs_devices',
-         'unknown_task', 'full_disk']
+         'unknown_task', 'full_disk', 'task_and_train_file', 'train_file_alone',
+         'missing_column', 'empty_text', 'unknown_label_in_dev', 'broken_quoting',
+         'regression_not_a_number']
 
 
 @pytest.mark.parametrize('case', CASES)
@@ -188,7 +227,7 @@ def test_real_files_just_work(tmp_path):
   path.write_bytes('\ufeffsentence\tlabel\t\r\n'
                    'he said "no" to it \t0\t\r\n'
                    "it 's a \"great\" film\t1\r\n".encode())
-  examples = glue.read_tsv(glue.get_task('sst2'), str(path))
+  examples = glue.read_file(glue.get_task('sst2'), str(path))
   assert [(e.text, e.label, e.line) for e in examples] == [
       ('sst2 sentence: he said "no" to it ', 1, 2),
       ('sst2 sentence: it \'s a "great" film', 2, 3)]

@@ -254,6 +254,73 @@ def test_class_projection_adds_its_bias():
                              np.broadcast_to(bias, (2, 3, 4)), rtol=1e-5, atol=1e-5)
 
 
+def test_multi_label_loss_by_hand():
+  """Binary cross-entropy per label, -log s(x) if the label is on, -log(1 - s(x)) = -log s(-x)
+  if off, summed over labels; padding slots count nothing, whatever their targets say."""
+  cfg = tiny_config(multi_label=True)
+  assert cfg.num_outputs == 3 and not cfg.is_regression
+  logits = jnp.array([[[0.0, 2.0, -1.0], [3.0, 0.5, 0.0], [1.0, 1.0, 1.0]],
+                      [[-2.0, 0.0, 4.0], [5.0, 5.0, 5.0], [-5.0, 0.0, 1.0]]])
+  targets = np.array([[[1, 0, 1], [0, 0, 0], [1, 1, 1]],
+                      [[0, 1, 1], [1, 1, 1], [1, 0, 1]]], np.int32)  # row 1, slots 1-2: padding
+  batch = dict(packed_batch(), targets=targets)
+  losses, weights = enct5.example_losses(cfg, logits, batch)
+  on = lambda x: math.log(1 + math.exp(-x))  # -log s(x)
+  off = lambda x: math.log(1 + math.exp(x))  # -log(1 - s(x))
+  expected = [on(0.0) + off(2.0) + on(-1.0), off(3.0) + off(0.5) + off(0.0),
+              3 * on(1.0), off(-2.0) + on(0.0) + on(4.0)]
+  np.testing.assert_array_equal(weights, [[True, True, True], [True, False, False]])
+  np.testing.assert_allclose(np.asarray(losses)[np.asarray(weights)], expected, rtol=1e-6)
+  assert expected[0] == pytest.approx(math.log(2) + 2.126928 + 1.313262, abs=1e-6)
+
+  params = enct5.init_params(jax.random.PRNGKey(4), cfg)
+  loss, aux = enct5.loss_fn(params, cfg, batch)
+  logits = np.asarray(enct5.apply(params, cfg, batch), np.float64)  # [2, 3, 3]
+  probs = 1 / (1 + np.exp(-logits))
+  bce = -(targets * np.log(probs) + (1 - targets) * np.log(1 - probs)).sum(-1)
+  np.testing.assert_allclose(loss, bce[0].sum() + bce[1, 0], rtol=1e-5)
+  assert int(aux['num_examples']) == 4
+  cleared = dict(batch, targets=np.where(np.asarray(weights)[..., None], targets, 0))
+  assert float(enct5.loss_fn(params, cfg, cleared)[0]) == float(loss)
+
+
+def test_multi_label_padding_slots_get_no_gradient():
+  cfg = tiny_config(multi_label=True)
+  batch = dict(packed_batch(), targets=np.ones((2, 3, 3), np.int32))
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, cfg.num_outputs))
+
+  def loss(logits):
+    losses, weights = enct5.example_losses(cfg, logits, batch)
+    return jnp.sum(jnp.where(weights, losses, 0.0))
+
+  grad = np.asarray(jax.grad(loss)(logits))
+  np.testing.assert_array_equal(grad[1, 1:], 0.0)
+  assert (grad[0] < 0).all() and (grad[1, 0] < 0).all()  # every label on: push every logit up
+
+
+def test_probabilities_and_multi_label_predictions():
+  single = tiny_config()
+  logits = jnp.array([[[9.0, 1.0, 2.0, 0.5]]])
+  probs = np.asarray(enct5.probabilities(logits, single))[0, 0]
+  np.testing.assert_allclose(probs, np.exp([1.0, 2.0, 0.5]) / np.exp([1.0, 2.0, 0.5]).sum(),
+                             rtol=1e-6)  # the padding class left out: they sum to 1
+  multi = tiny_config(multi_label=True)
+  logits = jnp.array([[[0.0, -0.9, 0.9]]])  # sigmoids 0.5, 0.289, 0.711
+  np.testing.assert_allclose(enct5.probabilities(logits, multi)[0, 0],
+                             [0.5, 0.28905, 0.71095], atol=1e-5)
+  assert enct5.predict(logits, multi)[0, 0].tolist() == [1, 0, 1]  # 0.5 >= 0.5
+  assert enct5.predict(logits, multi, threshold=0.3)[0, 0].tolist() == [1, 0, 1]
+  assert enct5.predict(logits, multi, threshold=0.25)[0, 0].tolist() == [1, 1, 1]
+  assert enct5.predict(logits, multi, threshold=0.75)[0, 0].tolist() == [0, 0, 0]
+  with pytest.raises(ValueError, match='regression predicts values'):
+    enct5.probabilities(logits, tiny_config(num_classes=1))
+  # One label is a multi-label task with one sigmoid, not regression.
+  assert not tiny_config(num_classes=1, multi_label=True).is_regression
+  record = dataclasses.asdict(tiny_config())
+  del record['multi_label']  # configs recorded before the field existed
+  assert enct5.EncT5Config(**record) == tiny_config()
+
+
 # ------------------------------------------------------------------ configs, init, counts
 
 def test_get_config_overrides_and_errors():

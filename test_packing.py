@@ -476,15 +476,15 @@ STSB_TEST = ('index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentenc
 
 def test_mnli_reader(tmp_path):
   task = glue.TASKS['mnli']
-  train = glue.read_tsv(task, _write(tmp_path / 'train.tsv', MNLI_TRAIN))
+  train = glue.read_file(task, _write(tmp_path / 'train.tsv', MNLI_TRAIN))
   # T5's sorted feature order: hypothesis (sentence2) before premise (sentence1).
   assert train[0].text == ('mnli hypothesis: Product and geography are what make cream '
                            'skimming work.  premise: Conceptually cream skimming has two '
                            'basic dimensions.')
   assert [e.label for e in train] == [2, 1, 3]  # neutral, entailment, contradiction
-  dev = glue.read_tsv(task, _write(tmp_path / 'dev_matched.tsv', MNLI_DEV))
+  dev = glue.read_file(task, _write(tmp_path / 'dev_matched.tsv', MNLI_DEV))
   assert dev[0].label == 2 and dev[0].text.startswith('mnli hypothesis: Everyone really')
-  test = glue.read_tsv(task, _write(tmp_path / 'test_matched.tsv', MNLI_TEST), labeled=False)
+  test = glue.read_file(task, _write(tmp_path / 'test_matched.tsv', MNLI_TEST), labeled=False)
   assert test == [glue.Example(0, 2, 'mnli hypothesis: How are you? premise: Hey, hey.', None)]
   os.makedirs(tmp_path / 'MNLI')
   _write(tmp_path / 'MNLI' / 'dev_mismatched.tsv', MNLI_DEV)
@@ -494,22 +494,22 @@ def test_mnli_reader(tmp_path):
 
 def test_qqp_qnli_and_test_readers(tmp_path):
   qqp = glue.TASKS['qqp']
-  train = glue.read_tsv(qqp, _write(tmp_path / 'qqp.tsv', QQP_TRAIN))
+  train = glue.read_file(qqp, _write(tmp_path / 'qqp.tsv', QQP_TRAIN))
   assert train[1].text == ('qqp question1: How do I control my horny emotions? '
                            'question2: How do you control your horniness?')
   assert [e.label for e in train] == [1, 2]  # 2 = duplicate, F1's positive class
-  test = glue.read_tsv(qqp, _write(tmp_path / 'qqp_test.tsv', QQP_TEST), labeled=False)
+  test = glue.read_file(qqp, _write(tmp_path / 'qqp_test.tsv', QQP_TEST), labeled=False)
   assert test[0].label is None and test[0].text.startswith('qqp question1: Why am I')
-  qnli = glue.read_tsv(glue.TASKS['qnli'], _write(tmp_path / 'qnli.tsv', QNLI_TRAIN))
+  qnli = glue.read_file(glue.TASKS['qnli'], _write(tmp_path / 'qnli.tsv', QNLI_TRAIN))
   assert qnli[0].label == 2 and qnli[0].text.startswith('qnli question: When did')
   for name, text in (('cola', COLA_TEST), ('mrpc', MRPC_TEST), ('stsb', STSB_TEST)):
-    examples = glue.read_tsv(glue.TASKS[name], _write(tmp_path / f'{name}_test.tsv', text),
+    examples = glue.read_file(glue.TASKS[name], _write(tmp_path / f'{name}_test.tsv', text),
                              labeled=False)
     assert len(examples) == 1 and examples[0].label is None and examples[0].line == 2
   assert examples[0].text == ('stsb sentence1: A girl is styling her hair. '
                               'sentence2: A girl is brushing her hair.')
   with pytest.raises(ValueError, match=r"qqp_test.tsv: columns \['is_duplicate'\] missing"):
-    glue.read_tsv(qqp, str(tmp_path / 'qqp_test.tsv'))  # a test file read as labeled
+    glue.read_file(qqp, str(tmp_path / 'qqp_test.tsv'))  # a test file read as labeled
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,21 +537,21 @@ STSB_LABELED = STSB_TEST.replace('sentence2\n', 'sentence2\tscore\n')
 def test_malformed_files_raise(tmp_path, task_name, text, message):
   path = _write(tmp_path / 'bad.tsv', text)
   with pytest.raises(ValueError, match=message):
-    glue.read_tsv(glue.TASKS[task_name], path)
+    glue.read_file(glue.TASKS[task_name], path)
 
 
 def test_malformed_rows_skipped_and_counted(tmp_path, caplog):
   text = RTE_HEADER + '0\ta\tb\tentailment\n1\ta\tb\n2\ta\tb\tneutral\n3\tc\t\tnot_entailment\n'
   path = _write(tmp_path / 'rte.tsv', text)
   with caplog.at_level('INFO'):
-    examples = glue.read_tsv(glue.TASKS['rte'], path, on_error='skip')
+    examples = glue.read_file(glue.TASKS['rte'], path, on_error='skip')
   assert [(e.idx, e.line, e.label) for e in examples] == [(0, 2, 1), (3, 5, 2)]
   assert examples[1].text == 'rte sentence1: c sentence2: '  # empty field kept, as T5
   log = caplog.text
   assert 'rte.tsv:3: skipped: 3 columns' in log and "rte.tsv:4: skipped: unknown label" in log
   assert 'skipped 2 bad rows (lines [3, 4])' in log and '1 rows with an empty text field' in log
   with pytest.raises(ValueError, match='all 1 rows are bad'):
-    glue.read_tsv(glue.TASKS['rte'], _write(tmp_path / 'all_bad.tsv', RTE_HEADER + '0\ta\n'),
+    glue.read_file(glue.TASKS['rte'], _write(tmp_path / 'all_bad.tsv', RTE_HEADER + '0\ta\n'),
                   on_error='skip')
 
 

@@ -1,5 +1,6 @@
-"""Fine-tune EncT5 (Liu et al. 2021), or the paper's T5 and 1decT5 baselines, on a GLUE task:
-`python train.py --flags`. The command line only: flags -> `finetune.Config` -> `finetune`.
+"""Fine-tune EncT5 (Liu et al. 2021), or the paper's T5 and 1decT5 baselines, on a GLUE task or
+your own CSV, TSV or JSON Lines files, and label new text: `python train.py --flags`. The
+command line only: flags -> `finetune.Config` -> `finetune`.
 
   python train.py                                    # demo: a tiny EncT5 learns a generated
                                                      # task from scratch (~1 minute on a CPU)
@@ -13,6 +14,11 @@
   python train.py --size=byt5-tiny --vocab=byt5      # the demo with ByT5's shape and bytes
   python train.py --mode=eval --output_dir=runs/mnli # metrics of OUTPUT_DIR/best
   python train.py --mode=predict --output_dir=...    # GLUE submission TSVs
+  python train.py --train_file=tickets.csv --validation_file=dev.csv --text_fields=subject,body \
+      --label_field=queue --output_dir=runs/tickets   # your own files (add --multi_label or
+                                                      # --regression for those kinds of label)
+  python train.py --mode=predict --output_dir=runs/tickets --input_file=new.csv \
+      --predictions_file=new.jsonl                    # label a file of any size
   python train.py ... --model=t5                     # the T5 baseline (paper §4.3): labels as
                                                      # text, predictions decoded greedily
 
@@ -25,6 +31,9 @@ flags from it. Many hosts: run the same command on each with --coordinator_addre
 Flags by section (`--helpfull` lists them; the shared ones are `cli.py`'s):
   task and data      --task --data_dir --vocab --vocab_size --max_input_length
                      --max_target_length --pack
+  your own files     --train_file --validation_file --test_file --file_format --text_fields
+                     --label_field --regression --multi_label --labels --labels_by_index
+                     --label_separator --skip_bad_rows --selection_metric --threshold
   model              --model --checkpoint --load_optimizer_state --size --fresh_pooling_block
                      --d_model --num_heads --head_dim --d_ff --num_layers --dropout_rate --dtype
                      --remat_policy --scan_layers
@@ -32,7 +41,8 @@ Flags by section (`--helpfull` lists them; the shared ones are `cli.py`'s):
                      --keep_checkpoints --seed
   devices and hosts  --mesh --coordinator_address --num_processes --process_id
                      --compilation_cache
-  run                --mode --predict_split --output_dir
+  run                --mode --predict_split --input_file --predictions_file --id_field
+                     --output_dir
 
 Exit statuses (`cli.py`): 0 done; 1 a bug (with its traceback) or a non-finite loss; 2 a
 mistake in a flag, a file or the data (one line naming it); 3 stopped by SIGTERM or SIGINT
@@ -66,6 +76,39 @@ flags.DEFINE_integer('max_target_length', DEFAULTS.max_target_length, 'Two meani
 flags.DEFINE_bool('pack', DEFAULTS.pack, 'Pack several examples per row (paper §3); --nopack: '
                   'one example per row.')
 
+# Your own files (instead of --task): the text fields become the input as GLUE's do.
+flags.DEFINE_string('train_file', None, 'Training rows: CSV, TSV or JSON Lines (by extension, '
+                    'or --file_format). Needs --validation_file.')
+flags.DEFINE_string('validation_file', None, 'Validation rows: the best checkpoint is chosen on '
+                    'them (--selection_metric).')
+flags.DEFINE_string('test_file', None, 'Rows to label with --mode=predict (the label column '
+                    'optional), unless --input_file names others.')
+flags.DEFINE_enum('file_format', None, ['csv', 'tsv', 'jsonl'], 'The files\' format, when their '
+                  'extensions do not say it.')
+flags.DEFINE_list('text_fields', list(DEFAULTS.text_fields), 'The text columns (JSON keys), in '
+                  'order; each becomes `field: value` in the input, e.g. question,passage.')
+flags.DEFINE_string('label_field', DEFAULTS.label_field, 'The label column (JSON key).')
+flags.DEFINE_bool('regression', DEFAULTS.regression, 'A number a row (squared error), instead '
+                  'of a class.')
+flags.DEFINE_bool('multi_label', DEFAULTS.multi_label, 'Zero or more labels a row (a JSON list, '
+                  'or --label_separator between them in CSV/TSV): a sigmoid per label, binary '
+                  'cross-entropy, --threshold.')
+flags.DEFINE_string('labels', None, 'The label names in order, a,b,c or a file of one a line. '
+                    'Unset: the training file\'s, sorted (numbers by value). A label outside '
+                    'them is an error naming file and line.')
+flags.DEFINE_bool('labels_by_index', DEFAULTS.labels_by_index, 'The files spell each label as its '
+                  '0-based index into --labels (GoEmotions: 0,15 and labels.txt).')
+flags.DEFINE_string('label_separator', DEFAULTS.label_separator, 'Between a row\'s labels in '
+                    'CSV/TSV (--multi_label).')
+flags.DEFINE_bool('skip_bad_rows', DEFAULTS.skip_bad_rows, 'Leave out (and count) rows that cannot '
+                  'be read, instead of stopping at the first, naming file and line.')
+flags.DEFINE_enum('selection_metric', None, ['accuracy', 'macro_f1', 'micro_f1',
+                                             'pearson_corrcoef', 'spearman_corrcoef'],
+                  'The validation metric that picks the best checkpoint. Unset: accuracy; the '
+                  'mean of Pearson and Spearman (--regression); macro-F1 (--multi_label).')
+flags.DEFINE_float('threshold', DEFAULTS.threshold, '--multi_label: a label is predicted when its '
+                   'probability is at least this.')
+
 # Model.
 flags.DEFINE_enum('model', DEFAULTS.model, list(finetune.MODELS), 'enct5: the T5 encoder, the '
                   'pooling block and a class head (paper §3). t5: the full T5.1.1 '
@@ -96,9 +139,17 @@ flags.DEFINE_float('learning_rate', DEFAULTS.learning_rate, 'Adafactor\'s consta
 # Run.
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'train: fine-tune (resuming '
                   'from OUTPUT_DIR). eval: the task\'s metrics on the validation split(s). '
-                  'predict: GLUE submission TSVs (index, prediction) in OUTPUT_DIR/predictions.')
-flags.DEFINE_string('predict_split', 'test', 'Split that --mode=predict labels (test: all the '
-                    'task\'s test files, e.g. MNLI-m and MNLI-mm).')
+                  'predict: label --input_file (your own files: default --test_file), else GLUE '
+                  'submission TSVs (index, prediction) in OUTPUT_DIR/predictions.')
+flags.DEFINE_string('predict_split', 'test', 'The GLUE split that --mode=predict labels (test: '
+                    'all the task\'s test files, e.g. MNLI-m and MNLI-mm).')
+flags.DEFINE_string('input_file', None, '--mode=predict: rows to label (CSV, TSV or JSON Lines, '
+                    'any size, streamed), one output row each, in order.')
+flags.DEFINE_string('predictions_file', None, '--mode=predict --input_file: the output, JSON '
+                    'Lines for a .jsonl path, else TSV. Default: OUTPUT_DIR/predictions/'
+                    '<input name>.jsonl.')
+flags.DEFINE_string('id_field', None, '--input_file\'s id column, copied into each output row '
+                    'as "id"; unset: the row\'s "line" number.')
 
 FLAGS = flags.FLAGS
 USER_ERROR, INTERRUPTED = cli.USER_ERROR, cli.INTERRUPTED
@@ -108,9 +159,17 @@ NOT_RECORDED = ('output_dir', 'checkpoint', 'mesh')
 
 
 def check_flags():
-  """Numbers that cannot work stop here, before anything is read or compiled."""
+  """Flags that cannot work stop here, before anything is read or compiled."""
   if FLAGS.task and FLAGS.task not in glue.TASKS:
     raise UserError(f'--task={FLAGS.task}: no such GLUE task; one of {sorted(glue.TASKS)}')
+  if FLAGS.task and FLAGS.train_file:
+    raise UserError(f'--task={FLAGS.task} and --train_file: one or the other')
+  if FLAGS.train_file and not FLAGS.validation_file:
+    raise UserError('--train_file needs --validation_file: the best checkpoint is chosen on it')
+  if FLAGS.regression and FLAGS.multi_label:
+    raise UserError('--regression and --multi_label: one kind of label or the other')
+  if not 0 < FLAGS.threshold < 1:
+    raise UserError(f'--threshold={FLAGS.threshold}: must be between 0 and 1')
   cli.check_positive(cli.POSITIVE_FLAGS + ('max_target_length',))
   if not FLAGS.learning_rate > 0:
     raise UserError(f'--learning_rate={FLAGS.learning_rate}: must be positive')
@@ -121,8 +180,8 @@ def check_flags():
 
 def config_from_flags():
   """The run's `finetune.Config`: every field the flag of its name."""
-  return finetune.Config(**{field.name: FLAGS[field.name].value
-                            for field in dataclasses.fields(finetune.Config)})
+  values = {field.name: FLAGS[field.name].value for field in dataclasses.fields(finetune.Config)}
+  return finetune.Config(**dict(values, text_fields=tuple(values['text_fields'])))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,8 +192,8 @@ def config_from_flags():
 def check_same_run(record):
   """A run resumed in OUTPUT_DIR must be the same model, size, task and vocabulary."""
   for name in finetune.RUN_FIELDS:
-    was = record['config'].get(name)
-    if FLAGS[name].value != was:
+    was, now = record['config'].get(name), FLAGS[name].value
+    if (list(now) if name == 'text_fields' else now) != was:
       raise app.UsageError(
           f'--{name}={FLAGS[name].value} but the run in {FLAGS.output_dir} was trained with '
           f'--{name}={was} ({os.path.join(FLAGS.output_dir, finetune.RECORD_FILE)}): resume it '
@@ -207,10 +266,10 @@ def run_command(argv):
   if recorded_flags:
     use_recorded_flags(record)
   check_flags()
-  demo = FLAGS.task is None
+  demo = FLAGS.task is None and FLAGS.train_file is None
   if demo:
     demo_setup(with_demo_flags=not recorded_flags)
-  elif FLAGS.data_dir is None:
+  elif FLAGS.task and FLAGS.data_dir is None:
     found = [p for p in GLUE_PLACES if os.path.isdir(p)]
     hint = f' (GLUE data found: --data_dir={os.path.normpath(found[0])})' if found else ''
     raise app.UsageError(f'--task={FLAGS.task} needs --data_dir{hint}')
@@ -219,6 +278,11 @@ def run_command(argv):
   config = config_from_flags()
   if FLAGS.mode == 'eval':
     finetune.evaluate(config)
+  elif FLAGS.mode == 'predict' and (FLAGS.input_file or FLAGS.train_file):
+    input_file = FLAGS.input_file or FLAGS.test_file
+    if not input_file:
+      raise app.UsageError('--mode=predict needs --input_file (or the run\'s --test_file)')
+    finetune.predict_file(config, input_file, FLAGS.predictions_file, FLAGS.id_field)
   elif FLAGS.mode == 'predict':
     finetune.predict(config, FLAGS.predict_split)
   else:
@@ -232,8 +296,8 @@ def fine_tune(config, demo):
   best = finetune.train(config)
   curve = loop.read_metrics(config.output_dir)
   if curve:
-    task = glue.get_task(config.task or glue.DEMO_TASK.name)
-    logging.info('learning curve (validation %s): %s', ', '.join(task.metric_keys),
+    task = finetune.get_task(config)
+    logging.info('learning curve (validation %s): %s', ', '.join(task.selection_keys),
                  ', '.join(f'step {r["step"]}: {r["score"]:.1f}' for r in curve))
     logging.info('best %.2f at step %d: %s/best', best['score'], best['step'], config.output_dir)
   if demo and curve:

@@ -1,0 +1,150 @@
+"""Your own files through train.py (issue 27): each kind of label trains from a hand-written
+file, predictions keep the input's order and strings, a file larger than one chunk streams,
+and `finetune.Labeler` labels text from Python as `--mode=predict` does."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import finetune
+import glue
+import train
+
+# A model of a few thousand parameters on 32-token rows: compiles and trains in seconds.
+TINY = ['--size=tiny', '--d_model=16', '--num_heads=2', '--head_dim=8', '--d_ff=32',
+        '--num_layers=1', '--max_input_length=32', '--max_target_length=4', '--batch_size=4',
+        '--vocab_size=60', '--train_steps=6', '--eval_every=3', '--log_every=3',
+        '--learning_rate=0.01', '--compilation_cache=']
+WORDS = 'refund billing card late broken great awful film plot slow fast kind'.split()
+
+
+def _main(*argv):
+  """train.py's main in this process (a user's mistake raised, not turned into a status)."""
+  train.FLAGS.unparse_flags()
+  train.FLAGS(['train.py', *argv])
+  train.run_command(['train.py'])
+
+
+def _rows(n, seed):
+  """(text, queue, multi-label tags, score) of made-up support tickets."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    words = list(rng.choice(WORDS, rng.integers(3, 8)))
+    queue = 'billing' if 'billing' in words or 'card' in words else (
+        'refund' if 'refund' in words else 'other')
+    tags = sorted({w for w in words if w in ('late', 'broken', 'awful')})
+    rows.append((' '.join(words), queue, tags, float(len(words))))
+  return rows
+
+
+def _write(path, header, rows):
+  with open(path, 'w', newline='') as f:
+    f.write('\n'.join([header, *rows]) + '\n')
+  return str(path)
+
+
+def _read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_classification_strings_in_strings_out(tmp_path):
+  """CSV with string labels: the label set is the training file's (sorted, recorded), the
+  output rows are one per input row in input order, with the label as a string and
+  probabilities over every label summing to 1; a quoted field with a comma reads as one."""
+  csv_rows = lambda rows: [f'"{text}, again",{queue}' for text, queue, _, _ in rows]
+  train_file = _write(tmp_path / 'train.csv', 'text,queue', csv_rows(_rows(40, 0)))
+  dev_file = _write(tmp_path / 'dev.csv', 'text,queue', csv_rows(_rows(12, 1)))
+  out = tmp_path / 'run'
+  _main(f'--train_file={train_file}', f'--validation_file={dev_file}', '--label_field=queue',
+        f'--output_dir={out}', *TINY)
+  record = json.loads((out / finetune.RECORD_FILE).read_text())
+  assert record['task']['label_names'] == ['billing', 'other', 'refund']
+  rows = _rows(9, 2)
+  input_file = _write(tmp_path / 'new.tsv', 'id\ttext', [f'ticket-{i}\t{text}'
+                                                        for i, (text, _, _, _) in
+                                                        enumerate(rows)])
+  _main('--mode=predict', f'--output_dir={out}', f'--input_file={input_file}', '--id_field=id',
+        f'--predictions_file={tmp_path}/out.jsonl')
+  predicted = _read_jsonl(tmp_path / 'out.jsonl')
+  assert [p['id'] for p in predicted] == [f'ticket-{i}' for i in range(9)]
+  for p in predicted:
+    assert p['label'] in ('billing', 'other', 'refund')
+    assert set(p['probabilities']) == {'billing', 'other', 'refund'}
+    assert sum(p['probabilities'].values()) == pytest.approx(1.0, abs=1e-5)
+    assert p['label'] == max(p['probabilities'], key=p['probabilities'].get)
+
+
+def test_multi_label_jsonl_and_a_file_larger_than_a_chunk(tmp_path, monkeypatch):
+  """JSON Lines with a list of labels a row (some rows none): --multi_label trains a sigmoid per
+  label; predictions of 30 rows streamed 7 at a time equal those of one chunk, row for row,
+  and each row's labels are those whose probability reaches --threshold."""
+  line = lambda text, tags: json.dumps({'text': text, 'tags': tags})
+  train_file = _write(tmp_path / 'train.jsonl', line('late late', ['late']),
+                      [line(text, tags) for text, _, tags, _ in _rows(40, 0)])
+  dev_file = _write(tmp_path / 'dev.jsonl', line('awful', ['awful']),
+                    [line(text, tags) for text, _, tags, _ in _rows(12, 1)])
+  out = tmp_path / 'run'
+  _main(f'--train_file={train_file}', f'--validation_file={dev_file}', '--label_field=tags',
+        '--multi_label', '--threshold=0.4', f'--output_dir={out}', *TINY)
+  input_file = _write(tmp_path / 'new.jsonl', line('broken card', []),
+                      [line(text, []) for text, _, _, _ in _rows(29, 2)])
+  _main('--mode=predict', f'--output_dir={out}', f'--input_file={input_file}',
+        f'--predictions_file={tmp_path}/whole.jsonl')
+  monkeypatch.setattr(finetune, 'PREDICT_CHUNK_ROWS', 7)
+  _main('--mode=predict', f'--output_dir={out}', f'--input_file={input_file}',
+        f'--predictions_file={tmp_path}/chunks.jsonl')
+  whole, chunks = _read_jsonl(tmp_path / 'whole.jsonl'), _read_jsonl(tmp_path / 'chunks.jsonl')
+  assert [p['line'] for p in chunks] == [p['line'] for p in whole] == list(range(1, 31))
+  for a, b in zip(whole, chunks):
+    assert a['labels'] == b['labels']
+    np.testing.assert_allclose(list(a['probabilities'].values()),
+                               list(b['probabilities'].values()), atol=2e-6)
+    assert a['labels'] == [k for k, p in a['probabilities'].items() if p >= 0.4]
+  assert set(whole[0]['probabilities']) == {'awful', 'broken', 'late'}
+
+
+def test_regression_tsv_and_the_labeler(tmp_path):
+  """--regression on a TSV: one value a row, written as TSV with a header; the Labeler gives
+  the same values for the same text, rows numbered from 1."""
+  tsv_rows = lambda rows: [f'{text}\t{score}' for text, _, _, score in rows]
+  train_file = _write(tmp_path / 'train.tsv', 'text\tscore', tsv_rows(_rows(40, 0)))
+  dev_file = _write(tmp_path / 'dev.tsv', 'text\tscore', tsv_rows(_rows(12, 1)))
+  out = tmp_path / 'run'
+  _main(f'--train_file={train_file}', f'--validation_file={dev_file}', '--label_field=score',
+        '--regression', f'--output_dir={out}', *TINY)
+  texts = [text for text, _, _, _ in _rows(5, 2)]
+  input_file = _write(tmp_path / 'new.tsv', 'text', texts)
+  _main('--mode=predict', f'--output_dir={out}', f'--input_file={input_file}',
+        f'--predictions_file={tmp_path}/out.tsv')
+  lines = (tmp_path / 'out.tsv').read_text().splitlines()
+  assert lines[0] == 'line\tvalue' and len(lines) == 6
+  values = [float(line.split('\t')[1]) for line in lines[1:]]
+  labelled = finetune.Labeler(str(out))(texts)
+  assert [row['row'] for row in labelled] == [1, 2, 3, 4, 5]
+  np.testing.assert_allclose([row['value'] for row in labelled], values, rtol=1e-5)
+
+
+def test_labels_by_index_name_goemotions_labels(tmp_path):
+  """GoEmotions' layout: label ids in the file, names in labels.txt (--labels with
+  --labels_by_index): the run records the names, and predictions are written as names."""
+  names = tmp_path / 'labels.txt'
+  names.write_text('late\nbroken\nawful\n')
+  index = {'late': '0', 'broken': '1', 'awful': '2'}
+  tsv_rows = lambda rows: [f'{text}\t"{",".join(index[t] for t in tags)}"'
+                           for text, _, tags, _ in rows]
+  train_file = _write(tmp_path / 'train.tsv', 'text\tlabel', tsv_rows(_rows(40, 0)))
+  dev_file = _write(tmp_path / 'dev.tsv', 'text\tlabel', tsv_rows(_rows(12, 1)))
+  out = tmp_path / 'run'
+  _main(f'--train_file={train_file}', f'--validation_file={dev_file}', '--multi_label',
+        f'--labels={names}', '--labels_by_index', f'--output_dir={out}', *TINY)
+  assert glue.task_from_json(json.loads((out / finetune.RECORD_FILE).read_text())['task'])\
+      .label_names == ('late', 'broken', 'awful')
+  metrics = json.loads((out / 'metrics.jsonl').read_text().splitlines()[-1])
+  assert {'validation/micro_f1', 'validation/macro_f1', 'validation/f1/broken'} <= \
+      set(metrics['scores'])
+  assert metrics['score'] == metrics['scores']['validation/macro_f1']
+  [row] = finetune.Labeler(str(out))(['late and broken'])
+  assert set(row['probabilities']) == {'late', 'broken', 'awful'}
