@@ -5,8 +5,16 @@ Batches are split on 'data'. Parameters are partitioned by their logical axes (d
 in `enct5.param_specs`) through `t5_layers.LOGICAL_AXIS_RULES`; the Adafactor state follows its
 parameter (`opt_state_shardings`); activations are constrained where T5X's layers constrain
 them (`t5_layers.with_sharding_constraint`, under `activation_mesh`).
+
+Many hosts: `initialize_distributed` joins the processes of a run; `HostWatchdog` stops the
+others, with one line and exit status HOST_LOST, when one of them dies.
 """
 import logging
+import os
+import sys
+import threading
+import time
+
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -14,14 +22,189 @@ import adafactor
 import t5_layers
 
 
-def initialize_distributed(coordinator_address=None, num_processes=1, process_id=0):
+# Exit status of a process that stops because another process of its run stopped answering
+# (`HostWatchdog`); the command lines document it with their other exit statuses.
+HOST_LOST = 4
+HOST_TIMEOUT_S = 60  # default of --host_timeout: seconds without a heartbeat before a host is lost
+
+
+def initialize_distributed(coordinator_address=None, num_processes=1, process_id=0,
+                           host_timeout_s=HOST_TIMEOUT_S):
   """Many hosts with JAX's own runtime: every process runs this same program, and the mesh
   spans all processes' devices. On CPU the cross-process collectives are gloo (jax's default
-  `jax_cpu_collectives_implementation`)."""
+  `jax_cpu_collectives_implementation`).
+
+  `host_timeout_s` is the `HostWatchdog`'s. JAX's coordination service has a heartbeat of its
+  own: when a process misses it, the service aborts every other process (SIGABRT, a page of C++
+  frames). Its timeout is set to 2 * host_timeout_s + 10 s, so that the watchdog, which reports
+  a lost process within 1.5 * host_timeout_s, always speaks first.
+  """
   if num_processes > 1:
     if not coordinator_address:
       raise ValueError('--num_processes > 1 needs --coordinator_address (host:port of process 0)')
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               heartbeat_timeout_seconds=int(2 * host_timeout_s + 10))
+
+
+class HostWatchdog:
+  """Ends this process with one line on stderr and exit status HOST_LOST, within
+  1.5 * timeout_s, when another process of the run stops answering. Everything after
+  `initialize_distributed` runs inside it (a process that has not entered it looks silent):
+
+    with partitioning.HostWatchdog(timeout_s, describe_resume) as watchdog:
+      ...  # restore or initialize, compile
+      for step in range(start + 1, train_steps + 1):
+        watchdog.step = step
+        ...
+
+  `describe_resume()` -> the rest of the line: the last complete checkpoint, how to resume.
+
+  Without it, a lost process leaves the others in a collective that fails (or hangs, if its
+  host vanished without closing its sockets), then in JAX's exit-time shutdown, which waits
+  for the lost process until JAX's own heartbeat timeout aborts them (SIGABRT, C++ frames).
+
+  A daemon thread in each process publishes a heartbeat every timeout_s / 10 to the key-value
+  store of JAX's coordination service and reads the others'. Liveness comes from that thread,
+  not from the loop's progress: a slow step (a first compilation of minutes) is not a lost
+  process. A process whose heartbeat has not changed for timeout_s is lost (if the store does
+  not answer for timeout_s, process 0, which hosts it, is). The thread then prints the line and
+  ends this process with os._exit, as the main thread may be blocked in a collective; a
+  checkpoint being written stays a `.tmp-` directory, which `load_ckpt.latest_checkpoint`
+  ignores. An exception leaving the block (in JAX 0.10.2 on CPU a collective whose peer died
+  raises ValueError "Gloo ... Connection closed by peer" at once) waits for that verdict; it
+  goes on at once if every other process failed too (e.g. the same non-finite loss).
+
+  Limit: when process 0 dies, JAX aborts every other process at once (SIGABRT, "Terminating
+  process because the JAX distributed service detected fatal errors"), before any Python code
+  can run: jaxlib 0.10.2 cannot hand that error to a Python callback. With one process the
+  block does nothing.
+  """
+
+  def __init__(self, timeout_s, describe_resume):
+    self.step = None  # the loop's current step, named in the line
+    self.timeout_s = timeout_s
+    self.describe_resume = describe_resume
+    self._interval = timeout_s / 10
+    self._state = 'running'  # published: running, failed (an exception left the block), lost
+    self._beat = 0           # (this process stops for a lost one) or done
+    self._records = {}  # process -> ([beat, state, step] it published last, time that changed)
+    self._answered = self._started = time.monotonic()  # the store's last answer
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._watch, name='host watchdog', daemon=True)
+
+  def __enter__(self):
+    if jax.process_count() > 1:
+      self._thread.start()
+    return self
+
+  def __exit__(self, exc_type, exc, traceback):
+    if not self._thread.is_alive():
+      return False
+    if exc_type is None:
+      self._state = 'done'
+    elif issubclass(exc_type, Exception):
+      self._state = 'failed'
+      deadline = time.monotonic() + 1.5 * self.timeout_s
+      while (time.monotonic() < deadline and
+             not all(self._published(p)[1] == 'failed' for p in self._others())):
+        time.sleep(self._interval / 4)  # meanwhile the thread ends the process if one is lost
+    self._stop.set()
+    self._thread.join()
+    return False
+
+  def _watch(self):
+    """The thread: a heartbeat every interval while the block runs, then a last one."""
+    while not self._stop.is_set():
+      self._heartbeat()
+      lost = self._lost()
+      if lost is not None:
+        self._end_process(*lost)
+      self._stop.wait(self._interval)
+    self._heartbeat()
+
+  def _heartbeat(self):
+    """Publish this process's record; note the time of each change in the others'."""
+    self._beat += 1
+    try:
+      records = _exchange_heartbeats(jax.process_index(),
+                                     f'{self._beat} {self._state} {self.step}')
+    except Exception:  # the store, on process 0, did not answer
+      return
+    now = self._answered = time.monotonic()
+    seen = {}
+    for p, record in records.items():
+      old = self._records.get(p)
+      seen[p] = old if old is not None and old[0] == record.split() else (record.split(), now)
+    self._records = seen  # a new dict: the main thread may be reading the old one
+
+  def _others(self):
+    return [p for p in range(jax.process_count()) if p != jax.process_index()]
+
+  def _published(self, p):
+    """[beat, state, step] of process p's last heartbeat."""
+    return self._records.get(p, (['0', 'running', 'None'],))[0]
+
+  def _silent(self, p):
+    """Seconds since process p's heartbeat last changed."""
+    return time.monotonic() - self._records.get(p, (None, self._started))[1]
+
+  def _lost(self):
+    """(process, what happened to it) of a lost process, or None."""
+    if time.monotonic() - self._answered > self.timeout_s:
+      return 0, f'(the coordinator) stopped answering for {self.timeout_s:g} s'
+    for p in self._others():
+      _, state, step = self._published(p)
+      if state != 'done' and self._silent(p) > self.timeout_s:
+        if state == 'failed':
+          return p, f'failed at its step {step} (its log says why)'
+        return p, (f'stopped answering (no heartbeat for {self.timeout_s:g} s; the last one '
+                   f'at its step {step})')
+    return None
+
+  def _end_process(self, process, what):
+    """The one line on stderr, then os._exit(HOST_LOST), process 0 last."""
+    try:
+      resume = self.describe_resume()
+    except Exception as e:  # the line and the exit must come whatever this does
+      resume = f'(describe_resume failed: {e!r})'
+    me, program = jax.process_index(), os.path.basename(sys.argv[0])
+    print(f'{program}: process {process} of {jax.process_count()} {what}; process {me} stops '
+          f'at step {self.step} with exit status {HOST_LOST}. {resume}', file=sys.stderr,
+          flush=True)
+    self._state = 'lost'
+    self._heartbeat()
+    if me == 0:
+      self._wait_for_the_others()
+    sys.stdout.flush()
+    os._exit(HOST_LOST)
+
+  def _wait_for_the_others(self):
+    """Process 0 stops last: when its coordination service goes, JAX aborts the others at once.
+    It waits (at most timeout_s) for each to have stopped too, or to be silent."""
+    deadline = time.monotonic() + self.timeout_s
+    while time.monotonic() < deadline and not all(
+        self._published(p)[1] in ('lost', 'done') or self._silent(p) > self.timeout_s
+        for p in self._others()):
+      time.sleep(self._interval / 4)
+      self._heartbeat()
+    time.sleep(self._interval / 4)  # their os._exit follows their last heartbeat
+
+
+_HEARTBEATS = 'enct5/host_watchdog/'  # key prefix in the coordination service's store
+
+
+def _exchange_heartbeats(process, record):
+  """Publish this process's heartbeat record, read everyone's: -> {process: record}.
+
+  NOTE: JAX has no public key-value API; this is the client of its coordination service's
+  store (on process 0), which `jax.experimental.multihost_utils` and JAX's array serialization
+  use too. A private API, used here only.
+  """
+  from jax._src import distributed
+  client = distributed.global_state.client
+  client.key_value_set(f'{_HEARTBEATS}{process}', record, allow_overwrite=True)
+  return {int(key.rsplit('/', 1)[1]): value
+          for key, value in client.key_value_dir_get(_HEARTBEATS)}
 
 
 def make_mesh(mesh_shape=None, devices=None):

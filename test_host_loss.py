@@ -1,0 +1,161 @@
+"""When a process of a run dies (SIGKILL), the others stop by themselves within the documented
+bound with one line and exit status HOST_LOST (`partitioning.HostWatchdog`), and the same
+commands resume to the uninterrupted result. Real processes on 127.0.0.1 (one CPU device each,
+gloo collectives) run the tiny training loop of tools/host_loss_check.py.
+"""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import load_ckpt
+import partitioning
+import testutil
+
+TIMEOUT_S = 5  # --host_timeout of these runs
+BOUND_S = 1.5 * TIMEOUT_S  # HostWatchdog's documented bound
+TOOL = os.path.join(testutil.REPO, 'tools', 'host_loss_check.py')
+STEPS = 9  # checkpoints at steps 3, 6, 9
+
+
+def _run(output_dir, extra_flags, timeout=120):
+  """The processes of one run (process i adds extra_flags[i]), to their end.
+  -> [(exit status, stdout, stderr, time.time() when it ended)] per process."""
+  address = f'127.0.0.1:{testutil.free_port()}'
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  procs, logs = [], []
+  for i, extra in enumerate(extra_flags):
+    out, err = (open(os.path.join(output_dir, f'process_{i}.{s}'), 'w+') for s in ('out', 'err'))
+    procs.append(subprocess.Popen(
+        [sys.executable, TOOL, f'--num_processes={len(extra_flags)}', f'--process_id={i}',
+         f'--coordinator_address={address}', f'--output_dir={output_dir}',
+         f'--train_steps={STEPS}', '--checkpoint_every=3', f'--host_timeout={TIMEOUT_S}', *extra], stdout=out, stderr=err, env=env))
+    logs.append((out, err))
+  ended = [None] * len(procs)
+  deadline = time.time() + timeout
+  try:
+    while None in ended and time.time() < deadline:
+      for i, p in enumerate(procs):
+        if ended[i] is None and p.poll() is not None:
+          ended[i] = time.time()
+      time.sleep(0.05)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert None not in ended, f'a process ran past {timeout} s'
+  results = []
+  for p, (out, err), end in zip(procs, logs, ended):
+    out.seek(0), err.seek(0)
+    results.append((p.returncode, out.read(), err.read(), end))
+    out.close(), err.close()
+  return results
+
+
+def _death_time(stdout):
+  """When the process that played a lost host killed itself (it prints the time first)."""
+  return float(re.search(r'dying at ([\d.]+)', stdout)[1])
+
+
+def _assert_same_checkpoint(path, reference):
+  ours, theirs = (load_ckpt.flatten(dict(zip(('target', 'state'), load_ckpt.read_checkpoint(p))))
+                  for p in (path, reference))
+  assert sorted(ours) == sorted(theirs)
+  for name in ours:
+    np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+def _assert_one_line(stderr, lost, me, of, checkpoint):
+  """stderr is the watchdog's one line: no traceback, no abort, no C++ frames."""
+  for crash in ('Traceback', 'Fatal Python error', 'Check failure', 'Terminating process'):
+    assert crash not in stderr, stderr[-3000:]
+  lines = [line for line in stderr.splitlines() if 'stops' in line]
+  assert len(lines) == 1, stderr[-3000:]
+  assert re.fullmatch(
+      rf'host_loss_check\.py: process {lost} of {of} stopped answering \(no heartbeat for '
+      rf'{TIMEOUT_S} s; the last one at its step \d\); process {me} stops at step \d with exit '
+      rf'status {partitioning.HOST_LOST}\. Last complete checkpoint: {re.escape(checkpoint)}; '
+      rf'to resume, run the same command in every process: .*host_loss_check\.py '
+      rf'--num_processes={of} --process_id={me} .*', lines[0]), lines[0]
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  """Two processes run all STEPS; process 1's step 2 lasts 2 * TIMEOUT_S (a slow step, as a
+  first compilation is). -> (the run's results, its directory)."""
+  output_dir = str(tmp_path_factory.mktemp('uninterrupted'))
+  slow = [f'--slow_step=2', f'--slow_s={2 * TIMEOUT_S}']
+  return _run(output_dir, [[], slow]), output_dir
+
+
+def test_a_slow_step_is_not_a_lost_host(uninterrupted):
+  """Liveness comes from the watchdog's thread, not from the loop's steps."""
+  results, _ = uninterrupted
+  for status, out, err, _ in results:
+    assert status == 0, err[-3000:]
+    assert f'done at step {STEPS}' in out and 'stops' not in err
+
+
+def test_the_others_stop_with_one_line_and_resume_exactly(tmp_path, uninterrupted):
+  """Process 1 dies while the checkpoint of step 6 is being written (its slices written,
+  process 0's not yet renamed): process 0 stops within the bound, with one line naming
+  process 1, the last complete checkpoint (step 3) and the command; the half-written
+  checkpoint stays a .tmp- directory. The same commands then resume to the uninterrupted
+  run's parameters and optimizer state, bit for bit."""
+  output_dir = str(tmp_path)
+  ckpt_dir = os.path.join(output_dir, 'checkpoints')
+  results = _run(output_dir, [[], ['--die_at_step=6', '--die_while_saving']])
+  (status, _, err, end), (killed, out, _, _) = results
+  assert killed == -9 and 'saving checkpoint_6' in out
+  assert status == partitioning.HOST_LOST, err[-3000:]
+  _assert_one_line(err, lost=1, me=0, of=2, checkpoint=os.path.join(ckpt_dir, 'checkpoint_3'))
+  assert end - _death_time(out) < BOUND_S
+  assert [step for step, _ in load_ckpt.complete_checkpoints(ckpt_dir)] == [3]
+  assert [n for n in os.listdir(ckpt_dir) if n.startswith('checkpoint_6.tmp-')]
+
+  for status, out, err, _ in _run(output_dir, [[], []]):
+    assert status == 0 and f'done at step {STEPS}' in out, err[-3000:]
+  _, reference_dir = uninterrupted
+  _assert_same_checkpoint(os.path.join(ckpt_dir, f'checkpoint_{STEPS}'),
+                          os.path.join(reference_dir, 'checkpoints', f'checkpoint_{STEPS}'))
+
+
+def test_three_processes_the_coordinator_stops_last(tmp_path):
+  """Process 2 of 3 dies between steps: processes 0 and 1 each stop with their one line within
+  the bound, process 0 last (its exit takes JAX's coordination service with it, which would
+  abort process 1)."""
+  results = _run(str(tmp_path), [[], [], ['--die_at_step=5']])
+  died = _death_time(results[2][1])
+  checkpoint = os.path.join(str(tmp_path), 'checkpoints', 'checkpoint_3')
+  for me, (status, _, err, end) in enumerate(results[:2]):
+    assert status == partitioning.HOST_LOST, err[-3000:]
+    _assert_one_line(err, lost=2, me=me, of=3, checkpoint=checkpoint)
+    assert end - died < BOUND_S
+  assert results[0][3] >= results[1][3]
+
+
+def test_when_the_coordinator_dies_jax_ends_the_others_at_once(tmp_path):
+  """Process 0 hosts JAX's coordination service; when it dies, JAX's runtime aborts the others
+  at once, before any Python code can run (the documented limit): within the bound, not by the
+  watchdog, and no half-written checkpoint."""
+  ckpt_dir = os.path.join(str(tmp_path), 'checkpoints')
+  (_, out, _, _), (status, _, err, end) = _run(str(tmp_path), [['--die_at_step=5'], []])
+  assert status not in (0, partitioning.HOST_LOST), err[-3000:]
+  assert end - _death_time(out) < BOUND_S
+  assert [step for step, _ in load_ckpt.complete_checkpoints(ckpt_dir)] == [3]
+
+
+def test_an_error_in_every_process_is_not_held(tmp_path):
+  """The same exception in every process (a non-finite loss) goes on at once, with its own
+  traceback and exit status 1: the watchdog holds an exception only while a process might be
+  lost."""
+  results = _run(str(tmp_path), [['--fail_at_step=1']] * 2)
+  last_failed = max(float(re.search(r'failing at ([\d.]+)', out)[1]) for _, out, _, _ in results)
+  for status, _, err, end in results:
+    assert status == 1 and 'FloatingPointError: loss is nan at step 1' in err, err[-3000:]
+    assert 'stops' not in err
+    assert end - last_failed < TIMEOUT_S

@@ -1,0 +1,142 @@
+"""A training run in one of several processes under `partitioning.HostWatchdog`, to play a lost
+host (run by test_host_loss.py): `--num_processes N --process_id i --coordinator_address
+127.0.0.1:PORT --output_dir DIR`.
+
+A softmax regression (it compiles in a moment; the watchdog does not care what is trained)
+with Adafactor, data-parallel over the processes (gloo), checkpointed with
+`load_ckpt.save_checkpoint` every --checkpoint_every steps and at the end. Each step's batch is
+a function of its number, so running the same command again resumes exactly. The process
+given --die_at_step=K kills itself (SIGKILL) at step K, after printing `dying at <time>`; with
+--die_while_saving, inside the checkpoint save of step K, once its own slices are written.
+--slow_step: one step sleeps --slow_s. --fail_at_step: the step raises, after printing
+`failing at <time>`. Exit statuses: 0 done, 1 an error, partitioning.HOST_LOST.
+"""
+import argparse
+import os
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--coordinator_address', default=None)
+parser.add_argument('--num_processes', type=int, default=1)
+parser.add_argument('--process_id', type=int, default=0)
+parser.add_argument('--output_dir', required=True)
+parser.add_argument('--train_steps', type=int, default=9)
+parser.add_argument('--checkpoint_every', type=int, default=3)
+parser.add_argument('--host_timeout', type=float, default=5)
+parser.add_argument('--die_at_step', type=int, default=None)
+parser.add_argument('--die_while_saving', action='store_true')
+parser.add_argument('--fail_at_step', type=int, default=None)
+parser.add_argument('--slow_step', type=int, default=None, help='this step sleeps --slow_s')
+parser.add_argument('--slow_s', type=float, default=0)
+args = parser.parse_args()
+os.environ['JAX_PLATFORMS'] = 'cpu'
+import shlex
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+import numpy as np
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import adafactor
+import load_ckpt
+import partitioning
+
+
+def die(where):
+  print(f'dying at {time.time()} ({where})', flush=True)
+  os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_while_saving(step):
+  """Kill this process inside `load_ckpt.save_checkpoint` of `step`, once its own slices are
+  written and before the barrier after which process 0 writes the index and renames."""
+  barrier = load_ckpt._barrier
+
+  def dying_barrier(name):
+    if name.startswith('written') and f'checkpoint_{step}.tmp-' in name:
+      die(f'saving checkpoint_{step}')
+    barrier(name)
+  load_ckpt._barrier = dying_barrier
+
+
+def main():
+  partitioning.initialize_distributed(args.coordinator_address, args.num_processes,
+                                      args.process_id, host_timeout_s=args.host_timeout)
+  if args.die_while_saving:
+    die_while_saving(args.die_at_step)
+  ckpt_dir = os.path.join(args.output_dir, 'checkpoints')
+
+  def describe_resume():
+    last = load_ckpt.latest_checkpoint(ckpt_dir) or '(none yet)'
+    return (f'Last complete checkpoint: {last}; to resume, run the same command in every '
+            f'process: {shlex.join([sys.executable, *sys.argv])}')
+
+  with partitioning.HostWatchdog(args.host_timeout, describe_resume) as watchdog:
+    train_loop(watchdog, ckpt_dir)
+  print(f'done at step {args.train_steps}', flush=True)
+
+
+def loss_fn(params, batch):
+  """Softmax regression: a model small enough to compile in a moment."""
+  logits = batch['x'] @ params['kernel'] + params['bias']  # [B, C]
+  log_probs = jax.nn.log_softmax(logits)
+  return -jnp.mean(jnp.take_along_axis(log_probs, batch['y'][:, None], axis=1))
+
+
+def make_train_step(mesh, params):
+  """jit((params, opt_state, batch) -> (params, opt_state)): the gradient is summed over the
+  'data' axis, across the processes (gloo); one Adafactor update."""
+  replicated = NamedSharding(mesh, P())
+  param_shardings = jax.tree.map(lambda _: replicated, params)
+  opt_shardings = partitioning.opt_state_shardings(param_shardings,
+                                                   jax.tree.map(np.shape, params))
+
+  def train_step(params, opt_state, batch):
+    grads = jax.grad(loss_fn)(params, batch)
+    return adafactor.update(grads, opt_state, params, 1e-2)
+  step = jax.jit(train_step, in_shardings=(param_shardings, opt_shardings, None),
+                 out_shardings=(param_shardings, opt_shardings), donate_argnums=(0, 1))
+  return step, param_shardings, opt_shardings
+
+
+def global_batch(step, mesh):
+  """The global batch of a step (a function of the step only: resuming is exact), 6 rows
+  (divisible by 1, 2 or 3 processes) on 'data'."""
+  rng = np.random.default_rng(step)
+  batch = {'x': rng.normal(size=(6, 16)).astype(np.float32), 'y': rng.integers(0, 4, 6)}
+  return partitioning.global_batch(batch, NamedSharding(mesh, P('data')))
+
+
+def train_loop(watchdog, ckpt_dir):
+  """Resume from the last checkpoint (or start), train to --train_steps, checkpointing."""
+  mesh = partitioning.make_mesh()
+  rng = np.random.default_rng(0)
+  params = {'kernel': rng.normal(size=(16, 4)).astype(np.float32) * 0.1,
+            'bias': np.zeros(4, np.float32)}
+  train_step, param_shardings, opt_shardings = make_train_step(mesh, params)
+  restored = load_ckpt.restore_checkpoint(ckpt_dir, shardings=param_shardings,
+                                          opt_shardings=opt_shardings)
+  if restored is None:
+    params = jax.device_put(params, param_shardings)
+    opt_state = jax.jit(adafactor.init, out_shardings=opt_shardings)(params)
+  else:
+    params, opt_state = restored
+  for step in range(int(jax.device_get(opt_state['step'])) + 1, args.train_steps + 1):
+    watchdog.step = step
+    if step == args.die_at_step and not args.die_while_saving:
+      die(f'step {step}')
+    if step == args.slow_step:
+      time.sleep(args.slow_s)
+    params, opt_state = train_step(params, opt_state, global_batch(step, mesh))
+    if step == args.fail_at_step:
+      print(f'failing at {time.time()}', flush=True)
+      raise FloatingPointError(f'loss is nan at step {step} (planted)')
+    if step % args.checkpoint_every == 0 or step == args.train_steps:
+      load_ckpt.save_checkpoint(ckpt_dir, step, params, opt_state)
+
+
+if __name__ == '__main__':
+  main()
