@@ -9,6 +9,7 @@ them (`t5_layers.with_sharding_constraint`, under `activation_mesh`).
 Many hosts: `initialize_distributed` joins the processes of a run; `HostWatchdog` stops the
 others, with one line and exit status HOST_LOST, when one of them dies.
 """
+import json
 import logging
 import os
 import sys
@@ -35,9 +36,9 @@ def initialize_distributed(coordinator_address=None, num_processes=1, process_id
   `jax_cpu_collectives_implementation`).
 
   `host_timeout_s` is the `HostWatchdog`'s. JAX's coordination service has a heartbeat of its
-  own: when a process misses it, the service aborts every other process (SIGABRT, a page of C++
-  frames). Its timeout is set to 2 * host_timeout_s + 10 s, so that the watchdog, which reports
-  a lost process within 1.5 * host_timeout_s, always speaks first.
+  own: when a process misses it, JAX aborts every other process (SIGABRT, pages of C++ frames).
+  Its timeout is set to 2 * host_timeout_s + 10 s, so that the watchdog, which reports a lost
+  process within 1.5 * host_timeout_s, always speaks first.
   """
   if num_processes > 1:
     if not coordinator_address:
@@ -57,27 +58,27 @@ class HostWatchdog:
         watchdog.step = step
         ...
 
-  `describe_resume()` -> the rest of the line: the last complete checkpoint, how to resume.
+  `describe_resume()` -> the end of the line: the last complete checkpoint, how to resume.
 
-  Without it, a lost process leaves the others in a collective that fails (or hangs, if its
-  host vanished without closing its sockets), then in JAX's exit-time shutdown, which waits
-  for the lost process until JAX's own heartbeat timeout aborts them (SIGABRT, C++ frames).
+  Without it, the others fail (or hang) in their next collective, then wait in JAX's exit-time
+  shutdown until JAX's heartbeat timeout aborts them: SIGABRT and pages of C++ frames.
 
   A daemon thread in each process publishes a heartbeat every timeout_s / 10 to the key-value
   store of JAX's coordination service and reads the others'. Liveness comes from that thread,
-  not from the loop's progress: a slow step (a first compilation of minutes) is not a lost
-  process. A process whose heartbeat has not changed for timeout_s is lost (if the store does
-  not answer for timeout_s, process 0, which hosts it, is). The thread then prints the line and
-  ends this process with os._exit, as the main thread may be blocked in a collective; a
-  checkpoint being written stays a `.tmp-` directory, which `load_ckpt.latest_checkpoint`
-  ignores. An exception leaving the block (in JAX 0.10.2 on CPU a collective whose peer died
-  raises ValueError "Gloo ... Connection closed by peer" at once) waits for that verdict; it
-  goes on at once if every other process failed too (e.g. the same non-finite loss).
+  not from the loop: a slow step (a first compilation of minutes) is not a lost process. A
+  process whose heartbeat has not changed for timeout_s is lost (process 0, if the store it
+  hosts does not answer for timeout_s); the first process to find it says so in its heartbeat,
+  and each survivor prints its line and calls os._exit at its next one (the main thread may be
+  blocked in a collective), process 0 last. A checkpoint being written stays a `.tmp-`
+  directory, which `load_ckpt.latest_checkpoint` ignores. An exception leaving the block (a
+  collective whose peer died raises at once; in JAX 0.10.2 on CPU, ValueError "Gloo ...
+  Connection closed by peer") waits for that verdict, but goes on at once if every other
+  process failed too (the same non-finite loss everywhere).
 
   Limit: when process 0 dies, JAX aborts every other process at once (SIGABRT, "Terminating
-  process because the JAX distributed service detected fatal errors"), before any Python code
-  can run: jaxlib 0.10.2 cannot hand that error to a Python callback. With one process the
-  block does nothing.
+  process because the JAX distributed service detected fatal errors") before Python can act:
+  jaxlib 0.10.2 cannot hand that error to a Python callback. With one process the block does
+  nothing.
   """
 
   def __init__(self, timeout_s, describe_resume):
@@ -85,9 +86,10 @@ class HostWatchdog:
     self.timeout_s = timeout_s
     self.describe_resume = describe_resume
     self._interval = timeout_s / 10
-    self._state = 'running'  # published: running, failed (an exception left the block), lost
-    self._beat = 0           # (this process stops for a lost one) or done
-    self._records = {}  # process -> ([beat, state, step] it published last, time that changed)
+    self._beat = 0
+    self._ending = None  # how the block ended: 'done', or 'failed' (an exception left it)
+    self._verdict = None  # [lost process, what happened to it, the process that found it]
+    self._records = {}  # process -> (its last record, the monotonic time that record changed)
     self._answered = self._started = time.monotonic()  # the store's last answer
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._watch, name='host watchdog', daemon=True)
@@ -101,12 +103,12 @@ class HostWatchdog:
     if not self._thread.is_alive():
       return False
     if exc_type is None:
-      self._state = 'done'
+      self._ending = 'done'
     elif issubclass(exc_type, Exception):
-      self._state = 'failed'
+      self._ending = 'failed'
       deadline = time.monotonic() + 1.5 * self.timeout_s
       while (time.monotonic() < deadline and
-             not all(self._published(p)[1] == 'failed' for p in self._others())):
+             not all(self._published(p)['state'] == 'failed' for p in self._others())):
         time.sleep(self._interval / 4)  # meanwhile the thread ends the process if one is lost
     self._stop.set()
     self._thread.join()
@@ -116,62 +118,70 @@ class HostWatchdog:
     """The thread: a heartbeat every interval while the block runs, then a last one."""
     while not self._stop.is_set():
       self._heartbeat()
-      lost = self._lost()
-      if lost is not None:
-        self._end_process(*lost)
+      verdict = self._lost()
+      if verdict is not None:
+        self._end_process(verdict)
       self._stop.wait(self._interval)
     self._heartbeat()
 
   def _heartbeat(self):
-    """Publish this process's record; note the time of each change in the others'."""
+    """Publish this process's record; note the time of each change in the others'. A record:
+    {beat, state: running, failed, done or lost (this process stops for a lost one), the
+    loop's step, lost: the verdict}."""
     self._beat += 1
+    state = 'lost' if self._verdict else self._ending or 'running'
+    record = {'beat': self._beat, 'state': state, 'step': self.step, 'lost': self._verdict}
     try:
-      records = _exchange_heartbeats(jax.process_index(),
-                                     f'{self._beat} {self._state} {self.step}')
+      records = _exchange_heartbeats(jax.process_index(), json.dumps(record))
     except Exception:  # the store, on process 0, did not answer
       return
     now = self._answered = time.monotonic()
     seen = {}
     for p, record in records.items():
       old = self._records.get(p)
-      seen[p] = old if old is not None and old[0] == record.split() else (record.split(), now)
+      seen[p] = old if old is not None and old[0] == record else (record, now)
     self._records = seen  # a new dict: the main thread may be reading the old one
 
   def _others(self):
     return [p for p in range(jax.process_count()) if p != jax.process_index()]
 
   def _published(self, p):
-    """[beat, state, step] of process p's last heartbeat."""
-    return self._records.get(p, (['0', 'running', 'None'],))[0]
+    """Process p's last record."""
+    return json.loads(self._records.get(p, ('{"state": "running", "step": null}',))[0])
 
   def _silent(self, p):
-    """Seconds since process p's heartbeat last changed."""
+    """Seconds since process p's record last changed."""
     return time.monotonic() - self._records.get(p, (None, self._started))[1]
 
   def _lost(self):
-    """(process, what happened to it) of a lost process, or None."""
+    """The verdict on a lost process (another process's, if one found it first), or None."""
+    me = jax.process_index()
     if time.monotonic() - self._answered > self.timeout_s:
-      return 0, f'(the coordinator) stopped answering for {self.timeout_s:g} s'
+      return [0, f'(the coordinator) stopped answering for {self.timeout_s:g} s', me]
     for p in self._others():
-      _, state, step = self._published(p)
-      if state != 'done' and self._silent(p) > self.timeout_s:
-        if state == 'failed':
-          return p, f'failed at its step {step} (its log says why)'
-        return p, (f'stopped answering (no heartbeat for {self.timeout_s:g} s; the last one '
-                   f'at its step {step})')
+      if self._published(p)['state'] == 'lost':
+        return self._published(p)['lost']
+    for p in self._others():
+      record = self._published(p)
+      if record['state'] != 'done' and self._silent(p) > self.timeout_s:
+        if record['state'] == 'failed':
+          return [p, f'failed at its step {record["step"]} (its log says why)', me]
+        return [p, f'stopped answering (no heartbeat for {self.timeout_s:g} s; the last one '
+                   f'at its step {record["step"]})', me]
     return None
 
-  def _end_process(self, process, what):
-    """The one line on stderr, then os._exit(HOST_LOST), process 0 last."""
+  def _end_process(self, verdict):
+    """The one line on stderr; the verdict in a last heartbeat; os._exit(HOST_LOST)."""
     try:
       resume = self.describe_resume()
     except Exception as e:  # the line and the exit must come whatever this does
       resume = f'(describe_resume failed: {e!r})'
-    me, program = jax.process_index(), os.path.basename(sys.argv[0])
-    print(f'{program}: process {process} of {jax.process_count()} {what}; process {me} stops '
-          f'at step {self.step} with exit status {HOST_LOST}. {resume}', file=sys.stderr,
-          flush=True)
-    self._state = 'lost'
+    (lost, what, finder), me = verdict, jax.process_index()
+    found = '' if finder == me else f' (found by process {finder})'
+    print(f'{os.path.basename(sys.argv[0])}: process {lost} of {jax.process_count()} {what}'
+          f'{found}; process {me} stops at step {self.step} with exit status {HOST_LOST}. '
+          f'{resume}', file=sys.stderr, flush=True)
+    self._verdict = verdict
     self._heartbeat()
     if me == 0:
       self._wait_for_the_others()
@@ -183,7 +193,7 @@ class HostWatchdog:
     It waits (at most timeout_s) for each to have stopped too, or to be silent."""
     deadline = time.monotonic() + self.timeout_s
     while time.monotonic() < deadline and not all(
-        self._published(p)[1] in ('lost', 'done') or self._silent(p) > self.timeout_s
+        self._published(p)['state'] in ('lost', 'done') or self._silent(p) > self.timeout_s
         for p in self._others()):
       time.sleep(self._interval / 4)
       self._heartbeat()

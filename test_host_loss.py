@@ -22,8 +22,9 @@ TOOL = os.path.join(testutil.REPO, 'tools', 'host_loss_check.py')
 STEPS = 9  # checkpoints at steps 3, 6, 9
 
 
-def _run(output_dir, extra_flags, timeout=120):
-  """The processes of one run (process i adds extra_flags[i]), to their end.
+def _run(output_dir, extra_flags, frozen=(), timeout=120):
+  """The processes of one run (process i adds extra_flags[i]), to their end; those in `frozen`
+  (stopped by SIGSTOP) are killed once the others have ended.
   -> [(exit status, stdout, stderr, time.time() when it ended)] per process."""
   address = f'127.0.0.1:{testutil.free_port()}'
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
@@ -38,7 +39,8 @@ def _run(output_dir, extra_flags, timeout=120):
   ended = [None] * len(procs)
   deadline = time.time() + timeout
   try:
-    while None in ended and time.time() < deadline:
+    while any(ended[i] is None for i in range(len(procs)) if i not in frozen):
+      assert time.time() < deadline, f'a process ran past {timeout} s'
       for i, p in enumerate(procs):
         if ended[i] is None and p.poll() is not None:
           ended[i] = time.time()
@@ -47,7 +49,7 @@ def _run(output_dir, extra_flags, timeout=120):
     for p in procs:
       if p.poll() is None:
         p.kill()
-  assert None not in ended, f'a process ran past {timeout} s'
+        p.wait()
   results = []
   for p, (out, err), end in zip(procs, logs, ended):
     out.seek(0), err.seek(0)
@@ -69,18 +71,19 @@ def _assert_same_checkpoint(path, reference):
     np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
 
 
-def _assert_one_line(stderr, lost, me, of, checkpoint):
+def _assert_one_line(stderr, lost, me, of, checkpoint, found_by=None):
   """stderr is the watchdog's one line: no traceback, no abort, no C++ frames."""
   for crash in ('Traceback', 'Fatal Python error', 'Check failure', 'Terminating process'):
     assert crash not in stderr, stderr[-3000:]
   lines = [line for line in stderr.splitlines() if 'stops' in line]
   assert len(lines) == 1, stderr[-3000:]
+  found = '' if found_by is None else rf' \(found by process {found_by}\)'
   assert re.fullmatch(
       rf'host_loss_check\.py: process {lost} of {of} stopped answering \(no heartbeat for '
-      rf'{TIMEOUT_S} s; the last one at its step \d\); process {me} stops at step \d with exit '
-      rf'status {partitioning.HOST_LOST}\. Last complete checkpoint: {re.escape(checkpoint)}; '
-      rf'to resume, run the same command in every process: .*host_loss_check\.py '
-      rf'--num_processes={of} --process_id={me} .*', lines[0]), lines[0]
+      rf'{TIMEOUT_S} s; the last one at its step \d\){found}; process {me} stops at step \d '
+      rf'with exit status {partitioning.HOST_LOST}\. Last complete checkpoint: '
+      rf'{re.escape(checkpoint)}; to resume, run the same command in every process: '
+      rf'.*host_loss_check\.py --num_processes={of} --process_id={me} .*', lines[0]), lines[0]
 
 
 @pytest.fixture(scope='module')
@@ -124,18 +127,22 @@ def test_the_others_stop_with_one_line_and_resume_exactly(tmp_path, uninterrupte
                           os.path.join(reference_dir, 'checkpoints', f'checkpoint_{STEPS}'))
 
 
-def test_three_processes_the_coordinator_stops_last(tmp_path):
-  """Process 2 of 3 dies between steps: processes 0 and 1 each stop with their one line within
-  the bound, process 0 last (its exit takes JAX's coordination service with it, which would
-  abort process 1)."""
-  results = _run(str(tmp_path), [[], [], ['--die_at_step=5']])
+def test_a_frozen_process_and_three_processes_the_coordinator_stops_last(tmp_path):
+  """Process 2 of 3 freezes (SIGSTOP: its connections stay open, the others' collectives hang
+  instead of failing). Process 0 finds it first (process 1's --host_timeout is longer) and
+  says so; process 1 stops with that verdict, then process 0 (its exit takes JAX's
+  coordination service with it, which would abort process 1): one line each, within the
+  bound."""
+  results = _run(str(tmp_path), [[], [f'--host_timeout={TIMEOUT_S + 2}'],
+                                 ['--die_at_step=5', '--die_by=SIGSTOP']], frozen=[2])
   died = _death_time(results[2][1])
   checkpoint = os.path.join(str(tmp_path), 'checkpoints', 'checkpoint_3')
   for me, (status, _, err, end) in enumerate(results[:2]):
     assert status == partitioning.HOST_LOST, err[-3000:]
-    _assert_one_line(err, lost=2, me=me, of=3, checkpoint=checkpoint)
+    _assert_one_line(err, lost=2, me=me, of=3, checkpoint=checkpoint,
+                     found_by=0 if me == 1 else None)
     assert end - died < BOUND_S
-  assert results[0][3] >= results[1][3]
+  assert results[0][3] > results[1][3]
 
 
 def test_when_the_coordinator_dies_jax_ends_the_others_at_once(tmp_path):

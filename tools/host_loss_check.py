@@ -6,8 +6,10 @@ A softmax regression (it compiles in a moment; the watchdog does not care what i
 with Adafactor, data-parallel over the processes (gloo), checkpointed with
 `load_ckpt.save_checkpoint` every --checkpoint_every steps and at the end. Each step's batch is
 a function of its number, so running the same command again resumes exactly. The process
-given --die_at_step=K kills itself (SIGKILL) at step K, after printing `dying at <time>`; with
---die_while_saving, inside the checkpoint save of step K, once its own slices are written.
+given --die_at_step=K sends itself --die_by (SIGKILL; SIGSTOP plays a host that froze or
+vanished without closing its connections, so that the others' collectives hang rather than
+fail) at step K, after printing `dying at <time>`; with --die_while_saving, inside the
+checkpoint save of step K, once its own slices are written.
 --slow_step: one step sleeps --slow_s. --fail_at_step: the step raises, after printing
 `failing at <time>`. Exit statuses: 0 done, 1 an error, partitioning.HOST_LOST.
 """
@@ -23,6 +25,7 @@ parser.add_argument('--train_steps', type=int, default=9)
 parser.add_argument('--checkpoint_every', type=int, default=3)
 parser.add_argument('--host_timeout', type=float, default=5)
 parser.add_argument('--die_at_step', type=int, default=None)
+parser.add_argument('--die_by', default='SIGKILL', choices=['SIGKILL', 'SIGSTOP'])
 parser.add_argument('--die_while_saving', action='store_true')
 parser.add_argument('--fail_at_step', type=int, default=None)
 parser.add_argument('--slow_step', type=int, default=None, help='this step sleeps --slow_s')
@@ -46,8 +49,8 @@ import partitioning
 
 
 def die(where):
-  print(f'dying at {time.time()} ({where})', flush=True)
-  os.kill(os.getpid(), signal.SIGKILL)
+  print(f'dying at {time.time()} ({where}, {args.die_by})', flush=True)
+  os.kill(os.getpid(), getattr(signal, args.die_by))
 
 
 def die_while_saving(step):
