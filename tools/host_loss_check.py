@@ -54,8 +54,8 @@ def die(where):
 
 
 def die_while_saving(step):
-  """Kill this process inside `load_ckpt.save_checkpoint` of `step`, once its own slices are
-  written and before the barrier after which process 0 writes the index and renames."""
+  """`die` inside `load_ckpt.save_checkpoint` of `step`, once this process's slices are written
+  and before the barrier after which process 0 writes the index and renames."""
   barrier = load_ckpt._barrier
 
   def dying_barrier(name):
@@ -90,8 +90,8 @@ def loss_fn(params, batch):
 
 
 def make_train_step(mesh, params):
-  """jit((params, opt_state, batch) -> (params, opt_state)): the gradient is summed over the
-  'data' axis, across the processes (gloo); one Adafactor update."""
+  """jit((params, opt_state, batch) -> (params, opt_state)): the gradient over the global batch
+  (an all-reduce across the processes, gloo), then one Adafactor update."""
   replicated = NamedSharding(mesh, P())
   param_shardings = jax.tree.map(lambda _: replicated, params)
   opt_shardings = partitioning.opt_state_shardings(param_shardings,
