@@ -165,9 +165,9 @@ class HostWatchdog:
       record = self._published(p)
       if record['state'] != 'done' and self._silent(p) > self.timeout_s:
         if record['state'] == 'failed':
-          return [p, f'failed at its step {record["step"]} (its log says why)', me]
+          return [p, f'failed {_at(record["step"])} (its log says why)', me]
         return [p, f'stopped answering (no heartbeat for {self.timeout_s:g} s; the last one '
-                   f'at its step {record["step"]})', me]
+                   f'{_at(record["step"])})', me]
     return None
 
   def _end_process(self, verdict):
@@ -179,7 +179,7 @@ class HostWatchdog:
     (lost, what, finder), me = verdict, jax.process_index()
     found = '' if finder == me else f' (found by process {finder})'
     print(f'{os.path.basename(sys.argv[0])}: process {lost} of {jax.process_count()} {what}'
-          f'{found}; process {me} stops at step {self.step} with exit status {HOST_LOST}. '
+          f'{found}; process {me} stops {_at(self.step)} with exit status {HOST_LOST}. '
           f'{resume}', file=sys.stderr, flush=True)
     self._verdict = verdict
     self._heartbeat()
@@ -198,6 +198,10 @@ class HostWatchdog:
       time.sleep(self._interval / 4)
       self._heartbeat()
     time.sleep(self._interval / 4)  # their os._exit follows their last heartbeat
+
+
+def _at(step):
+  return 'before its first step' if step is None else f'at its step {step}'
 
 
 _HEARTBEATS = 'enct5/host_watchdog/'  # key prefix in the coordination service's store

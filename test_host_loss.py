@@ -1,7 +1,8 @@
-"""When a process of a run dies (SIGKILL), the others stop by themselves within the documented
-bound with one line and exit status HOST_LOST (`partitioning.HostWatchdog`), and the same
-commands resume to the uninterrupted result. Real processes on 127.0.0.1 (one CPU device each,
-gloo collectives) run the tiny training loop of tools/host_loss_check.py.
+"""When a process of a run dies (SIGKILL) or freezes (SIGSTOP), the others stop by themselves
+within the documented bound with one line and exit status HOST_LOST
+(`partitioning.HostWatchdog`), and the same commands resume to the uninterrupted result. Real
+processes on 127.0.0.1 (one CPU device each, gloo collectives) run the small training loop of
+tools/host_loss_check.py.
 """
 import os
 import re
@@ -31,10 +32,10 @@ def _run(output_dir, extra_flags, frozen=(), timeout=120):
   procs, logs = [], []
   for i, extra in enumerate(extra_flags):
     out, err = (open(os.path.join(output_dir, f'process_{i}.{s}'), 'w+') for s in ('out', 'err'))
-    procs.append(subprocess.Popen(
-        [sys.executable, TOOL, f'--num_processes={len(extra_flags)}', f'--process_id={i}',
-         f'--coordinator_address={address}', f'--output_dir={output_dir}',
-         f'--train_steps={STEPS}', '--checkpoint_every=3', f'--host_timeout={TIMEOUT_S}', *extra], stdout=out, stderr=err, env=env))
+    command = [sys.executable, TOOL, f'--num_processes={len(extra_flags)}', f'--process_id={i}',
+               f'--coordinator_address={address}', f'--output_dir={output_dir}',
+               f'--train_steps={STEPS}', '--checkpoint_every=3', f'--host_timeout={TIMEOUT_S}']
+    procs.append(subprocess.Popen(command + extra, stdout=out, stderr=err, env=env))
     logs.append((out, err))
   ended = [None] * len(procs)
   deadline = time.time() + timeout
@@ -59,7 +60,7 @@ def _run(output_dir, extra_flags, frozen=(), timeout=120):
 
 
 def _death_time(stdout):
-  """When the process that played a lost host killed itself (it prints the time first)."""
+  """When the process that plays the lost host sent itself the signal (it prints the time)."""
   return float(re.search(r'dying at ([\d.]+)', stdout)[1])
 
 
@@ -80,10 +81,11 @@ def _assert_one_line(stderr, lost, me, of, checkpoint, found_by=None):
   found = '' if found_by is None else rf' \(found by process {found_by}\)'
   assert re.fullmatch(
       rf'host_loss_check\.py: process {lost} of {of} stopped answering \(no heartbeat for '
-      rf'{TIMEOUT_S} s; the last one at its step \d\){found}; process {me} stops at step \d '
-      rf'with exit status {partitioning.HOST_LOST}\. Last complete checkpoint: '
-      rf'{re.escape(checkpoint)}; to resume, run the same command in every process: '
-      rf'.*host_loss_check\.py --num_processes={of} --process_id={me} .*', lines[0]), lines[0]
+      rf'{TIMEOUT_S} s; the last one (at its step \d|before its first step)\){found}; '
+      rf'process {me} stops at its step \d with exit status {partitioning.HOST_LOST}\. '
+      rf'Last complete checkpoint: {re.escape(checkpoint)}; to resume, run the same command '
+      rf'in every process: .*host_loss_check\.py --num_processes={of} --process_id={me} .*',
+      lines[0]), lines[0]
 
 
 @pytest.fixture(scope='module')
@@ -91,7 +93,7 @@ def uninterrupted(tmp_path_factory):
   """Two processes run all STEPS; process 1's step 2 lasts 2 * TIMEOUT_S (a slow step, as a
   first compilation is). -> (the run's results, its directory)."""
   output_dir = str(tmp_path_factory.mktemp('uninterrupted'))
-  slow = [f'--slow_step=2', f'--slow_s={2 * TIMEOUT_S}']
+  slow = ['--slow_step=2', f'--slow_s={2 * TIMEOUT_S}']
   return _run(output_dir, [[], slow]), output_dir
 
 
