@@ -90,12 +90,13 @@ class HostWatchdog:
     self._ending = None  # how the block ended: 'done', or 'failed' (an exception left it)
     self._verdict = None  # [lost process, what happened to it, the process that found it]
     self._records = {}  # process -> (its last record, the monotonic time that record changed)
-    self._answered = self._started = time.monotonic()  # the store's last answer
+    self._started = self._answered = None  # monotonic times: entered; the store's last answer
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._watch, name='host watchdog', daemon=True)
 
   def __enter__(self):
     if jax.process_count() > 1:
+      self._started = self._answered = time.monotonic()
       self._thread.start()
     return self
 
