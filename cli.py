@@ -12,6 +12,7 @@ import errno
 import fcntl
 import logging as std_logging
 import os
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -20,9 +21,9 @@ import jax
 import enct5
 import finetune
 import glue
+import hosts
 import load_ckpt
 import loop
-import partitioning
 import t5_layers
 
 DEFAULTS = finetune.Config()
@@ -84,6 +85,9 @@ flags.DEFINE_string('mesh', None, 'Device mesh DATAxMODEL, e.g. 4x2: batches spl
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for several hosts.')
 flags.DEFINE_integer('num_processes', 1, 'Processes (hosts) running this same command.')
 flags.DEFINE_integer('process_id', 0, 'This process\'s index, 0..num_processes-1.')
+flags.DEFINE_float('host_timeout', hosts.HOST_TIMEOUT_S, 'Several processes: seconds without a '
+                   'heartbeat from another process before it is lost; the others then stop '
+                   'within 1.5x this, with one line and exit status 4 (hosts.HostWatchdog).')
 flags.DEFINE_string('compilation_cache', os.path.join(
     os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'enct5', 'jax'),
     'JAX\'s persistent compilation cache: a second run of the same command loads its compiled '
@@ -95,9 +99,12 @@ POSITIVE_FLAGS = ('batch_size', 'train_steps', 'eval_every', 'log_every', 'keep_
 
 # Exit statuses: 0 done; 1 a programming error (with its traceback) or a non-finite loss;
 # USER_ERROR a mistake in the flags, files or data (one line on stderr; ENCT5_TRACEBACK=1 shows
-# the traceback); INTERRUPTED stopped by SIGTERM or SIGINT after writing a checkpoint.
+# the traceback); INTERRUPTED stopped by SIGTERM or SIGINT after writing a checkpoint;
+# HOST_LOST another process of a run on several hosts stopped answering (one line: which, at
+# which step, the last complete checkpoint, the command to resume).
 USER_ERROR = 2
 INTERRUPTED = 3
+HOST_LOST = hosts.HOST_LOST
 
 
 class UserError(Exception):
@@ -119,19 +126,30 @@ def check_positive(names=POSITIVE_FLAGS):
 
 def start_up():
   """Logs as `HH:MM:SS message`, the compilation cache, and several hosts joined (every
-  process runs the same command; only process 0 logs below warnings)."""
+  process runs the same command; only process 0 logs below warnings). -> the HostWatchdog
+  that the rest of the command runs in (`with cli.start_up() as watchdog:`)."""
   logging.get_absl_handler().setFormatter(
       std_logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
   std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
   if FLAGS.compilation_cache:
     jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache)
+  if not FLAGS.host_timeout > 0:
+    raise UserError(f'--host_timeout={FLAGS.host_timeout}: must be positive')
   try:
-    partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                        FLAGS.process_id)
+    hosts.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                 FLAGS.process_id, FLAGS.host_timeout)
   except ValueError as e:
     raise UserError(str(e)) from None
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
+  return hosts.HostWatchdog(FLAGS.host_timeout, describe_resume)
+
+
+def describe_resume():
+  """The end of a lost host's line: the last complete checkpoint and how to resume."""
+  latest = load_ckpt.latest_checkpoint(os.path.join(FLAGS.output_dir or '', 'checkpoints'))
+  return (f'Last complete checkpoint: {latest or "(none yet)"}; to resume, run the same '
+          f'command in every process: {shlex.join(["python", *sys.argv])}')
 
 
 LOCK_FILE = 'lock'

@@ -343,7 +343,8 @@ class Run(NamedTuple):
 
 def train(config, watchdog=None):
   """Fine-tunes up to `train_steps` (resuming from OUTPUT_DIR/checkpoints), evaluating and
-  checkpointing every `eval_every` steps; -> the best evaluation (a metrics.jsonl record)."""
+  checkpointing every `eval_every` steps; -> the best evaluation (a metrics.jsonl record).
+  `watchdog`: a `hosts.HostWatchdog` the loop tells its step (several hosts)."""
   task = get_task(config)
   for split in ('train', *task.eval_names):
     glue.split_path(task, config.data_dir, split)

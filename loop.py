@@ -126,7 +126,7 @@ def train_loop(settings, state, train_step, batches, evaluate, summarize, extra_
   -> a dict for the record ({'score': ...} makes the state OUTPUT_DIR/best when it is the best
   so far). summarize(sums) -> {name: value}: the logged figures (e.g. the loss per example)
   from the step metrics summed over steps. `extra_files` ({name: bytes}) go into every
-  checkpoint. `watchdog` (`partitioning.HostWatchdog`, several hosts) is told each step.
+  checkpoint. `watchdog` (`hosts.HostWatchdog`, several hosts) is told each step.
   """
   params, opt_state, start = state
   ckpt_dir = os.path.join(settings.output_dir, 'checkpoints')
@@ -145,7 +145,7 @@ def train_loop(settings, state, train_step, batches, evaluate, summarize, extra_
       params, opt_state, metrics = train_step.fn(params, opt_state, partitioning.global_batch(
           {k: batch[k] for k in train_step.keys}, train_step.batch_sharding))
       if watchdog:
-        watchdog.step(step)
+        watchdog.step = step
       loss = float(metrics['loss'])
       if not np.isfinite(loss):
         raise NonFiniteLoss(

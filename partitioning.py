@@ -5,23 +5,16 @@ Batches are split on 'data'. Parameters are partitioned by their logical axes (d
 in `enct5.param_specs`) through `t5_layers.LOGICAL_AXIS_RULES`; the Adafactor state follows its
 parameter (`opt_state_shardings`); activations are constrained where T5X's layers constrain
 them (`t5_layers.with_sharding_constraint`, under `activation_mesh`).
+
+Many hosts run this same code on one mesh over all their devices: `hosts.py` joins them.
 """
 import logging
+
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import adafactor
 import t5_layers
-
-
-def initialize_distributed(coordinator_address=None, num_processes=1, process_id=0):
-  """Many hosts with JAX's own runtime: every process runs this same program, and the mesh
-  spans all processes' devices. On CPU the cross-process collectives are gloo (jax's default
-  `jax_cpu_collectives_implementation`)."""
-  if num_processes > 1:
-    if not coordinator_address:
-      raise ValueError('--num_processes > 1 needs --coordinator_address (host:port of process 0)')
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
 def make_mesh(mesh_shape=None, devices=None):

@@ -411,7 +411,7 @@ def model_config(vocab):
       remat_policy=FLAGS.remat_policy, scan_layers=FLAGS.scan_layers, **shape)
 
 
-def pretrain(cfg, mesh, batches, validation, vocab_path, objective):
+def pretrain(cfg, mesh, batches, validation, vocab_path, objective, watchdog=None):
   """`loop.train_loop` with T5X's loss, Adafactor with T5's schedule, a checkpoint and the
   held-out loss every --eval_every steps, from the latest checkpoint in OUTPUT_DIR or T5X's
   initialization (seed --seed)."""
@@ -451,7 +451,7 @@ def pretrain(cfg, mesh, batches, validation, vocab_path, objective):
                            FLAGS.keep_checkpoints, FLAGS.output_dir)
   loop.train_loop(settings, loop.TrainState(params, opt_state, start), step,
                   map(batches, itertools.count(start)), evaluate_now, summarize,
-                  extra_files=extra_files)
+                  extra_files=extra_files, watchdog=watchdog)
 
 
 def check_flags():
@@ -472,11 +472,10 @@ def run_command(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}; flags are --name=value')
   check_flags()
-  cli.start_up()
-  std_logging.getLogger('packing').setLevel(std_logging.WARNING)  # a line per batch otherwise
-  mesh = finetune.make_mesh(finetune.Config(mesh=FLAGS.mesh, batch_size=FLAGS.batch_size))
-  with (cli.lock_output_dir(FLAGS.output_dir) if jax.process_index() == 0
-        else contextlib.nullcontext()):
+  with cli.start_up() as watchdog, (cli.lock_output_dir(FLAGS.output_dir)
+                                    if jax.process_index() == 0 else contextlib.nullcontext()):
+    std_logging.getLogger('packing').setLevel(std_logging.WARNING)  # a line a batch otherwise
+    mesh = finetune.make_mesh(finetune.Config(mesh=FLAGS.mesh, batch_size=FLAGS.batch_size))
     vocab_path, vocab = prepare_vocab()
     cfg = model_config(vocab)
     tokens_length, targets_length = random_spans_helper(
@@ -492,7 +491,7 @@ def run_command(argv):
     validation = validation_set(
         chunk(cached_tokens('validation', FLAGS.validation_corpus, vocab), tokens_length),
         FLAGS.validation_examples, FLAGS.seed, objective)
-    pretrain(cfg, mesh, batches, validation, vocab_path, objective)
+    pretrain(cfg, mesh, batches, validation, vocab_path, objective, watchdog)
 
 
 if __name__ == '__main__':

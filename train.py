@@ -40,13 +40,14 @@ Flags by section (`--helpfull` lists them; the shared ones are `cli.py`'s):
   training           --batch_size --learning_rate --train_steps --eval_every --log_every
                      --keep_checkpoints --seed
   devices and hosts  --mesh --coordinator_address --num_processes --process_id
-                     --compilation_cache
+                     --host_timeout --compilation_cache
   run                --mode --predict_split --input_file --predictions_file --id_field
                      --output_dir
 
 Exit statuses (`cli.py`): 0 done; 1 a bug (with its traceback) or a non-finite loss; 2 a
 mistake in a flag, a file or the data (one line naming it); 3 stopped by SIGTERM or SIGINT
-after a checkpoint (run the same command to resume).
+after a checkpoint (run the same command to resume); 4 another process of a run on several
+hosts stopped answering (one line: which, the step, the last checkpoint, how to resume).
 """
 import contextlib
 import dataclasses
@@ -258,7 +259,12 @@ def run_command(argv):
   """Train (resuming), evaluate or predict, as the flags say."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}; flags are --name=value')
-  cli.start_up()
+  with cli.start_up() as watchdog:
+    run_mode(watchdog)
+
+
+def run_mode(watchdog):
+  """The flags checked and completed (the run's record, the demo), then --mode's work."""
   if FLAGS.output_dir is None and FLAGS.task:
     FLAGS.output_dir = os.path.join('runs', FLAGS.task)
   record = finetune.read_run_record(FLAGS.output_dir) if FLAGS.output_dir else None
@@ -288,12 +294,12 @@ def run_command(argv):
   else:
     with (cli.lock_output_dir(config.output_dir) if jax.process_index() == 0
           else contextlib.nullcontext()):
-      fine_tune(config, demo)
+      fine_tune(config, demo, watchdog)
 
 
-def fine_tune(config, demo):
+def fine_tune(config, demo, watchdog):
   """--mode=train: `finetune.train`, then the learning curve logged."""
-  best = finetune.train(config)
+  best = finetune.train(config, watchdog)
   curve = loop.read_metrics(config.output_dir)
   if curve:
     task = finetune.get_task(config)

@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 import cli  # the device flags: --coordinator_address, --num_processes, --process_id, --mesh
 import enct5
 import finetune
+import hosts
 import loop
 import partitioning
 from tools.sharding_check import synthetic_batch
@@ -25,8 +26,8 @@ FLAGS = cli.FLAGS
 
 def main(argv):
   del argv
-  partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                      FLAGS.process_id)
+  hosts.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id)
   cfg = enct5.get_config('tiny', num_classes=3, vocab_size=256, dropout_rate=0.1)
   mesh = partitioning.make_mesh(FLAGS.mesh)
   shardings = partitioning.Shardings(enct5.param_specs(cfg), mesh)
