@@ -17,14 +17,21 @@
 
 Run from the repository root:  python -m experiments.goemotions_baselines
 """
-import argparse
 import os
 import re
 import time
 
+from absl import app, flags
 import numpy as np
 
 import glue
+
+flags.DEFINE_string('goemotions_dir', os.path.join(glue.SHARED, 'goemotions'), 'GoEmotions\' '
+                    'train.tsv, dev.tsv and labels.txt.')
+flags.DEFINE_integer('seeds', 5, 'Seeds of the frequency baseline.')
+flags.DEFINE_float('l2', None, 'The L2 penalty; default 1 / N_train (scikit-learn\'s C = 1).')
+flags.DEFINE_integer('max_steps', 3000, 'Gradient steps at most.')
+args = flags.FLAGS
 
 WORD = re.compile(r'\b\w\w+\b')
 
@@ -135,13 +142,8 @@ def train_logistic(x, labels, num_cols, l2, max_steps, tolerance=1e-5):
   return w, b, t, largest
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--goemotions_dir', default=os.path.join(glue.SHARED, 'goemotions'))
-  parser.add_argument('--seeds', type=int, default=5)
-  parser.add_argument('--l2', type=float, default=None, help='default 1 / N_train (C = 1)')
-  parser.add_argument('--max_steps', type=int, default=3000)
-  args = parser.parse_args()
+def main(argv):
+  del argv
   start = time.time()
   train_texts, train_labels, dev_texts, dev_labels, names = load(args.goemotions_dir)
   print(f'GoEmotions: {len(train_texts)} train, {len(dev_texts)} dev comments, {len(names)} '
@@ -167,4 +169,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -21,8 +21,8 @@ stored as float32, so the tests' 1e-5 tolerance is left to enct5's own float32 r
 float32 is ~2e-6 from float64 here (~5e-6 with sharper attention; see random_t5x_params).
 HF's T5LayerNorm still takes its RMS statistic in float32 (~1e-7 relative).
 
-Rerun (from the repo root): python tools/make_golden.py [tiny|baselines|fixture ...] (all three
-by default)
+Rerun (from the repo root): python tools/make_golden.py [--goldens=tiny --goldens=fixture]
+(all three by default: tiny, baselines, fixture)
 Needs torch and transformers (test/tool-only, never runtime deps) and msgpack; the fixture is
 found through $ENCT5_SHARED (default ../shared). Seeds are fixed, so reruns reproduce the files
 up to float32 rounding of the torch build. No enct5 code is imported: the mapping T5X -> HF is
@@ -31,8 +31,8 @@ written out here (HF Linear weights are T5X kernels transposed).
 import hashlib
 import json
 import os
-import sys
 
+from absl import app, flags
 import msgpack
 import numpy as np
 import torch
@@ -520,10 +520,9 @@ def float32_gap(p, s, inputs, encoder_output):
   return np.abs(hf_encode(enc32, inputs)[real] - encoder_output[real]).max()
 
 
-def main(which):
-  unknown = set(which) - {'tiny', 'baselines', 'fixture'}
-  if unknown:
-    raise SystemExit(f'unknown golden files {sorted(unknown)}; expected tiny, baselines, fixture')
+def main(argv):
+  del argv
+  which = flags.FLAGS.goldens
   torch.manual_seed(0)
   os.makedirs(os.path.dirname(OUT_TINY), exist_ok=True)
   if 'tiny' in which:
@@ -539,4 +538,6 @@ def main(which):
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:] or ['tiny', 'baselines', 'fixture'])
+  flags.DEFINE_multi_enum('goldens', ['tiny', 'baselines', 'fixture'],
+                          ['tiny', 'baselines', 'fixture'], 'The golden files to write.')
+  app.run(main)
