@@ -129,9 +129,9 @@ def random_examples(lengths, cfg, rng):
           for n in lengths]
 
 
-def pack(examples, length, method='best_fit'):
+def pack(examples, length, method='best_fit', block_length=None):
   """packing.pack_examples with the paper's 62 target slots (§4.1)."""
-  packed = packing.pack_examples(examples, length, 62, method=method)
+  packed = packing.pack_examples(examples, length, 62, method=method, block_length=block_length)
   return {k: packed[k] for k in ('inputs', 'inputs_segment_ids', 'targets')}
 
 

@@ -167,11 +167,15 @@ def dense(x, kernel):
   return x @ kernel
 
 
-def multi_head_attention(params, cfg, inputs_q, inputs_kv, mask, bias=None, rng=None):
+def multi_head_attention(params, cfg, inputs_q, inputs_kv, mask, bias=None, rng=None,
+                         num_blocks=1):
   """Multi-head dot-product attention without 1/sqrt(d) scaling. -> [B, q, D].
 
   inputs_q [B, q, D], inputs_kv [B, k, D], mask bool broadcastable to [B, H, q, k] (True =
   may attend), bias float broadcastable to [B, H, q, k] or None.
+  Block-local self-attention (`num_blocks` n > 1): each row is n blocks of q/n tokens that
+  attend only within themselves, computed as B*n rows of one block each; mask and bias are
+  then per block, broadcastable to [B*n, H, q/n, k/n] (`encoder` builds them).
 
   NOTE: T5 does not scale the logits by 1/sqrt(head_dim): the query initializer is divided
   by sqrt(head_dim) instead (T5X `MultiHeadDotProductAttention`).
@@ -180,10 +184,11 @@ def multi_head_attention(params, cfg, inputs_q, inputs_kv, mask, bias=None, rng=
   """
   batch, q_len, _ = inputs_q.shape
   k_len = inputs_kv.shape[1]
-  heads_shape = (cfg.num_heads, cfg.head_dim)
-  query = dense(inputs_q, params['query']['kernel']).reshape(batch, q_len, *heads_shape)
-  key = dense(inputs_kv, params['key']['kernel']).reshape(batch, k_len, *heads_shape)
-  value = dense(inputs_kv, params['value']['kernel']).reshape(batch, k_len, *heads_shape)
+  rows, heads_shape = batch * num_blocks, (cfg.num_heads, cfg.head_dim)
+  query = dense(inputs_q, params['query']['kernel']).reshape(rows, -1, *heads_shape)
+  key = dense(inputs_kv, params['key']['kernel']).reshape(rows, k_len // num_blocks, *heads_shape)
+  value = dense(inputs_kv, params['value']['kernel']).reshape(rows, k_len // num_blocks,
+                                                              *heads_shape)
   # As T5X: q, k, v laid out [batch, length, heads, kv] (heads on 'model' when it divides).
   query = with_sharding_constraint(query, ('batch', 'length', 'heads', 'kv'))
   key = with_sharding_constraint(key, ('batch', 'length', 'heads', 'kv'))
@@ -193,11 +198,28 @@ def multi_head_attention(params, cfg, inputs_q, inputs_kv, mask, bias=None, rng=
   if bias is not None:
     logits = logits + bias
   logits = jnp.where(mask, logits, MASKED_LOGIT)
-  weights = jax.nn.softmax(logits, axis=-1).astype(inputs_q.dtype)  # [B, H, q, k]
-  weights = dropout(weights, cfg.dropout_rate, rng, broadcast_dims=(-2,))
+  weights = jax.nn.softmax(logits, axis=-1).astype(inputs_q.dtype)  # [B*n, H, q/n, k/n]
+  weights = attention_dropout(weights, cfg.dropout_rate, rng, num_blocks)
 
   context = jnp.einsum('bhqk,bkhd->bqhd', weights, value).reshape(batch, q_len, -1)
   return dense(context, params['out']['kernel'])  # [B, q, H*K] -> [B, q, D]
+
+
+def attention_dropout(weights, rate, rng, num_blocks=1):
+  """Dropout of attention probabilities [B*n, H, q, k] (rows of n blocks each): as T5X's
+  `broadcast_dropout`, one mask per row, head and key, shared by all queries.
+
+  The mask is drawn for whole rows, [B, H, 1, n*k], then cut into the blocks: a row computed
+  in blocks drops exactly the probabilities it would drop computed whole.
+  """
+  if rng is None or rate == 0.0:
+    return weights
+  rows, heads, _, keys = weights.shape
+  batch = rows // num_blocks
+  keep = jax.random.bernoulli(rng, 1.0 - rate, (batch, heads, 1, num_blocks * keys))
+  keep = keep.reshape(batch, heads, num_blocks, keys).transpose(0, 2, 1, 3)  # [B, n, H, k]
+  keep = keep.reshape(rows, heads, 1, keys)
+  return jnp.where(keep, weights / (1.0 - rate), 0.0).astype(weights.dtype)
 
 
 def gated_gelu_mlp(params, cfg, x, rng=None):
@@ -209,16 +231,17 @@ def gated_gelu_mlp(params, cfg, x, rng=None):
   return dense(hidden, params['wo']['kernel'])
 
 
-def attention_block(cfg, norm_scale, attention, x, mask, bias=None, encoded=None, rng=None):
+def attention_block(cfg, norm_scale, attention, x, mask, bias=None, encoded=None, rng=None,
+                    num_blocks=1):
   """Pre-norm residual attention: x + Dropout(Attention(RMSNorm(x), kv)).
 
-  Self-attention when `encoded` is None (kv = RMSNorm(x)); cross-attention otherwise
-  (kv = the encoder output, which the encoder already normalized).
+  Self-attention when `encoded` is None (kv = RMSNorm(x)), in `num_blocks` blocks per row;
+  cross-attention otherwise (kv = the encoder output, which the encoder already normalized).
   """
   attention_rng, dropout_rng = split_rng(rng, 2)
   h = rms_norm(x, norm_scale)
   kv = h if encoded is None else encoded
-  h = multi_head_attention(attention, cfg, h, kv, mask, bias, attention_rng)
+  h = multi_head_attention(attention, cfg, h, kv, mask, bias, attention_rng, num_blocks)
   return x + dropout(h, cfg.dropout_rate, dropout_rng)
 
 
@@ -229,11 +252,11 @@ def mlp_block(cfg, norm_scale, mlp, x, rng=None):
   return x + dropout(h, cfg.dropout_rate, dropout_rng)
 
 
-def encoder_layer(layer, cfg, x, mask, bias, rng=None):
+def encoder_layer(layer, cfg, x, mask, bias, rng=None, num_blocks=1):
   """One T5 encoder layer: self-attention block, then FFN block. [B, L, D] -> [B, L, D]."""
   attention_rng, mlp_rng = split_rng(rng, 2)
   x = attention_block(cfg, layer['pre_attention_layer_norm']['scale'], layer['attention'],
-                      x, mask, bias, rng=attention_rng)
+                      x, mask, bias, rng=attention_rng, num_blocks=num_blocks)
   return mlp_block(cfg, layer['pre_mlp_layer_norm']['scale'], layer['mlp'], x, mlp_rng)
 
 
@@ -296,25 +319,45 @@ def embed(embedding, ids, dtype):
   return jnp.take(embedding, ids, axis=0).astype(dtype)
 
 
-def encoder(params, cfg, inputs, mask, rng=None):
-  """The T5.1.1 encoder stack (T5X `Encoder`). inputs [B, L] -> [B, L, D].
+def encoder(params, cfg, inputs, segment_ids, rng=None):
+  """The T5.1.1 encoder stack (T5X `Encoder`). inputs, segment_ids [B, L] -> [B, L, D].
 
-  Embedding, dropout, `num_layers` pre-norm layers sharing one relative-position bias,
-  final RMSNorm, dropout.
+  Embedding, dropout, `num_layers` pre-norm layers sharing one attention mask (tokens see
+  their own example: `self_attention_mask`) and one relative-position bias, final RMSNorm,
+  dropout. With `cfg.attention_block_length` b, self-attention runs in blocks of b tokens
+  (`attention_blocks`).
   """
   embed_rng, final_rng, *layer_rngs = split_rng(rng, cfg.num_layers + 2)
   stack = params['encoder']
   x = embed(params['token_embedder']['embedding'], inputs, cfg.activation_dtype)
   x = dropout(x, cfg.dropout_rate, embed_rng)
-  length = inputs.shape[1]
-  bias = relative_position_bias(stack['relpos_bias']['rel_embedding'], length, length,
-                                bidirectional=True, cfg=cfg)
+  block_length, num_blocks = attention_blocks(cfg, inputs.shape[1])
+  mask = self_attention_mask(segment_ids.reshape(-1, block_length))  # [B*n, 1, b, b]
+  bias = relative_position_bias(stack['relpos_bias']['rel_embedding'], block_length,
+                                block_length, bidirectional=True, cfg=cfg)  # [1, H, b, b]
   layers = [stack[f'layers_{i}'] for i in range(cfg.num_layers)]
-  x = layer_stack(lambda layer, x, rng: encoder_layer(layer, cfg, x, mask, bias, rng),
+  x = layer_stack(lambda layer, x, rng: encoder_layer(layer, cfg, x, mask, bias, rng,
+                                                      num_blocks),
                   layers, cfg, x, layer_rngs)
   x = rms_norm(x, stack['encoder_norm']['scale'])
   # NOTE: T5X's `Encoder` drops its output without `broadcast_dims`: one mask per element.
   return dropout(x, cfg.dropout_rate, final_rng, broadcast_dims=())
+
+
+def attention_blocks(cfg, length):
+  """(b, n): the encoder's self-attention in n blocks of b tokens per row of `length` L.
+
+  `cfg.attention_block_length` b > 0: block-local attention, the same outputs as whole rows when
+  every example lies within one block (`packing.pack_examples(block_length=b)` packs so):
+  an example never attends outside itself, and its relative positions are the same in its
+  block as in its row. Attention then costs L*b per row in place of L*L.
+  0: whole rows, b = L, n = 1.
+  """
+  block_length = cfg.attention_block_length or length
+  if length % block_length:
+    raise ValueError(f'rows of {length} tokens do not split into attention blocks of '
+                     f'{block_length} (attention_block_length must divide the input length)')
+  return block_length, length // block_length
 
 
 def decoder(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask, num_layers,

@@ -152,14 +152,16 @@ def test_every_dropout_site_draws_its_own_mask_shared_as_t5x(monkeypatch):
   cfg = tiny_config(dropout_rate=0.5)
   params = enct5.init_params(jax.random.PRNGKey(0), cfg)
   calls = []  # (key, shape, mask) per dropout call, in call order
-  original = t5_layers.dropout
 
-  def recording(x, rate, rng, broadcast_dims=(-2,)):
-    if rng is not None:
-      mask = np.asarray(original(jnp.ones_like(x), rate, rng, broadcast_dims)) != 0
-      calls.append((tuple(np.asarray(rng).ravel()), x.shape, mask))
-    return original(x, rate, rng, broadcast_dims)
-  monkeypatch.setattr(t5_layers, 'dropout', recording)
+  def recording(original):
+    def record(x, rate, rng, *args, **kwargs):
+      if rng is not None:
+        mask = np.asarray(original(jnp.ones_like(x), rate, rng, *args, **kwargs)) != 0
+        calls.append((tuple(np.asarray(rng).ravel()), x.shape, mask))
+      return original(x, rate, rng, *args, **kwargs)
+    return record
+  monkeypatch.setattr(t5_layers, 'dropout', recording(t5_layers.dropout))
+  monkeypatch.setattr(t5_layers, 'attention_dropout', recording(t5_layers.attention_dropout))
   enct5.apply(params, cfg, packed_batch(), deterministic=False, rng=jax.random.PRNGKey(7))
 
   B, L, T, H, D, F = 2, 12, 3, cfg.num_heads, cfg.d_model, cfg.d_ff
