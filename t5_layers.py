@@ -159,12 +159,11 @@ def dense(x, kernel):
   """x @ kernel in the activation dtype; kernels are stored [in, out] in float32.
 
   NOTE (speed only): on XLA:CPU the product goes through `_cpu_matmul` (end of this file),
-  which computes the same numbers with a faster weight gradient.
+  which computes the same numbers on the CPU's fast matmul path.
   """
-  kernel = kernel.astype(x.dtype)
   if jax.default_backend() == 'cpu':
     return _cpu_matmul(x, kernel)
-  return x @ kernel
+  return x @ kernel.astype(x.dtype)
 
 
 def multi_head_attention(params, cfg, inputs_q, inputs_kv, mask, bias=None, rng=None,
@@ -436,30 +435,44 @@ def with_sharding_constraint(x, logical_axes):
 
 @jax.custom_vjp
 def _cpu_matmul(x, kernel):
-  return x @ kernel
+  """x [..., in] @ kernel [in, out] -> [..., out] in x's dtype, accumulated in float32."""
+  x2 = x.reshape(-1, x.shape[-1])  # [N, in], N = all tokens
+  return _gemm(x2, kernel.astype(x.dtype)).astype(x.dtype).reshape(*x.shape[:-1], -1)
 
 
 def _cpu_matmul_fwd(x, kernel):
-  return x @ kernel, (x, kernel)
+  return _cpu_matmul(x, kernel), (x, kernel)
 
 
 def _cpu_matmul_bwd(residuals, d_out):
-  """The weight gradient as a plain [in, N] @ [N, out] GEMM (N = all tokens).
-
-  NOTE (speed, XLA:CPU only): JAX's default transpose of `x @ kernel` contracts the leading
-  token axis of both operands; XLA:CPU then transposes the wider operand inside a fused,
-  unvectorized loop that recomputes its producer (gated GELU, dropout mask): ~17% of an
-  EncT5-small train step. Transposing the narrower of x and d_out explicitly (and, for
-  d_out, the kernel-sized result back) keeps every dot on the fast GEMM path. Same numbers.
-  """
+  """d_x = d_out @ kernel^T and d_kernel = x^T @ d_out, both as plain GEMMs; d_kernel in
+  float32 (the kernel's dtype) whatever the activation dtype."""
   x, kernel = residuals
   x2 = x.reshape(-1, x.shape[-1])  # [N, in]
   d2 = d_out.reshape(-1, d_out.shape[-1])  # [N, out]
-  if x2.shape[1] <= d2.shape[1]:
-    d_kernel = x2.T @ d2  # [in, N] @ [N, out]
-  else:
-    d_kernel = (d2.T @ x2).T  # ([out, N] @ [N, in])^T
-  return d_out @ kernel.T, d_kernel
+  d_x = _gemm(d2, kernel.astype(x.dtype), transpose_b=True).astype(x.dtype)
+  d_kernel = _gemm(x2, d2, transpose_a=True)  # [in, N] @ [N, out]
+  return d_x.reshape(x.shape), d_kernel
 
 
 _cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
+
+
+def _gemm(a, b, transpose_a=False, transpose_b=False):
+  """a [M, K] @ b [K, N] (or a^T, b^T: `transpose_a`, `transpose_b`) -> float32 [M, N].
+
+  NOTE (speed, XLA:CPU only): XLA:CPU's fast matmuls (YNNPACK, bfloat16 x bfloat16 -> float32
+  with AVX512-BF16) take row-major [M, K] @ [K, N] operands only. A product of a transposed
+  operand, such as the weight gradient x^T @ d_out, is folded into the dot's dimension
+  numbers instead; XLA:CPU then runs it on its slower generic path and, in bfloat16, first
+  converts both operands to float32. Transposed as a batch of one ([1, K, M]), the transpose
+  is materialized (a copy of one operand) and the dot stays on the fast path: measured on an
+  AMD EPYC (AVX512-BF16), the weight gradient of a [2048, 512] @ [512, 1024] dense runs at
+  ~2x in bfloat16 and ~1.1-1.9x in float32. Same numbers.
+  """
+  a, b = a[None], b[None]  # [1, M, K], [1, K, N]
+  if transpose_a:
+    a = a.transpose(0, 2, 1)
+  if transpose_b:
+    b = b.transpose(0, 2, 1)
+  return jnp.matmul(a, b, preferred_element_type=jnp.float32)[0]

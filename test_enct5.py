@@ -325,6 +325,34 @@ def test_bfloat16_activations_stay_close_to_float32():
   assert not np.array_equal(bf16, f32)
 
 
+def test_bfloat16_training_stays_close_to_float32():
+  """--dtype=bfloat16 as T5X trains: float32 parameters and gradients, bfloat16 activations and
+  matmul operands (float32 accumulation), float32 norms, softmax and loss. One training pass
+  with dropout, against float32: the loss within 1% and every parameter's gradient within 10%
+  of its norm.
+
+  NOTE: bfloat16 rounds each operand to 8 significant bits (2^-9 = 0.2%); here the loss moves
+  0.3% and the gradients 2% over all parameters, 4% on the worst (the first layer's query,
+  reached through the most bfloat16 roundings). The bounds leave 2-3x room for other seeds.
+  """
+  cfg = tiny_config(dropout_rate=0.1)
+  batch = packed_batch()
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+
+  def loss_and_grads(cfg):
+    loss = lambda p: enct5.loss_fn(p, cfg, batch, rng=jax.random.PRNGKey(1))[0]
+    return jax.jit(jax.value_and_grad(loss))(params)
+  loss, grads = loss_and_grads(cfg)
+  bf16_loss, bf16_grads = loss_and_grads(dataclasses.replace(cfg, dtype='bfloat16'))
+  np.testing.assert_allclose(bf16_loss, loss, rtol=0.01)
+  assert bf16_loss != loss
+  for (path, expected), got in zip(jax.tree_util.tree_leaves_with_path(grads),
+                                   jax.tree.leaves(bf16_grads)):
+    assert got.dtype == jnp.float32, jax.tree_util.keystr(path)
+    error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+    assert error < 0.1, f'{jax.tree_util.keystr(path)}: {error:.1%} of the float32 gradient'
+
+
 def test_apply_jits_with_static_config():
   cfg = tiny_config()
   params = enct5.init_params(jax.random.PRNGKey(0), cfg)
