@@ -372,6 +372,16 @@ def test_dense_gradient_equals_plain_matmul(d_in, d_out):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_shared_bias_gradient_equals_plain_sum():
+  logits = jax.random.normal(jax.random.PRNGKey(0), (5, 2, 3, 4))
+  bias = jax.random.normal(jax.random.PRNGKey(1), (1, 2, 3, 4))
+  loss = lambda l, b: jnp.sum(jnp.sin(t5_layers._cpu_add_bias(l, b)) * l)
+  plain = lambda l, b: jnp.sum(jnp.sin(l + b) * l)
+  for got, expected in zip(jax.grad(loss, (0, 1))(logits, bias),
+                           jax.grad(plain, (0, 1))(logits, bias)):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 @functools.lru_cache
 def _loss_and_grads(model, remat_policy='none', scan_layers=False):
   """Loss and gradients of a tiny EncT5 or T5 (both stacks), dropout on, in float32."""
