@@ -203,7 +203,11 @@ def multi_head_attention(params, cfg, inputs_q, inputs_kv, mask, bias=None, rng=
   weights = jax.nn.softmax(logits, axis=-1).astype(inputs_q.dtype)  # [B*n, H, q/n, k/n]
   weights = attention_dropout(weights, cfg.dropout_rate, rng, num_blocks)
 
-  context = jnp.einsum('bhqk,bkhd->bqhd', weights, value).reshape(batch, q_len, -1)
+  # NOTE (speed only): the values head-major ([B, H, k, K], a copy). From 'bhqk,bkhd->bqhd'
+  # XLA:CPU computed the transposed product, 3x slower in inference (attention of 16 blocks
+  # of 256 tokens: 73 -> 25 ms) and 5-13% in training at blocks of 128-256.
+  context = jnp.einsum('bhqk,bhkd->bhqd', weights, value.transpose(0, 2, 1, 3))
+  context = context.transpose(0, 2, 1, 3).reshape(batch, q_len, -1)  # [B, q, H*K]
   return dense(context, params['out']['kernel'])  # [B, q, H*K] -> [B, q, D]
 
 
