@@ -526,6 +526,17 @@ def test_load_packed(glue_vocab):
   assert len(examples) == 277
   for name in expected:
     np.testing.assert_array_equal(packed[name], expected[name])
+  # In attention blocks: 512-token rows of SST-2, blocks of the smallest size holding every
+  # example.
+  examples = glue.read_split(glue.TASKS['sst2'], GLUE_DIR, 'validation')
+  tokenized, _ = glue.tokenize(glue_vocab, examples, 512)
+  block = packing.block_length_for([len(tokens) for tokens, _ in tokenized], 512)
+  _, packed = glue.load_packed(glue.TASKS['sst2'], GLUE_DIR, 'validation', glue_vocab, 512, 62,
+                               block_length=block)
+  expected = packing.pack_examples(tokenized, 512, 62, block_length=block)
+  assert block < 512
+  for name in expected:
+    np.testing.assert_array_equal(packed[name], expected[name])
 
 
 # Small files in the official layouts of the tasks that ../shared lacks (MNLI, QQP, QNLI train)
