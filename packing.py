@@ -102,7 +102,8 @@ def _assign_blocks(lengths, max_length, max_slots, method, block_length):
   examples_per_block = np.bincount(block).tolist()
   row, position, first_slot = assign(examples_per_block, int(max_slots),
                                      max_length // block_length)
-  return row[block], first_slot[block] + slot_in_block, position[block] * block_length + start_in_block
+  start = position[block] * block_length + start_in_block  # the block's offset + the example's
+  return row[block], first_slot[block] + slot_in_block, start
 
 
 def _place(sequences, row, slot, start, shape):
@@ -214,7 +215,6 @@ def pack_seq2seq_examples(examples, max_input_length, max_target_length, *, meth
   _check_lengths(target_lengths, max_target_length, ids, 'target tokens', 'max_target_length')
   _check_blocks(input_lengths, max_input_length, block_length, ids)
   max_slots = max_target_length // max(target_lengths, default=1)
-
   row, slot, start = _assign_rows(input_lengths, max_input_length, max_slots, method,
                                   block_length)
   num_rows = int(row.max()) + 1 if n else 0
