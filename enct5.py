@@ -44,6 +44,9 @@ class EncT5Config:
   dtype: str = 'float32'  # activations: 'float32' or 'bfloat16'; parameters stay float32
   remat_policy: str = 'none'  # T5X's: 'none', 'minimal' or 'full' (t5_layers.REMAT_POLICIES)
   scan_layers: bool = False  # each stack's layers as one lax.scan (T5X's option)
+  # Encoder self-attention in blocks of this many tokens, 0 = whole rows. The same outputs
+  # when packing keeps each example within one block (`t5_layers.attention_blocks`).
+  attention_block_length: int = 0
 
   @property
   def is_regression(self):
@@ -127,6 +130,9 @@ def get_config(size, num_classes=2, **overrides):
     raise ValueError(f'unknown config fields {sorted(unknown)}; known: {sorted(fields)}')
   if overrides.get('dtype', 'float32') not in ('float32', 'bfloat16'):
     raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {overrides['dtype']!r}")
+  if overrides.get('attention_block_length', 0) < 0:
+    raise ValueError(f"attention_block_length must be >= 0 (0 = whole rows), got "
+                     f"{overrides['attention_block_length']}")
   if overrides.get('remat_policy', 'none') not in t5_layers.REMAT_POLICIES:
     raise ValueError(f'remat_policy must be one of {list(t5_layers.REMAT_POLICIES)}, '
                      f"got {overrides['remat_policy']!r}")
@@ -311,9 +317,8 @@ def encode(params, cfg, inputs, segment_ids=None, *, deterministic=True, rng=Non
   """
   if segment_ids is None:
     segment_ids = (inputs != 0).astype(jnp.int32)
-  mask = t5_layers.self_attention_mask(segment_ids)  # [B, 1, L, L]
   rng = t5_layers.training_rng(deterministic, rng)
-  return t5_layers.encoder(params, cfg, inputs, mask, rng).astype(jnp.float32)
+  return t5_layers.encoder(params, cfg, inputs, segment_ids, rng).astype(jnp.float32)
 
 
 def pool(params, cfg, encoded, segment_ids, num_slots, rng=None):

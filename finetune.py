@@ -80,6 +80,7 @@ class Config:
   dtype: str = 'float32'  # activations; parameters and Adafactor stay float32
   remat_policy: str = 'none'
   scan_layers: bool = False
+  attention_block_length: int = 0  # training: self-attention in blocks; 0: whole rows
   # Training.
   batch_size: int = 128  # packed rows a step (T5: 128 rows of 512 tokens)
   learning_rate: float = 1e-3  # constant (§4.1)
@@ -213,7 +214,7 @@ def vocab_file(config, task, train_examples=None):
     if named:
       logging.info('no --vocab: using the Hugging Face checkpoint\'s vocabulary, %s', named)
       return named
-  path = os.path.join(vocab_dir, f'{task.name}.model')
+  path = os.path.join(vocab_dir, f'{task.name or "vocab"}.model')
   if jax.process_index() == 0 and not os.path.isfile(path) and train_examples:
     _train_vocab(config, task, train_examples, path)
   if jax.process_count() > 1:
@@ -231,7 +232,7 @@ def _train_vocab(config, task, train_examples, path):
   if MODELS[config.model].labels_as_text:
     texts += [glue.label_text(task, example.label) for example in train_examples]
   logging.info('no --vocab: training a SentencePiece model (up to %d pieces) on %d training '
-               'texts of %s into %s', config.vocab_size, len(texts), task.name, path)
+               'texts into %s', config.vocab_size, len(texts), path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   glue.train_vocab(texts, path[:-len('.model')], config.vocab_size)
 
@@ -255,7 +256,8 @@ def model_config(config, task, vocab, checkpoint):
   """EncT5Config for `task`; `checkpoint` (T5.1.1 or EncT5, or None) fixes the shape."""
   options = dict(num_classes=task.num_classes, multi_label=task.is_multi_label,
                  dropout_rate=config.dropout_rate, dtype=config.dtype,
-                 remat_policy=config.remat_policy, scan_layers=config.scan_layers)
+                 remat_policy=config.remat_policy, scan_layers=config.scan_layers,
+                 attention_block_length=config.attention_block_length)
   overrides = {name: getattr(config, name) for name in SHAPE_FIELDS
                if getattr(config, name) is not None}
   if checkpoint:
@@ -360,9 +362,10 @@ def train(config, watchdog=None):
       keys=model.train_keys, batch_sharding=run.shardings.batch, dtype=run.cfg.activation_dtype,
       flops=enct5.train_step_flops(run.cfg, config.model, config.batch_size,
                                    config.max_input_length, _target_length(run)))
-  inference = Inference(run.task, run.cfg, run.shardings, labels=run.labels,
+  whole_rows = dataclasses.replace(run.cfg, attention_block_length=0)  # the same outputs
+  inference = Inference(run.task, whole_rows, run.shardings, labels=run.labels,
                         threshold=config.threshold, eval_step=make_eval_step(
-                            run.cfg, run.shardings, config.model,
+                            whole_rows, run.shardings, config.model,
                             decode_length=run.labels.decode_length if run.labels else None))
 
   def evaluate_now(params):
@@ -408,10 +411,18 @@ def prepare(config, task, mesh):
   # Data: the training split packed once; rows shuffled per epoch by (seed, epoch), so the
   # batch of step s is the same whether or not the run was interrupted (packing.train_batches).
   # EncT5 unpacked: one example, one slot a row; T5's decoder rows keep their length.
+  # With attention blocks, every example within one block (`packing.pack_examples`).
   targets = config.max_target_length if config.pack or labels else 1
-  packed = glue.pack_split(task, train_examples, vocab, config.max_input_length, targets,
-                           method='best_fit' if config.pack else 'unpacked', labels=labels,
-                           path=glue.split_path(task, config.data_dir, 'train'))
+  try:
+    packed = glue.pack_split(task, train_examples, vocab, config.max_input_length, targets,
+                             method='best_fit' if config.pack else 'unpacked', labels=labels,
+                             path=glue.split_path(task, config.data_dir, 'train'),
+                             block_length=config.attention_block_length or None)
+  except ValueError as e:
+    if not config.attention_block_length or isinstance(e, glue.DataError):
+      raise
+    raise ConfigError(f'--attention_block_length={config.attention_block_length}: {e}; a '
+                      'block must divide the row and hold the longest example') from None
   eval_sets = {split: load_eval_split(config, task, split, vocab) for split in task.eval_names}
   info = packing.stats(packed)
   logging.info('train: %d examples in %d rows of %d tokens (packing efficiency %.3f); '
@@ -527,7 +538,7 @@ def load_for_inference(config):
   path = inference_checkpoint(config)
   vocab = glue.load_vocab(vocab_file(config, task))
   labels = glue.LabelText(task, vocab) if MODELS[config.model].labels_as_text else None
-  cfg = model_config(config, task, vocab, path)
+  cfg = model_config(dataclasses.replace(config, attention_block_length=0), task, vocab, path)
   shardings = partitioning.Shardings(enct5.param_specs(cfg, config.model), make_mesh(config))
   if config.model == 'enct5' and 'target/decoder/class_projection/kernel' not in \
       load_ckpt.flatten(load_ckpt.read_index(path)):

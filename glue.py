@@ -789,14 +789,16 @@ def tokenize(vocab, examples, max_input_length, *, path='<examples>'):
 
 
 def pack_split(task, examples, vocab, max_input_length, max_target_length, *,
-               method='best_fit', labels=None, path='<examples>'):
+               method='best_fit', labels=None, path='<examples>', block_length=None):
   """Tokenized, packed rows of one split's examples (see `packing`).
 
   EncT5: up to `max_target_length` examples a row, each label in its target slot (a
   multi-label row's labels as a multi-hot vector of `task.num_classes`). With
   `labels` (a LabelText: T5's and 1decT5's training rows), each example's label as T5 text in
   decoder rows of `max_target_length` tokens (`packing.pack_seq2seq_examples`).
-  `packed['example_ids']` holds each example's `idx` (its data row in the file).
+  `block_length`: every example within one block of that many tokens, for block-local
+  attention (`packing.pack_examples`). `packed['example_ids']` holds each example's `idx`
+  (its data row in the file).
   """
   tokenized, _ = tokenize(vocab, examples, max_input_length, path=path)
   ids = [example.idx for example in examples]
@@ -804,20 +806,21 @@ def pack_split(task, examples, vocab, max_input_length, max_target_length, *,
     return packing.pack_examples(
         tokenized, max_input_length, max_target_length, method=method,
         regression=task.is_regression,
-        num_labels=task.num_classes if task.is_multi_label else None, ids=ids)
+        num_labels=task.num_classes if task.is_multi_label else None, ids=ids,
+        block_length=block_length)
   targets = labels.tokens([example.label for example in examples])
   return packing.pack_seq2seq_examples(
       [(tokens, target) for (tokens, _), target in zip(tokenized, targets)], max_input_length,
-      max_target_length, method=method, ids=ids)
+      max_target_length, method=method, ids=ids, block_length=block_length)
 
 
 def load_packed(task, data_dir, split, vocab, max_input_length, max_target_length, *,
-                method='best_fit', labels=None, on_error='raise'):
+                method='best_fit', labels=None, on_error='raise', block_length=None):
   """The whole road for one split: read, tokenize, pack. -> (examples, packed rows)."""
   examples = read_split(task, data_dir, split, on_error=on_error)
   return examples, pack_split(task, examples, vocab, max_input_length, max_target_length,
                               method=method, labels=labels,
-                              path=split_path(task, data_dir, split))
+                              path=split_path(task, data_dir, split), block_length=block_length)
 
 
 # ---------------------------------------------------------------------------------------------

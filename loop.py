@@ -271,18 +271,26 @@ def append_metrics(output_dir, record):
       f.write(json.dumps(record) + '\n')
 
 
+def matmul_peak_fn(dtype, size=2048):
+  """(fn, FLOPs): one [size, size] @ [size, size] matmul in `dtype`, compiled, and its 2n^3
+  FLOPs: what this device's practical peak is timed with (MFU here, bench.py's rounds)."""
+  a = jax.random.normal(jax.random.PRNGKey(1), (size, size)).astype(dtype)
+  b = jax.random.normal(jax.random.PRNGKey(2), (size, size)).astype(dtype)
+  matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+  return (lambda: matmul(a, b)), 2.0 * size ** 3
+
+
 def matmul_peak_flops(dtype, size=2048):
-  """FLOP/s of one device's best of a few [size, size] @ [size, size] matmuls in `dtype`: the
-  practical peak that MFU is measured against (bench.py measures it the same way)."""
-  a = jnp.ones((size, size), dtype)
-  matmul = jax.jit(jnp.matmul)
-  matmul(a, a).block_until_ready()
+  """FLOP/s of one device's best of a few `matmul_peak_fn`s: the practical peak that MFU is
+  measured against."""
+  matmul, flops = matmul_peak_fn(dtype, size)
+  matmul().block_until_ready()
   best = float('inf')
   for _ in range(3):
     start = time.perf_counter()
-    matmul(a, a).block_until_ready()
+    matmul().block_until_ready()
     best = min(best, time.perf_counter() - start)
-  return 2 * size ** 3 / best
+  return flops / best
 
 
 def duration(seconds):

@@ -77,17 +77,33 @@ def _best_fit_decreasing(lengths, max_length, max_slots):
   return row, slot, start
 
 
-def _assign_rows(lengths, max_length, max_slots, method):
-  """(row, slot, start) per example by `method` (see `pack_examples`)."""
+def _assign_rows(lengths, max_length, max_slots, method, block_length=None):
+  """(row, slot, start) per example by `method` (see `pack_examples`), in blocks of
+  `block_length` tokens if given."""
   n = len(lengths)
   if method == 'unpacked':
     return np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64)
+  if block_length:
+    return _assign_blocks(lengths, max_length, max_slots, method, block_length)
   row, slot, start = _next_fit(lengths, max_length, max_slots)
   if method == 'best_fit':
     best = _best_fit_decreasing(lengths, max_length, max_slots)
     if n and best[0].max() <= row.max():  # never worse than seqio by construction
       row, slot, start = best
   return row, slot, start
+
+
+def _assign_blocks(lengths, max_length, max_slots, method, block_length):
+  """Examples into blocks of `block_length` tokens, then blocks into rows of
+  max_length // block_length blocks and at most `max_slots` examples, by the same method
+  at both levels (for rows, a block's size is its number of examples)."""
+  assign = _best_fit_decreasing if method == 'best_fit' else _next_fit
+  block, slot_in_block, start_in_block = assign(lengths, block_length, max_slots)
+  examples_per_block = np.bincount(block).tolist()
+  row, position, first_slot = assign(examples_per_block, int(max_slots),
+                                     max_length // block_length)
+  start = position[block] * block_length + start_in_block  # the block's offset + the example's
+  return row[block], first_slot[block] + slot_in_block, start
 
 
 def _place(sequences, row, slot, start, shape):
@@ -108,7 +124,7 @@ def _place(sequences, row, slot, start, shape):
 
 
 def pack_examples(examples, max_input_length, max_target_length, *, method='best_fit',
-                  regression=False, num_labels=None, ids=None):
+                  regression=False, num_labels=None, ids=None, block_length=None):
   """Packs tokenized examples into fixed-shape numpy rows (§3: "we pack multiple examples").
 
   Args:
@@ -124,6 +140,9 @@ def pack_examples(examples, max_input_length, max_target_length, *, method='best
     num_labels: n for multi-label examples: targets become multi-hot, slot j's label k (class
       id k + 1) at [.., j, k], and padding slots all zero.
     ids: per-example ids to record (default 0, 1, ...), e.g. each example's row in its file.
+    block_length: b, or None. Rows are then L/b blocks of b tokens and every example lies
+      within one block, as block-local attention needs (`enct5.EncT5Config.
+      attention_block_length`): examples are packed into blocks, blocks into rows.
 
   Returns:
     dict of numpy arrays: inputs, inputs_segment_ids, inputs_positions [R, L] int32;
@@ -146,8 +165,10 @@ def pack_examples(examples, max_input_length, max_target_length, *, method='best
   labels = (_labels(examples, ids, regression) if num_labels is None
             else _multi_hot_labels(examples, ids, num_labels))
   _check_lengths(lengths, max_input_length, ids, 'tokens', 'max_input_length')
+  _check_blocks(lengths, max_input_length, block_length, ids)
 
-  row, slot, start = _assign_rows(lengths, max_input_length, max_target_length, method)
+  row, slot, start = _assign_rows(lengths, max_input_length, max_target_length, method,
+                                  block_length)
   num_rows = int(row.max()) + 1 if n else 0
   packed = dict(zip(('inputs', 'inputs_segment_ids', 'inputs_positions'),
                     _place([tokens for tokens, _ in examples], row, slot, start,
@@ -163,7 +184,7 @@ def pack_examples(examples, max_input_length, max_target_length, *, method='best
 
 
 def pack_seq2seq_examples(examples, max_input_length, max_target_length, *, method='best_fit',
-                          ids=None):
+                          ids=None, block_length=None):
   """Packs (input ids, target ids) pairs for the T5 and 1decT5 baselines (paper §4.3).
 
   The layout of T5X's `EncDecFeatureConverter` with packing: each example's target (its label
@@ -175,7 +196,7 @@ def pack_seq2seq_examples(examples, max_input_length, max_target_length, *, meth
       max_input_length (max_target_length).
     max_input_length: L, input tokens per row.
     max_target_length: Ld, decoder tokens per row (T5X's `targets` feature length).
-    method, ids: as in `pack_examples`.
+    method, ids, block_length: as in `pack_examples`.
 
   Returns:
     dict of numpy int32 arrays: inputs, inputs_segment_ids, inputs_positions [R, L];
@@ -199,9 +220,10 @@ def pack_seq2seq_examples(examples, max_input_length, max_target_length, *, meth
   target_lengths = np.array([len(target) for _, target in examples], np.int64)
   _check_lengths(input_lengths, max_input_length, ids, 'tokens', 'max_input_length')
   _check_lengths(target_lengths, max_target_length, ids, 'target tokens', 'max_target_length')
+  _check_blocks(input_lengths, max_input_length, block_length, ids)
   max_slots = max_target_length // max(target_lengths, default=1)
-
-  row, slot, start = _assign_rows(input_lengths, max_input_length, max_slots, method)
+  row, slot, start = _assign_rows(input_lengths, max_input_length, max_slots, method,
+                                  block_length)
   num_rows = int(row.max()) + 1 if n else 0
   target_start = _target_starts(row, slot, target_lengths)
   packed = dict(zip(('inputs', 'inputs_segment_ids', 'inputs_positions'),
@@ -238,6 +260,22 @@ def _check_lengths(lengths, max_length, ids, what, flag):
   if len(bad):
     raise ValueError(f'example {ids[bad[0]]} has {lengths[bad[0]]} {what}; packing needs 1 to '
                      f'{flag}={max_length} (truncate before packing)')
+
+
+def _check_blocks(lengths, max_length, block_length, ids):
+  if block_length is None:
+    return
+  if block_length < 1 or max_length % block_length:
+    raise ValueError(f'block_length={block_length} must be >= 1 and divide '
+                     f'max_input_length={max_length}')
+  _check_lengths(lengths, block_length, ids, 'tokens', 'block_length')
+
+
+def block_length_for(lengths, max_length):
+  """The smallest block b dividing `max_length` that holds the longest of `lengths`: the
+  block-local attention that packing these examples allows (b = max_length: whole rows)."""
+  longest = max(lengths, default=1)
+  return min(b for b in range(1, max_length + 1) if max_length % b == 0 and b >= longest)
 
 
 def _labels(examples, ids, regression):

@@ -52,8 +52,7 @@ def apply(params, cfg, batch, *, model='t5', deterministic=True, rng=None):
   segment_ids = batch.get('inputs_segment_ids')
   if segment_ids is None:
     segment_ids = (inputs != 0).astype(jnp.int32)
-  encoded = t5_layers.encoder(params, cfg, inputs, t5_layers.self_attention_mask(segment_ids),
-                              encoder_rng)
+  encoded = t5_layers.encoder(params, cfg, inputs, segment_ids, encoder_rng)
   targets = batch['decoder_target_tokens']
   decoder_segment_ids = batch.get('decoder_segment_ids')
   self_mask = t5_layers.decoder_self_attention_mask(targets, decoder_segment_ids)
@@ -109,7 +108,7 @@ def greedy_decode(params, cfg, inputs, segment_ids=None, *, max_length, model='t
   """
   if segment_ids is None:
     segment_ids = (inputs != 0).astype(jnp.int32)
-  encoded = t5_layers.encoder(params, cfg, inputs, t5_layers.self_attention_mask(segment_ids))
+  encoded = t5_layers.encoder(params, cfg, inputs, segment_ids)
   batch = inputs.shape[0]
   all_real = jnp.ones((batch, max_length), jnp.int32)
   self_mask = t5_layers.decoder_self_attention_mask(all_real)

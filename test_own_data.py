@@ -148,3 +148,20 @@ def test_labels_by_index_name_goemotions_labels(tmp_path):
   assert metrics['score'] == metrics['scores']['validation/macro_f1']
   [row] = finetune.Labeler(str(out))(['late and broken'])
   assert set(row['probabilities']) == {'late', 'broken', 'awful'}
+
+
+def test_attention_blocks_train_and_evaluate_whole_rows(tmp_path):
+  """--attention_block_length=32 in rows of 64: training packs every example within a block of
+  32 tokens (recorded in the model config); evaluation runs whole rows, which give the same
+  outputs. A block that cannot hold the longest example is one clear error."""
+  tsv_rows = lambda rows: [f'{text}\t{queue}' for text, queue, _, _ in rows]
+  train_file = _write(tmp_path / 'train.tsv', 'text\tqueue', tsv_rows(_rows(40, 0)))
+  dev_file = _write(tmp_path / 'dev.tsv', 'text\tqueue', tsv_rows(_rows(12, 1)))
+  common = [f'--train_file={train_file}', f'--validation_file={dev_file}',
+            '--label_field=queue', *TINY, '--max_input_length=64']
+  _main(*common, '--attention_block_length=32', f'--output_dir={tmp_path}/run')
+  record = json.loads((tmp_path / 'run' / finetune.RECORD_FILE).read_text())
+  assert record['model_config']['attention_block_length'] == 32
+  assert len((tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()) == 2
+  with pytest.raises(finetune.ConfigError, match='--attention_block_length=2: .*block'):
+    _main(*common, '--attention_block_length=2', f'--output_dir={tmp_path}/small')

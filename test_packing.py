@@ -3,6 +3,7 @@
 The key test (`test_packed_logits_equal_unpacked`) runs `enct5.apply` on the same examples
 packed and unpacked (paper §3: packing must not change any example's output).
 """
+import dataclasses
 import os
 
 import jax
@@ -135,28 +136,33 @@ def _random_examples(rng, n, max_length):
           for length in lengths]
 
 
-def _check_packing(examples, packed, max_length, max_slots):
-  """Every example once, whole and contiguous, positions from 0, its label in its slot."""
+def _check_packing(examples, packed, max_length, max_slots, block_length=None):
+  """Every example once, whole and contiguous, positions from 0, its label in its slot;
+  segments in slot order from the row start, padding only at the end of the row or, with
+  `block_length`, of a block, and then every example within one block."""
   segment_ids, ids = packed['inputs_segment_ids'], packed['example_ids']
   assert sorted(ids[ids >= 0].tolist()) == list(range(len(examples)))
   for r in range(len(ids)):
     num = int((ids[r] >= 0).sum())
     assert 1 <= num <= max_slots and (ids[r, :num] >= 0).all()  # slots fill from the left
     assert (packed['targets'][r, num:] == 0).all()
-    # Segments 1..num, contiguous from the row start, then padding.
-    runs = segment_ids[r][segment_ids[r] > 0]
-    assert (segment_ids[r, len(runs):] == 0).all() and (np.diff(runs) >= 0).all()
-    start = 0
+    assert set(np.unique(segment_ids[r])) <= set(range(num + 1))
+    end = 0
     for slot in range(num):
       tokens, label = examples[ids[r, slot]]
+      start = int(np.argmax(segment_ids[r] == slot + 1))
+      if start != end:  # padding between examples: only up to the next block
+        assert block_length and start % block_length == 0 and start - end < block_length
+        assert (segment_ids[r, end:start] == 0).all()
       end = start + len(tokens)
+      if block_length:
+        assert start // block_length == (end - 1) // block_length, 'example across blocks'
       np.testing.assert_array_equal(packed['inputs'][r, start:end], tokens)
       np.testing.assert_array_equal(segment_ids[r, start:end], slot + 1)
       np.testing.assert_array_equal(packed['inputs_positions'][r, start:end],
                                     np.arange(len(tokens)))
       assert packed['targets'][r, slot] == label
-      start = end
-    assert start <= max_length and (packed['inputs'][r, start:] == 0).all()
+    assert end <= max_length and (packed['inputs'][r, end:] == 0).all()
 
 
 @pytest.mark.parametrize('seed', range(4))
@@ -175,6 +181,45 @@ def test_random_packing_properties(seed):
   again = packing.pack_examples(examples, max_length, max_slots)
   for name in best:
     np.testing.assert_array_equal(best[name], again[name])
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_random_block_packing_properties(seed):
+  rng = np.random.default_rng(seed)
+  block_length = int(rng.integers(4, 16))
+  max_length, max_slots = block_length * int(rng.integers(1, 5)), int(rng.integers(1, 12))
+  examples = _random_examples(rng, int(rng.integers(1, 300)), block_length)
+  for method in ('best_fit', 'next_fit'):
+    packed = packing.pack_examples(examples, max_length, max_slots, method=method,
+                                   block_length=block_length)
+    _check_packing(examples, packed, max_length, max_slots, block_length)
+
+
+def test_block_packing_by_hand():
+  # Lengths 5, 3, 8, 2, 6, 4 into blocks of b=8, two blocks a row, at most T=4 examples.
+  # Examples into blocks, longest first, best fit: 8 -> block 0 (exactly full); 6 -> block 1;
+  # 5 -> block 2; 4 -> block 3; 3 -> block 2 (free 3); 2 -> block 1 (free 2).
+  # Blocks into rows by their example counts 1, 2, 2, 1, most first, best fit: block 1 ->
+  # row 0; block 2 -> row 0 (T reached); block 0 -> row 1; block 3 -> row 1.
+  examples = [([i] * n, 1 + i % 2) for i, n in enumerate([5, 3, 8, 2, 6, 4])]
+  packed = packing.pack_examples(examples, 16, 4, block_length=8)
+  np.testing.assert_array_equal(packed['inputs_segment_ids'],
+                                [[1, 1, 1, 1, 1, 1, 2, 2, 3, 3, 3, 3, 3, 4, 4, 4],
+                                 [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(packed['example_ids'], [[4, 3, 0, 1], [2, 5, -1, -1]])
+  np.testing.assert_array_equal(packed['inputs'][1], [2] * 8 + [5] * 4 + [0] * 4)
+  assert packing.efficiency(packed) == 28 / 32
+  with pytest.raises(ValueError, match='example 6 has 9 tokens.*block_length=8'):
+    packing.pack_examples(examples + [([1] * 9, 1)], 16, 4, block_length=8)
+  with pytest.raises(ValueError, match='block_length=6 must be >= 1 and divide'):
+    packing.pack_examples(examples, 16, 4, block_length=6)
+
+
+def test_block_length_for_holds_the_longest_example():
+  assert packing.block_length_for([3, 9, 2], 32) == 16  # divisors of 32: ..., 8, 16, 32
+  assert packing.block_length_for([3, 9, 2], 24) == 12  # divisors of 24: ..., 8, 12, 24
+  assert packing.block_length_for([8], 32) == 8  # an example exactly filling its block
+  assert packing.block_length_for([30], 32) == 32  # whole rows
 
 
 def test_best_fit_never_worse_than_next_fit():
@@ -274,6 +319,56 @@ def test_packed_logits_equal_unpacked():
     np.testing.assert_allclose(logits_per_example(packed), expected, atol=1e-5, rtol=0)
 
 
+def _block_test_examples():
+  """Lengths 1..8 with some of exactly 8; then some of 9..15 and of exactly 16."""
+  rng = np.random.default_rng(1)
+  lengths = np.concatenate([rng.integers(1, 9, 60), [8] * 5, rng.integers(9, 16, 6), [16] * 2])
+  return [(rng.integers(3, 100, n).tolist()[:-1] + [1], int(rng.integers(1, 4)))
+          for n in lengths]
+
+
+@pytest.mark.parametrize('num_examples, block_length', [(65, 8), (73, None)])
+def test_block_attention_equals_whole_rows(num_examples, block_length):
+  """Encoder self-attention in blocks (attention_block_length b) computes the same function
+  as over whole rows on rows packed into blocks: logits, and with dropout the training loss
+  and every gradient. Blocks of 8 hold examples of 1..8 tokens, some exactly 8; examples
+  longer than 8 get the block `block_length_for` picks (16), some filling it exactly."""
+  examples = _block_test_examples()[:num_examples]
+  lengths = [len(tokens) for tokens, _ in examples]
+  max_length = 32
+  if block_length is None:
+    with pytest.raises(ValueError, match='block_length=8'):
+      packing.pack_examples(examples, max_length, 6, block_length=8)
+    block_length = packing.block_length_for(lengths, max_length)
+    assert block_length == 16
+  packed = packing.pack_examples(examples, max_length, 6, block_length=block_length)
+  assert any(packed['inputs_segment_ids'][:, block_length - 1] !=
+             packed['inputs_segment_ids'][:, block_length])  # examples end at a block's end
+  batch = {k: packed[k] for k in ('inputs', 'inputs_segment_ids', 'targets')}
+  cfg = enct5.get_config('tiny', num_classes=3, vocab_size=100, d_model=16, num_heads=2,
+                         head_dim=8, d_ff=32, num_layers=2, dropout_rate=0.3)
+  blocked = enct5.get_config('tiny', num_classes=3, vocab_size=100, d_model=16, num_heads=2,
+                             head_dim=8, d_ff=32, num_layers=2, dropout_rate=0.3,
+                             attention_block_length=block_length)
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+
+  def loss_and_grads(cfg):
+    loss = lambda p: enct5.loss_fn(p, cfg, batch, rng=jax.random.PRNGKey(3))[0]
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  # Real slots only: an empty slot's query sees no token and averages all the values its
+  # softmax spans (the row's, or the block's), a number no loss or prediction reads.
+  real = packed['example_ids'] >= 0
+  np.testing.assert_allclose(np.asarray(enct5.apply(params, blocked, batch))[real],
+                             np.asarray(enct5.apply(params, cfg, batch))[real], atol=1e-5, rtol=0)
+  (loss, grads), (blocked_loss, blocked_grads) = loss_and_grads(cfg), loss_and_grads(blocked)
+  np.testing.assert_allclose(blocked_loss, loss, rtol=1e-5)
+  for (path, expected), got in zip(jax.tree_util.tree_leaves_with_path(grads),
+                                   jax.tree.leaves(blocked_grads)):
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max(),
+                               err_msg=jax.tree_util.keystr(path))
+
+
 # ---------------------------------------------------------------------------------------------
 # Packing for the T5 and 1decT5 baselines (paper §4.3): decoder targets per segment.
 # ---------------------------------------------------------------------------------------------
@@ -310,22 +405,23 @@ def test_seq2seq_packing_by_hand():
     packing.pack_seq2seq_examples([([5, 1], [1]), ([6, 1], [2, 3, 1])], 10, 2)
 
 
-@pytest.mark.parametrize('model', ['t5', '1dect5'])
-def test_seq2seq_packed_logits_equal_unpacked(model):
-  """T5's teacher-forced logits of each example's target are the same packed and alone."""
+@pytest.mark.parametrize('model, block_length', [('t5', None), ('1dect5', None), ('t5', 12)])
+def test_seq2seq_packed_logits_equal_unpacked(model, block_length):
+  """T5's teacher-forced logits of each example's target are the same packed and alone (and
+  packed in blocks of 12 with the encoder's self-attention in blocks)."""
   cfg = enct5.get_config('tiny', vocab_size=64, d_model=16, num_heads=2, head_dim=8, d_ff=32,
                          num_layers=2, num_decoder_layers=2)
   params = enct5.init_params(jax.random.PRNGKey(0), cfg, model)
   rng = np.random.default_rng(0)
   examples = [(rng.integers(3, 64, n).tolist()[:-1] + [1], rng.integers(3, 64, m).tolist() + [1])
               for n, m in zip(rng.integers(1, 13, 40), rng.integers(1, 4, 40))]
-  apply = jax.jit(lambda batch: t5.apply(params, cfg, batch, model=model))
+  apply = jax.jit(lambda batch, cfg: t5.apply(params, cfg, batch, model=model), static_argnums=1)
   keys = ('inputs', 'inputs_segment_ids', 'decoder_input_tokens', 'decoder_target_tokens',
           'decoder_segment_ids')
 
-  def logits_per_example(packed):
+  def logits_per_example(packed, cfg=cfg):
     """{example id: logits [its target length, V]}."""
-    logits = np.asarray(apply({k: packed[k] for k in keys}))
+    logits = np.asarray(apply({k: packed[k] for k in keys}, cfg))
     assert np.isfinite(logits).all()
     out = {}
     for r, row in enumerate(packed['example_ids']):
@@ -336,10 +432,11 @@ def test_seq2seq_packed_logits_equal_unpacked(model):
 
   expected = logits_per_example(packing.pack_seq2seq_examples(examples, 24, 8,
                                                               method='unpacked'))
-  packed = packing.pack_seq2seq_examples(examples, 24, 8)
+  packed = packing.pack_seq2seq_examples(examples, 24, 8, block_length=block_length)
   assert (packed['example_ids'] >= 0).sum(axis=1).max() == 2  # 8 // 4 slots
   assert len(packed['inputs']) < len(examples)
-  got = logits_per_example(packed)
+  got = logits_per_example(packed, dataclasses.replace(cfg, attention_block_length=block_length
+                                                       or 0))
   assert sorted(got) == list(range(len(examples)))
   for i in range(len(examples)):
     assert got[i].shape == (len(examples[i][1]), cfg.vocab_size)
@@ -427,6 +524,17 @@ def test_load_packed(glue_vocab):
   tokenized, _ = glue.tokenize(glue_vocab, examples, 128)
   expected = packing.pack_examples(tokenized, 128, 62)
   assert len(examples) == 277
+  for name in expected:
+    np.testing.assert_array_equal(packed[name], expected[name])
+  # In attention blocks: 512-token rows of SST-2, blocks of the smallest size holding every
+  # example.
+  examples = glue.read_split(glue.TASKS['sst2'], GLUE_DIR, 'validation')
+  tokenized, _ = glue.tokenize(glue_vocab, examples, 512)
+  block = packing.block_length_for([len(tokens) for tokens, _ in tokenized], 512)
+  _, packed = glue.load_packed(glue.TASKS['sst2'], GLUE_DIR, 'validation', glue_vocab, 512, 62,
+                               block_length=block)
+  expected = packing.pack_examples(tokenized, 512, 62, block_length=block)
+  assert block < 512
   for name in expected:
     np.testing.assert_array_equal(packed[name], expected[name])
 

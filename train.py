@@ -36,7 +36,7 @@ Flags by section (`--helpfull` lists them; the shared ones are `cli.py`'s):
                      --label_separator --skip_bad_rows --selection_metric --threshold
   model              --model --checkpoint --load_optimizer_state --size --fresh_pooling_block
                      --d_model --num_heads --head_dim --d_ff --num_layers --dropout_rate --dtype
-                     --remat_policy --scan_layers
+                     --remat_policy --scan_layers --attention_block_length
   training           --batch_size --learning_rate --train_steps --eval_every --log_every
                      --keep_checkpoints --seed
   devices and hosts  --mesh --coordinator_address --num_processes --process_id
@@ -128,6 +128,11 @@ flags.DEFINE_bool('load_optimizer_state', DEFAULTS.load_optimizer_state, 'With -
                   'continue its Adafactor state and step (T5X\'s default; paper §4.2). '
                   '--noload_optimizer_state: fresh Adafactor state from step 0, as with random '
                   'init (T5X: an assignment_map sending state/.* to None).')
+flags.DEFINE_integer('attention_block_length', DEFAULTS.attention_block_length, 'Training: '
+                     'self-attention in blocks of this many tokens (it must divide '
+                     '--max_input_length), each packed example within one block: the same '
+                     'outputs, attention L/b times cheaper. 0: whole rows. Evaluation and '
+                     'prediction run whole rows.')
 flags.DEFINE_bool('fresh_pooling_block', DEFAULTS.fresh_pooling_block, 'From an encoder-only '
                   'checkpoint (Hugging Face T5EncoderModel, Sentence-T5): start EncT5\'s pooling '
                   'block (the first decoder layer\'s cross-attention and FFN) from random init '
@@ -169,6 +174,10 @@ def check_flags():
     raise UserError('--train_file needs --validation_file: the best checkpoint is chosen on it')
   if FLAGS.regression and FLAGS.multi_label:
     raise UserError('--regression and --multi_label: one kind of label or the other')
+  block = FLAGS.attention_block_length
+  if block < 0 or (block and FLAGS.max_input_length % block):
+    raise UserError(f'--attention_block_length={block}: must be 0 (whole rows) or divide '
+                    f'--max_input_length={FLAGS.max_input_length}')
   if not 0 < FLAGS.threshold < 1:
     raise UserError(f'--threshold={FLAGS.threshold}: must be between 0 and 1')
   cli.check_positive(cli.POSITIVE_FLAGS + ('max_target_length',))
