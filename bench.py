@@ -868,6 +868,9 @@ def main(argv):
   table.add('machine', 'host', f'{cpu_model()}, {os.cpu_count()} CPUs',
             note=f'jax {jax.__version__}; 1-min load average {load_start[0]:.1f} at start, '
                  f'{load_end[0]:.1f} at end (above the CPU count: other jobs shared the cores)')
+  table.add('machine', 'GLIBC_TUNABLES', os.environ.get('GLIBC_TUNABLES', 'unset'),
+            note='glibc.malloc.hugetlb=1 puts XLA:CPU\'s temporaries, mapped afresh each '
+                 'step, in huge pages (experiments/speed_512.md, lever 8)')
   table.add('machine', 'wall time', f'{time.perf_counter() - start:.0f}s',
             note='--quick' if quick else '')
   table.print()
