@@ -36,13 +36,13 @@ import numpy as np
 import adafactor
 import enct5
 import finetune
-import glue
 import hf_ckpt
 import load_ckpt
 import loop
 import packing
 import partitioning
-import t5
+import tasks
+import vocabularies
 
 SECTIONS = ('params', 'train', 'infer', 'pack', 'ckpt', 'hf')
 LEARNING_RATE = 1e-3  # the paper's constant rate (§4.1)
@@ -125,7 +125,7 @@ def glue_lengths(task, split, num, rng, max_length=512):
   and the table says so.
   """
   directory, columns, extra, (median, sigma) = LENGTH_SOURCES[task]
-  path = os.path.join(glue.SHARED, 'glue', directory, f'{split}.tsv')
+  path = os.path.join(tasks.SHARED, 'glue', directory, f'{split}.tsv')
   if os.path.exists(path):
     with open(path) as f:
       rows = [line.split('\t') for line in f.read().splitlines()[1:]]
@@ -140,8 +140,8 @@ def glue_lengths(task, split, num, rng, max_length=512):
 
 def random_examples(lengths, cfg, rng):
   """(tokens ending in EOS, class label 1..2) per length; ids are random (speed only)."""
-  return [(np.append(rng.randint(2, cfg.vocab_size, n - 1), t5.EOS_ID), int(rng.randint(1, 3)))
-          for n in lengths]
+  return [(np.append(rng.randint(2, cfg.vocab_size, n - 1), vocabularies.EOS_ID),
+           int(rng.randint(1, 3))) for n in lengths]
 
 
 def pack(examples, length, method='best_fit', block_length=None):
@@ -164,7 +164,7 @@ def t5_targets(rows):
   per = LABEL_TOKENS + 1
   batch, slots = rows['targets'].shape
   label = np.arange(LABEL_TOKENS) + 100  # any ids; only shapes matter for speed
-  tokens = np.tile(np.append(label, t5.EOS_ID), slots)[None].repeat(batch, 0)
+  tokens = np.tile(np.append(label, vocabularies.EOS_ID), slots)[None].repeat(batch, 0)
   segments = np.repeat(np.arange(1, slots + 1), per)[None].repeat(batch, 0)
   real = np.repeat(rows['targets'] > 0, per, axis=1)
   targets = np.where(real, tokens, 0).astype(np.int32)
@@ -361,7 +361,7 @@ def bench_packing(table, args, rng):
   """Host-side packing (packing.pack_examples) of an SST-2-train-sized set into rows of L
   tokens and 62 slots: the cost paid once before training."""
   lengths, source = glue_lengths('sst2', 'train', 67_349, rng)
-  examples = [(np.append(np.full(n - 1, 3), t5.EOS_ID), 1) for n in lengths]
+  examples = [(np.append(np.full(n - 1, 3), vocabularies.EOS_ID), 1) for n in lengths]
   fns = {method: (lambda method=method: packing.pack_examples(examples, args.length, 62,
                                                               method=method))
          for method in ('next_fit', 'best_fit')}
@@ -426,7 +426,7 @@ def hf_config(cfg, **overrides):
                   relative_attention_num_buckets=cfg.num_buckets,
                   relative_attention_max_distance=cfg.max_distance,
                   dropout_rate=cfg.dropout_rate, feed_forward_proj='gated-gelu',
-                  tie_word_embeddings=False, pad_token_id=0, eos_token_id=t5.EOS_ID,
+                  tie_word_embeddings=False, pad_token_id=0, eos_token_id=vocabularies.EOS_ID,
                   decoder_start_token_id=0, **overrides)
 
 

@@ -19,8 +19,8 @@ from absl import app, flags, logging
 import jax
 
 import enct5
+import fileio
 import finetune
-import glue
 import hosts
 import load_ckpt
 import loop
@@ -111,7 +111,7 @@ class UserError(Exception):
   """A mistake the user can fix (a flag, a file, the data): the message names it."""
 
 
-USER_ERRORS = (UserError, app.UsageError, finetune.ConfigError, glue.DataError,
+USER_ERRORS = (UserError, app.UsageError, finetune.ConfigError, fileio.DataError,
                load_ckpt.CheckpointError, OSError)
 
 

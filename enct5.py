@@ -14,8 +14,9 @@ nested dict of arrays whose names are those of a T5X T5.1.1 checkpoint (`t5_laye
 building blocks; the paper's T5 and 1decT5 baselines are `t5`, with parameters from the same
 table here).
 
-Reads top-down: configs; the parameter table (init, counts, model FLOPs); the forward pass
-(`encode`, `pool`, `apply`); losses and predictions.
+Reads in the paper's order: the config; the parameter table and init; the forward pass
+(`encode`, `pool`, `apply`); losses and predictions. Then the sizes of the T5.1.1 family
+(`get_config`), parameter counts and model FLOPs, and the baselines' decoder parameters.
 """
 import dataclasses
 import math
@@ -23,6 +24,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+import partitioning
 import t5_layers
 
 
@@ -64,6 +66,263 @@ class EncT5Config:
   def activation_dtype(self):
     return jnp.dtype(self.dtype)
 
+
+# ---------------------------------------------------------------------------------------------
+# Parameters: each one declared once, with shape, T5X logical axes and T5X initializer. Init,
+# sharding (partitioning.py), Adafactor factoring (adafactor.py) and parameter counts all derive
+# from this table.
+# ---------------------------------------------------------------------------------------------
+
+ParamSpec = partitioning.ParamSpec
+
+_INIT = jax.nn.initializers
+_EMBEDDING_INIT = _INIT.normal(stddev=1.0)
+_KERNEL_INIT = _INIT.variance_scaling(1.0, 'fan_in', 'normal')  # attention key/value/out
+_MLP_INIT = _INIT.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+_RELPOS_INIT = _INIT.variance_scaling(1.0, 'fan_avg', 'uniform')
+
+
+def _query_init(head_dim):
+  """T5X folds attention's 1/sqrt(head_dim) into the query initializer."""
+  def init(key, shape, dtype=jnp.float32):
+    return _KERNEL_INIT(key, shape, dtype) / math.sqrt(head_dim)
+  return init
+
+
+def _attention_specs(cfg):
+  inner = cfg.num_heads * cfg.head_dim
+  return {
+      'query': {'kernel': ParamSpec((cfg.d_model, inner), ('embed', 'joined_kv'),
+                                    _query_init(cfg.head_dim))},
+      'key': {'kernel': ParamSpec((cfg.d_model, inner), ('embed', 'joined_kv'), _KERNEL_INIT)},
+      'value': {'kernel': ParamSpec((cfg.d_model, inner), ('embed', 'joined_kv'),
+                                    _KERNEL_INIT)},
+      'out': {'kernel': ParamSpec((inner, cfg.d_model), ('joined_kv', 'embed'), _KERNEL_INIT)},
+  }
+
+
+def _mlp_specs(cfg):
+  return {
+      'wi_0': {'kernel': ParamSpec((cfg.d_model, cfg.d_ff), ('embed', 'mlp'), _MLP_INIT)},
+      'wi_1': {'kernel': ParamSpec((cfg.d_model, cfg.d_ff), ('embed', 'mlp'), _MLP_INIT)},
+      'wo': {'kernel': ParamSpec((cfg.d_ff, cfg.d_model), ('mlp', 'embed'), _MLP_INIT)},
+  }
+
+
+def _norm_spec(cfg):
+  return {'scale': ParamSpec((cfg.d_model,), ('embed',), _INIT.ones)}
+
+
+def _relpos_spec(cfg):
+  return {'rel_embedding': ParamSpec((cfg.num_heads, cfg.num_buckets),
+                                     ('heads', 'relpos_buckets'), _RELPOS_INIT)}
+
+
+def _decoder_layer_specs(cfg, with_self_attention):
+  layer = {
+      'pre_cross_attention_layer_norm': _norm_spec(cfg),
+      'encoder_decoder_attention': _attention_specs(cfg),
+      'pre_mlp_layer_norm': _norm_spec(cfg),
+      'mlp': _mlp_specs(cfg),
+  }
+  if with_self_attention:
+    layer['pre_self_attention_layer_norm'] = _norm_spec(cfg)
+    layer['self_attention'] = _attention_specs(cfg)
+  return layer
+
+
+MODEL_NAMES = ('enct5', 't5', '1dect5')  # the parameter trees of `param_specs`
+
+
+def param_specs(cfg, model='enct5'):
+  """The parameter tree of `model` as ParamSpecs, named as in a T5X checkpoint.
+
+  'enct5': embedding, encoder, the first decoder layer without self-attention, the decoder's
+  final norm, and the new `decoder/bos_embedding` and `decoder/class_projection`.
+  't5', '1dect5': the baselines, the same encoder with a T5.1.1 decoder
+  (`_baseline_decoder_specs`).
+  """
+  if model not in MODEL_NAMES:
+    raise ValueError(f'unknown model {model!r}; expected one of {MODEL_NAMES}')
+  encoder = {f'layers_{i}': {'pre_attention_layer_norm': _norm_spec(cfg),
+                             'attention': _attention_specs(cfg),
+                             'pre_mlp_layer_norm': _norm_spec(cfg),
+                             'mlp': _mlp_specs(cfg)}
+             for i in range(cfg.num_layers)}
+  encoder['relpos_bias'] = _relpos_spec(cfg)
+  encoder['encoder_norm'] = _norm_spec(cfg)
+  if model == 'enct5':
+    decoder = {
+        'layers_0': _decoder_layer_specs(cfg, with_self_attention=False),
+        'decoder_norm': _norm_spec(cfg),
+        # The learned query: "randomly initialized" (§3), like a token embedding.
+        'bos_embedding': ParamSpec((cfg.d_model,), ('embed',), _EMBEDDING_INIT),
+        'class_projection': {
+            'kernel': ParamSpec((cfg.d_model, cfg.num_outputs), ('embed', 'classes'),
+                                _MLP_INIT),
+            'bias': ParamSpec((cfg.num_outputs,), ('classes',), _INIT.zeros)},
+    }
+  else:
+    decoder = _baseline_decoder_specs(cfg, model)
+  return {
+      'token_embedder': {'embedding': ParamSpec((cfg.vocab_size, cfg.d_model),
+                                                ('vocab', 'embed'), _EMBEDDING_INIT)},
+      'encoder': encoder,
+      'decoder': decoder,
+  }
+
+
+def _is_spec(x):
+  return isinstance(x, ParamSpec)
+
+
+def init_params(rng, cfg, model='enct5'):
+  """Fresh float32 parameters with T5X's initializers; one key per parameter."""
+  specs, treedef = jax.tree.flatten(param_specs(cfg, model), is_leaf=_is_spec)
+  keys = jax.random.split(rng, len(specs))
+  leaves = [spec.init(key, spec.shape, jnp.float32) for spec, key in zip(specs, keys)]
+  return jax.tree.unflatten(treedef, leaves)
+
+
+# ---------------------------------------------------------------------------------------------
+# The forward pass (§3, Figure 1).
+# ---------------------------------------------------------------------------------------------
+
+def encode(params, cfg, inputs, segment_ids=None, *, rng=None):
+  """The T5.1.1 encoder. inputs [B, L] int32 (0 = padding) -> [B, L, D] float32.
+
+  segment_ids [B, L]: 1, 2, ... per packed example, 0 = padding; without them the non-zero
+  tokens of a row form one example. No positions: relative offsets within an example are the
+  same wherever it sits in the row (see `t5_layers.relative_position_bias`). rng=None: no
+  dropout.
+  """
+  if segment_ids is None:
+    segment_ids = (inputs != 0).astype(jnp.int32)
+  return t5_layers.encoder(params, cfg, inputs, segment_ids, rng).astype(jnp.float32)
+
+
+def pool(params, cfg, encoded, segment_ids, num_slots, rng=None):
+  """EncT5's pooling block: one learned query per slot; slot j reads example j+1.
+
+  encoded [B, L, D], segment_ids [B, L] -> [B, T, D] after the decoder's final norm.
+
+  NOTE (§3): the paper keeps the first decoder layer but calls its self-attention an
+  identity. Precisely, a single query that sees only itself gets y += o(v(RMSNorm(y))), a
+  constant independent of the input; dropping it only re-parametrizes the learned query,
+  so the block is cross-attention then FFN.
+  """
+  decoder = params['decoder']
+  layer = decoder['layers_0']
+  embed_rng, cross_rng, mlp_rng, final_rng = t5_layers.split_rng(rng, 4)
+  batch, _, d_model = encoded.shape
+  y = jnp.broadcast_to(decoder['bos_embedding'].astype(cfg.activation_dtype),
+                       (batch, num_slots, d_model))  # [B, T, D]
+  y = t5_layers.dropout(y, cfg.dropout_rate, embed_rng)  # as T5X drops decoder embeddings
+  mask = t5_layers.pooling_mask(segment_ids, num_slots)  # [B, 1, T, L]
+  # No position bias in cross-attention (T5).
+  y = t5_layers.attention_block(cfg, layer['pre_cross_attention_layer_norm']['scale'],
+                                layer['encoder_decoder_attention'], y, mask,
+                                encoded=encoded.astype(cfg.activation_dtype), rng=cross_rng)
+  y = t5_layers.mlp_block(cfg, layer['pre_mlp_layer_norm']['scale'], layer['mlp'], y,
+                          mlp_rng)
+  y = t5_layers.rms_norm(y, decoder['decoder_norm']['scale'])
+  return t5_layers.dropout(y, cfg.dropout_rate, final_rng)
+
+
+def apply(params, cfg, batch, *, rng=None):
+  """Logits of every target slot: [B, T, n+1] (class 0 = padding), regression [B, T],
+  multi-label [B, T, n].
+
+  `batch` is a packed batch (see `packing`): inputs, inputs_segment_ids [B, L] and targets
+  [B, T] ([B, T, n] multi-hot for multi-label), whose width T is the number of query slots.
+  An unpacked batch is a packed one with one example per row and T = 1. rng=None: no dropout.
+  """
+  encoder_rng, pool_rng = t5_layers.split_rng(rng, 2)
+  segment_ids = batch['inputs_segment_ids']
+  encoded = encode(params, cfg, batch['inputs'], segment_ids, rng=encoder_rng)
+  pooled = pool(params, cfg, encoded, segment_ids, batch['targets'].shape[1], pool_rng)
+  # NOTE: the projection runs in float32 whatever the activation dtype.
+  projection = params['decoder']['class_projection']
+  logits = pooled.astype(jnp.float32) @ projection['kernel'] + projection['bias']
+  return logits[..., 0] if cfg.is_regression else logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and predictions.
+# ---------------------------------------------------------------------------------------------
+
+def slot_is_example(batch):
+  """[B, T] bool: slot j holds a real example iff the row has a segment j+1."""
+  num_slots = batch['targets'].shape[1]
+  num_segments = batch['inputs_segment_ids'].max(axis=1)  # segments are numbered 1, 2, ...
+  return jnp.arange(1, num_slots + 1)[None, :] <= num_segments[:, None]
+
+
+def example_losses(cfg, logits, batch):
+  """Per-slot losses [B, T] and weights [B, T] (True where the slot holds an example).
+
+  Classification: cross-entropy over the n+1 classes, masked on padding slots (target 0), so
+  class 0 is never a target: training only pushes its logit down. Regression: squared error
+  on the slots whose segment exists. Multi-label: binary cross-entropy of each label's
+  sigmoid, summed over the n labels, on the slots whose segment exists.
+  """
+  targets = batch['targets']
+  if cfg.is_regression:
+    return jnp.square(logits - targets), slot_is_example(batch)
+  if cfg.multi_label:
+    # -[y log s(x) + (1 - y) log(1 - s(x))] = softplus(x) - y x, stable for large |x|.
+    bce = jax.nn.softplus(logits) - targets.astype(jnp.float32) * logits  # [B, T, n]
+    return jnp.sum(bce, axis=-1), slot_is_example(batch)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  target_log_probs = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32),
+                                         axis=-1)[..., 0]
+  return -target_log_probs, targets > 0
+
+
+def loss_fn(params, cfg, batch, rng=None):
+  """The summed loss of the real examples, and aux = {loss_sum, num_examples} for the logs
+  (they report loss_sum / num_examples, the mean per example). rng=None: no dropout.
+
+  NOTE: summed, as T5X sums token losses (loss_normalizing_factor None), not averaged: from a
+  fresh optimizer state Adafactor is invariant to the gradient's scale, but fine-tuning continues
+  the pre-trained checkpoint's second moments (§4.2), which a summed pre-training loss made; a
+  mean over the ~300 examples of a batch gave gradients hundreds of times smaller than those
+  moments expect and left the pre-trained weights all but frozen. Multi-label sums over
+  labels too, as T5X over tokens. No z-loss: it regularizes T5's vocabulary softmax, which
+  EncT5 does not have.
+  """
+  logits = apply(params, cfg, batch, rng=rng)
+  losses, weights = example_losses(cfg, logits, batch)
+  loss_sum = jnp.sum(jnp.where(weights, losses, 0.0))
+  return loss_sum, {'loss_sum': loss_sum, 'num_examples': jnp.sum(weights)}
+
+
+def probabilities(logits, cfg):
+  """Each label's probability [..., n]: softmax over the real classes 1..n (the padding class
+  left out, so they sum to 1), or each label's sigmoid (multi-label)."""
+  if cfg.is_regression:
+    raise ValueError('regression predicts values, not probabilities')
+  if cfg.multi_label:
+    return jax.nn.sigmoid(logits)
+  return jax.nn.softmax(logits[..., 1:], axis=-1)
+
+
+def predict(logits, cfg, *, threshold=0.5):
+  """Predicted class ids 1..n (the padding class is ignored), regression values, or for
+  multi-label the multi-hot decisions [..., n] int32: probability >= threshold.
+
+  NOTE: `>=`, as GoEmotions' own classifier keeps a label (`prob >= pred_cutoff`).
+  """
+  if cfg.is_regression:
+    return logits
+  if cfg.multi_label:
+    return (jax.nn.sigmoid(logits) >= threshold).astype(jnp.int32)
+  return jnp.argmax(logits[..., 1:], axis=-1) + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs by size name, parameter counts and model FLOPs.
+# ---------------------------------------------------------------------------------------------
 
 # Sizes of the T5.1.1 family, as T5X's gin files (`t5_1_1/`, `mt5/`, `byt5/`); totals match
 # the published ones (test_hf.py). The `tiny` ones keep tests and the demo fast.
@@ -139,136 +398,6 @@ def get_config(size, num_classes=2, **overrides):
   return EncT5Config(**{**SIZES[size], 'num_classes': num_classes, **overrides})
 
 
-# ---------------------------------------------------------------------------------------------
-# Parameters: each one declared once, with shape, T5X logical axes and T5X initializer. Init,
-# sharding (partitioning.py), Adafactor factoring (adafactor.py) and parameter counts all derive
-# from this table.
-# ---------------------------------------------------------------------------------------------
-
-ParamSpec = t5_layers.ParamSpec
-
-_INIT = jax.nn.initializers
-_EMBEDDING_INIT = _INIT.normal(stddev=1.0)
-_KERNEL_INIT = _INIT.variance_scaling(1.0, 'fan_in', 'normal')  # attention key/value/out
-_MLP_INIT = _INIT.variance_scaling(1.0, 'fan_in', 'truncated_normal')
-_RELPOS_INIT = _INIT.variance_scaling(1.0, 'fan_avg', 'uniform')
-
-
-def _query_init(head_dim):
-  """T5X folds attention's 1/sqrt(head_dim) into the query initializer."""
-  def init(key, shape, dtype=jnp.float32):
-    return _KERNEL_INIT(key, shape, dtype) / math.sqrt(head_dim)
-  return init
-
-
-def _attention_specs(cfg):
-  inner = cfg.num_heads * cfg.head_dim
-  return {
-      'query': {'kernel': ParamSpec((cfg.d_model, inner), ('embed', 'joined_kv'),
-                                    _query_init(cfg.head_dim))},
-      'key': {'kernel': ParamSpec((cfg.d_model, inner), ('embed', 'joined_kv'), _KERNEL_INIT)},
-      'value': {'kernel': ParamSpec((cfg.d_model, inner), ('embed', 'joined_kv'),
-                                    _KERNEL_INIT)},
-      'out': {'kernel': ParamSpec((inner, cfg.d_model), ('joined_kv', 'embed'), _KERNEL_INIT)},
-  }
-
-
-def _mlp_specs(cfg):
-  return {
-      'wi_0': {'kernel': ParamSpec((cfg.d_model, cfg.d_ff), ('embed', 'mlp'), _MLP_INIT)},
-      'wi_1': {'kernel': ParamSpec((cfg.d_model, cfg.d_ff), ('embed', 'mlp'), _MLP_INIT)},
-      'wo': {'kernel': ParamSpec((cfg.d_ff, cfg.d_model), ('mlp', 'embed'), _MLP_INIT)},
-  }
-
-
-def _norm_spec(cfg):
-  return {'scale': ParamSpec((cfg.d_model,), ('embed',), _INIT.ones)}
-
-
-def _relpos_spec(cfg):
-  return {'rel_embedding': ParamSpec((cfg.num_heads, cfg.num_buckets),
-                                     ('heads', 'relpos_buckets'), _RELPOS_INIT)}
-
-
-def _decoder_layer_specs(cfg, with_self_attention):
-  layer = {
-      'pre_cross_attention_layer_norm': _norm_spec(cfg),
-      'encoder_decoder_attention': _attention_specs(cfg),
-      'pre_mlp_layer_norm': _norm_spec(cfg),
-      'mlp': _mlp_specs(cfg),
-  }
-  if with_self_attention:
-    layer['pre_self_attention_layer_norm'] = _norm_spec(cfg)
-    layer['self_attention'] = _attention_specs(cfg)
-  return layer
-
-
-MODEL_NAMES = ('enct5', 't5', '1dect5')  # the parameter trees of `param_specs`
-
-
-def num_decoder_layers(cfg, model):
-  """Decoder layers of a model's tree: all of T5.1.1's for 't5'; only the first for '1dect5'
-  (§4.3) and for 'enct5', whose pooling block keeps that layer without self-attention."""
-  if model not in MODEL_NAMES:
-    raise ValueError(f'unknown model {model!r}; expected one of {MODEL_NAMES}')
-  return cfg.num_decoder_layers if model == 't5' else 1
-
-
-def param_specs(cfg, model='enct5'):
-  """The parameter tree of `model` as ParamSpecs, named as in a T5X checkpoint.
-
-  'enct5': embedding, encoder, the first decoder layer without self-attention, the decoder's
-  final norm, and the new `decoder/bos_embedding` and `decoder/class_projection`.
-  't5': the full T5.1.1 encoder-decoder with the untied vocabulary projection `logits_dense`.
-  '1dect5': T5 with only the first decoder layer (paper §4.3's 1decT5).
-  """
-  if model not in MODEL_NAMES:
-    raise ValueError(f'unknown model {model!r}; expected one of {MODEL_NAMES}')
-  encoder = {f'layers_{i}': {'pre_attention_layer_norm': _norm_spec(cfg),
-                             'attention': _attention_specs(cfg),
-                             'pre_mlp_layer_norm': _norm_spec(cfg),
-                             'mlp': _mlp_specs(cfg)}
-             for i in range(cfg.num_layers)}
-  encoder['relpos_bias'] = _relpos_spec(cfg)
-  encoder['encoder_norm'] = _norm_spec(cfg)
-  if model == 'enct5':
-    decoder = {
-        'layers_0': _decoder_layer_specs(cfg, with_self_attention=False),
-        'decoder_norm': _norm_spec(cfg),
-        # The learned query: "randomly initialized" (§3), like a token embedding.
-        'bos_embedding': ParamSpec((cfg.d_model,), ('embed',), _EMBEDDING_INIT),
-        'class_projection': {
-            'kernel': ParamSpec((cfg.d_model, cfg.num_outputs), ('embed', 'classes'),
-                                _MLP_INIT),
-            'bias': ParamSpec((cfg.num_outputs,), ('classes',), _INIT.zeros)},
-    }
-  else:
-    decoder = {f'layers_{i}': _decoder_layer_specs(cfg, with_self_attention=True)
-               for i in range(num_decoder_layers(cfg, model))}
-    decoder['relpos_bias'] = _relpos_spec(cfg)
-    decoder['decoder_norm'] = _norm_spec(cfg)
-    decoder['logits_dense'] = {'kernel': ParamSpec((cfg.d_model, cfg.vocab_size),
-                                                   ('embed', 'vocab'), _MLP_INIT)}
-  return {
-      'token_embedder': {'embedding': ParamSpec((cfg.vocab_size, cfg.d_model),
-                                                ('vocab', 'embed'), _EMBEDDING_INIT)},
-      'encoder': encoder,
-      'decoder': decoder,
-  }
-
-
-def _is_spec(x):
-  return isinstance(x, ParamSpec)
-
-
-def init_params(rng, cfg, model='enct5'):
-  """Fresh float32 parameters with T5X's initializers; one key per parameter."""
-  specs, treedef = jax.tree.flatten(param_specs(cfg, model), is_leaf=_is_spec)
-  keys = jax.random.split(rng, len(specs))
-  leaves = [spec.init(key, spec.shape, jnp.float32) for spec, key in zip(specs, keys)]
-  return jax.tree.unflatten(treedef, leaves)
-
-
 def count_params(cfg, model='enct5'):
   """Number of parameters, from shapes alone (`jax.eval_shape`: free even for xxl)."""
   shapes = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), cfg, model))
@@ -305,138 +434,24 @@ def train_step_flops(cfg, model, batch_size, input_length, target_length):
 
 
 # ---------------------------------------------------------------------------------------------
-# The forward pass (§3, Figure 1).
+# The baselines' decoder parameters (§4.3), for `t5`.
 # ---------------------------------------------------------------------------------------------
 
-def encode(params, cfg, inputs, segment_ids=None, *, deterministic=True, rng=None):
-  """The T5.1.1 encoder. inputs [B, L] int32 (0 = padding) -> [B, L, D] float32.
-
-  segment_ids [B, L]: 1, 2, ... per packed example, 0 = padding; without them the non-zero
-  tokens of a row form one example. No positions: relative offsets within an example are the
-  same wherever it sits in the row (see `t5_layers.relative_position_bias`).
-  """
-  if segment_ids is None:
-    segment_ids = (inputs != 0).astype(jnp.int32)
-  rng = t5_layers.training_rng(deterministic, rng)
-  return t5_layers.encoder(params, cfg, inputs, segment_ids, rng).astype(jnp.float32)
+def num_decoder_layers(cfg, model):
+  """Decoder layers of a model's tree: all of T5.1.1's for 't5'; only the first for '1dect5'
+  (§4.3) and for 'enct5', whose pooling block keeps that layer without self-attention."""
+  if model not in MODEL_NAMES:
+    raise ValueError(f'unknown model {model!r}; expected one of {MODEL_NAMES}')
+  return cfg.num_decoder_layers if model == 't5' else 1
 
 
-def pool(params, cfg, encoded, segment_ids, num_slots, rng=None):
-  """EncT5's pooling block: one learned query per slot; slot j reads example j+1.
-
-  encoded [B, L, D], segment_ids [B, L] -> [B, T, D] after the decoder's final norm.
-
-  NOTE (§3): the paper keeps the first decoder layer but calls its self-attention an
-  identity. Precisely, a single query that sees only itself gets y += o(v(RMSNorm(y))), a
-  constant independent of the input; dropping it only re-parametrizes the learned query,
-  so the block is cross-attention then FFN.
-  """
-  decoder = params['decoder']
-  layer = decoder['layers_0']
-  embed_rng, cross_rng, mlp_rng, final_rng = t5_layers.split_rng(rng, 4)
-  batch, _, d_model = encoded.shape
-  y = jnp.broadcast_to(decoder['bos_embedding'].astype(cfg.activation_dtype),
-                       (batch, num_slots, d_model))  # [B, T, D]
-  y = t5_layers.dropout(y, cfg.dropout_rate, embed_rng)  # as T5X drops decoder embeddings
-  mask = t5_layers.pooling_mask(segment_ids, num_slots)  # [B, 1, T, L]
-  # No position bias in cross-attention (T5).
-  y = t5_layers.attention_block(cfg, layer['pre_cross_attention_layer_norm']['scale'],
-                                layer['encoder_decoder_attention'], y, mask,
-                                encoded=encoded.astype(cfg.activation_dtype), rng=cross_rng)
-  y = t5_layers.mlp_block(cfg, layer['pre_mlp_layer_norm']['scale'], layer['mlp'], y,
-                          mlp_rng)
-  y = t5_layers.rms_norm(y, decoder['decoder_norm']['scale'])
-  return t5_layers.dropout(y, cfg.dropout_rate, final_rng)
-
-
-def apply(params, cfg, batch, *, deterministic=True, rng=None):
-  """Logits of every target slot: [B, T, n+1] (class 0 = padding), regression [B, T],
-  multi-label [B, T, n].
-
-  `batch` is a packed batch (see `packing`): inputs, inputs_segment_ids [B, L] and targets
-  [B, T] ([B, T, n] multi-hot for multi-label), whose width T is the number of query slots.
-  An unpacked batch is a packed one with one example per row and T = 1.
-  """
-  rng = t5_layers.training_rng(deterministic, rng)
-  encoder_rng, pool_rng = t5_layers.split_rng(rng, 2)
-  segment_ids = batch['inputs_segment_ids']
-  encoded = encode(params, cfg, batch['inputs'], segment_ids, deterministic=rng is None,
-                   rng=encoder_rng)
-  pooled = pool(params, cfg, encoded, segment_ids, batch['targets'].shape[1], pool_rng)
-  # NOTE: the projection runs in float32 whatever the activation dtype.
-  projection = params['decoder']['class_projection']
-  logits = pooled.astype(jnp.float32) @ projection['kernel'] + projection['bias']
-  return logits[..., 0] if cfg.is_regression else logits
-
-
-# ---------------------------------------------------------------------------------------------
-# Losses and predictions.
-# ---------------------------------------------------------------------------------------------
-
-def slot_is_example(batch):
-  """[B, T] bool: slot j holds a real example iff the row has a segment j+1."""
-  num_slots = batch['targets'].shape[1]
-  num_segments = batch['inputs_segment_ids'].max(axis=1)  # segments are numbered 1, 2, ...
-  return jnp.arange(1, num_slots + 1)[None, :] <= num_segments[:, None]
-
-
-def example_losses(cfg, logits, batch):
-  """Per-slot losses [B, T] and weights [B, T] (True where the slot holds an example).
-
-  Classification: cross-entropy over the n+1 classes, masked on padding slots (target 0), so
-  class 0 is never a target: training only pushes its logit down. Regression: squared error
-  on the slots whose segment exists. Multi-label: binary cross-entropy of each label's
-  sigmoid, summed over the n labels, on the slots whose segment exists.
-  """
-  targets = batch['targets']
-  if cfg.is_regression:
-    return jnp.square(logits - targets), slot_is_example(batch)
-  if cfg.multi_label:
-    # -[y log s(x) + (1 - y) log(1 - s(x))] = softplus(x) - y x, stable for large |x|.
-    bce = jax.nn.softplus(logits) - targets.astype(jnp.float32) * logits  # [B, T, n]
-    return jnp.sum(bce, axis=-1), slot_is_example(batch)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  target_log_probs = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32),
-                                         axis=-1)[..., 0]
-  return -target_log_probs, targets > 0
-
-
-def loss_fn(params, cfg, batch, rng=None):
-  """The summed loss of the real examples, and aux = {loss_sum, num_examples} for the logs
-  (they report loss_sum / num_examples, the mean per example). rng=None: no dropout.
-
-  NOTE: summed, as T5X sums token losses (loss_normalizing_factor None), not averaged: from a
-  fresh optimizer state Adafactor is invariant to the gradient's scale, but fine-tuning continues
-  the pre-trained checkpoint's second moments (§4.2), which a summed pre-training loss made; a
-  mean over the ~300 examples of a batch gave gradients hundreds of times smaller than those
-  moments expect and left the pre-trained weights all but frozen (our SST-2 run stayed at 51%
-  where random init reached 66%). Multi-label sums over labels too, as T5X over tokens. No
-  z-loss: it regularizes T5's vocabulary softmax, which EncT5 does not have.
-  """
-  logits = apply(params, cfg, batch, deterministic=rng is None, rng=rng)
-  losses, weights = example_losses(cfg, logits, batch)
-  loss_sum = jnp.sum(jnp.where(weights, losses, 0.0))
-  return loss_sum, {'loss_sum': loss_sum, 'num_examples': jnp.sum(weights)}
-
-
-def probabilities(logits, cfg):
-  """Each label's probability [..., n]: softmax over the real classes 1..n (the padding class
-  left out, so they sum to 1), or each label's sigmoid (multi-label)."""
-  if cfg.is_regression:
-    raise ValueError('regression predicts values, not probabilities')
-  if cfg.multi_label:
-    return jax.nn.sigmoid(logits)
-  return jax.nn.softmax(logits[..., 1:], axis=-1)
-
-
-def predict(logits, cfg, *, threshold=0.5):
-  """Predicted class ids 1..n (the padding class is ignored), regression values, or for
-  multi-label the multi-hot decisions [..., n] int32: probability >= threshold.
-
-  NOTE: `>=`, as GoEmotions' own classifier keeps a label (`prob >= pred_cutoff`).
-  """
-  if cfg.is_regression:
-    return logits
-  if cfg.multi_label:
-    return (jax.nn.sigmoid(logits) >= threshold).astype(jnp.int32)
-  return jnp.argmax(logits[..., 1:], axis=-1) + 1
+def _baseline_decoder_specs(cfg, model):
+  """The decoder of 't5', the full T5.1.1 decoder with the untied vocabulary projection
+  `logits_dense`, or of '1dect5', the same with only the first layer (paper §4.3's 1decT5)."""
+  decoder = {f'layers_{i}': _decoder_layer_specs(cfg, with_self_attention=True)
+             for i in range(num_decoder_layers(cfg, model))}
+  decoder['relpos_bias'] = _relpos_spec(cfg)
+  decoder['decoder_norm'] = _norm_spec(cfg)
+  decoder['logits_dense'] = {'kernel': ParamSpec((cfg.d_model, cfg.vocab_size),
+                                                 ('embed', 'vocab'), _MLP_INIT)}
+  return decoder

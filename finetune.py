@@ -1,7 +1,7 @@
 """Fine-tuning EncT5 (paper §4), or the paper's T5 and 1decT5 baselines (§4.3): the library
 under `train.py`, which reads no flag. A frozen `Config` comes in; `train` fine-tunes (resuming
-from OUTPUT_DIR), `evaluate` scores a checkpoint, `predict` writes GLUE submission files,
-`predict_file` labels a file of any size, and `Labeler` labels text from Python.
+from OUTPUT_DIR) and `evaluate` scores a checkpoint; `load_for_inference` and `infer` are what
+`predict` (submission files, a file of any size, `Labeler`) builds on.
 
 OUTPUT_DIR/run_config.json (copied into every checkpoint) is the run's record: its `Config`,
 its vocabulary file and its model config. A resumed run must keep RUN_FIELDS (train.py checks);
@@ -9,13 +9,13 @@ evaluation and prediction need no more than the record's config.
 
 Reads top-down: the config and the record; the models (all that differs between EncT5, T5 and
 1decT5); the vocabulary and the model's shape; training (`prepare`, then `loop.train_loop`);
-evaluation and prediction. The data road is `glue`'s: read, tokenize, pack.
+inference and evaluation. The data road: `tasks`, `readers`, `preprocessing` (read, tokenize,
+pack), `metrics`.
 """
 import dataclasses
 import json
 import logging
 import os
-import time
 from typing import Callable, NamedTuple
 
 import jax
@@ -24,13 +24,18 @@ from jax.experimental import multihost_utils
 
 import adafactor
 import enct5
-import glue
+import fileio
 import hf_ckpt
 import load_ckpt
 import loop
+import metrics
 import packing
 import partitioning
+import preprocessing
+import readers
 import t5
+import tasks
+import vocabularies
 
 
 # ----------------------------------------------------------------------------------------------
@@ -43,8 +48,8 @@ import t5
 class Config:
   """A fine-tuning run. Every field is a `train.py` flag of the same name (its help explains
   it); the defaults here are the flags' defaults."""
-  # Task and data: a GLUE task, or your own files (`glue.file_task`), or the demo.
-  task: str = None  # a GLUE task (glue.TASKS); None: train_file's task, or the demo's
+  # Task and data: a GLUE task, or your own files (`tasks.file_task`), or the demo.
+  task: str = None  # a GLUE task (tasks.TASKS); None: train_file's task, or the demo's
   data_dir: str = None
   train_file: str = None  # CSV, TSV or JSON Lines (by extension, or file_format)
   validation_file: str = None
@@ -109,9 +114,9 @@ class ConfigError(ValueError):
 def run_record(config, task, cfg, vocab_path):
   """run_config.json's contents (bytes): the run's Config, task (its labels), vocabulary file
   and model config."""
-  if vocab_path != glue.BYT5_VOCAB:  # a file; 'byt5' names ByT5's bytes
+  if vocab_path != vocabularies.BYT5_VOCAB:  # a file; 'byt5' names ByT5's bytes
     vocab_path = os.path.abspath(vocab_path)
-  record = dict(config=dataclasses.asdict(config), task=glue.task_to_json(task),
+  record = dict(config=dataclasses.asdict(config), task=tasks.task_to_json(task),
                 vocab_file=vocab_path, model_config=dataclasses.asdict(cfg))
   return (json.dumps(record, indent=2, sort_keys=True) + '\n').encode()
 
@@ -188,20 +193,20 @@ def make_eval_step(cfg, shardings, model='enct5', decode_length=None):
 # ----------------------------------------------------------------------------------------------
 
 def vocab_file(config, task, train_examples=None):
-  """The SentencePiece model's local path (or 'byt5', for `glue.load_vocab`): `vocab` (a gs://
-  file is copied into OUTPUT_DIR/vocab/), else the `sentencepiece.model` inside the checkpoint
-  (pretrain.py writes it there), else the one a Hugging Face checkpoint names
+  """The SentencePiece model's local path (or 'byt5', for `vocabularies.load_vocab`): `vocab`
+  (a gs:// file is copied into OUTPUT_DIR/vocab/), else the `sentencepiece.model` inside the
+  checkpoint (pretrain.py writes it there), else the one a Hugging Face checkpoint names
   (`hf_ckpt.vocabulary`), else the model trained earlier into OUTPUT_DIR/vocab/, else one
   trained now on `train_examples`' text. Every process uses process 0's file."""
   vocab_dir = os.path.join(config.output_dir, 'vocab')
   if config.vocab and config.vocab.startswith('gs://'):
     path = os.path.join(vocab_dir, config.vocab.rsplit('/', 1)[1])
-    data = load_ckpt.read_bytes(config.vocab)
+    data = fileio.read_bytes(config.vocab)
     if data is None:
       raise ConfigError(f'--vocab={config.vocab}: not found')
-    load_ckpt.write_atomically(path, data)
+    fileio.write_atomically(path, data)
     return path
-  if config.vocab and config.vocab != glue.BYT5_VOCAB and not os.path.isfile(config.vocab):
+  if config.vocab and config.vocab != vocabularies.BYT5_VOCAB and not os.path.isfile(config.vocab):
     raise ConfigError(f'--vocab={config.vocab}: no such file')
   if config.vocab:
     return config.vocab
@@ -230,11 +235,11 @@ def _train_vocab(config, task, train_examples, path):
   the targets' text too, the label texts) into `path`."""
   texts = [example.text for example in train_examples]
   if MODELS[config.model].labels_as_text:
-    texts += [glue.label_text(task, example.label) for example in train_examples]
+    texts += [t5.label_text(task, example.label) for example in train_examples]
   logging.info('no --vocab: training a SentencePiece model (up to %d pieces) on %d training '
                'texts into %s', config.vocab_size, len(texts), path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  glue.train_vocab(texts, path[:-len('.model')], config.vocab_size)
+  vocabularies.train_vocab(texts, path[:-len('.model')], config.vocab_size)
 
 
 def _share_file(path):
@@ -249,7 +254,7 @@ def _share_file(path):
   buffer = np.frombuffer(data, np.uint8) if data else np.zeros(size, np.uint8)
   data = np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes()
   if jax.process_index() > 0:
-    load_ckpt.write_atomically(path, data)
+    fileio.write_atomically(path, data)
 
 
 def model_config(config, task, vocab, checkpoint):
@@ -280,7 +285,7 @@ def model_config(config, task, vocab, checkpoint):
     cfg = enct5.get_config(config.size or 'tiny',
                            vocab_size=enct5.padded_vocab_size(vocab.GetPieceSize()),
                            num_decoder_layers=num_decoder_layers, **overrides, **options)
-  glue.check_vocab_fits(vocab, cfg.vocab_size)
+  vocabularies.check_vocab_fits(vocab, cfg.vocab_size)
   return cfg
 
 
@@ -301,13 +306,13 @@ def get_task(config):
   `train_file`, or the demo. A file task's labels, once recorded in OUTPUT_DIR's
   run_config.json, are the recorded ones: resuming and prediction need no training file."""
   if not config.train_file:
-    task = glue.get_task(config.task or glue.DEMO_TASK.name)
-    glue.task_dir(task, config.data_dir)  # fails early if the task's files are not there
+    task = tasks.get_task(config.task or tasks.DEMO_TASK.name)
+    readers.task_dir(task, config.data_dir)  # fails early if the task's files are not there
     return task
   record = read_run_record(config.output_dir) if config.output_dir else None
   labels = config.labels
   if labels and os.path.isfile(labels):
-    labels = glue.read_label_names(labels)
+    labels = readers.read_label_names(labels)
   elif labels:
     labels = tuple(labels.split(','))
   if record and not config.regression:
@@ -315,14 +320,14 @@ def get_task(config):
   kind = ('multi_label' if config.multi_label else 'regression' if config.regression
           else 'classification')
   try:
-    return glue.file_task(
+    return tasks.file_task(
         config.train_file, config.validation_file, config.test_file,
         text_fields=config.text_fields, label_field=config.label_field, kind=kind,
         labels=labels, labels_by_index=config.labels_by_index,
         label_separator=config.label_separator, fmt=config.file_format,
         selection_metric=config.selection_metric)
   except ValueError as e:
-    if isinstance(e, glue.DataError):
+    if isinstance(e, fileio.DataError):
       raise
     raise ConfigError(str(e)) from None
 
@@ -333,10 +338,10 @@ def get_task(config):
 
 class Run(NamedTuple):
   """A fine-tuning run, prepared: what the loop needs."""
-  task: glue.Task
+  task: tasks.Task
   cfg: enct5.EncT5Config
   shardings: partitioning.Shardings
-  labels: object      # the glue.LabelText that T5 and 1decT5 train and decode with, else None
+  labels: object      # the t5.LabelText that T5 and 1decT5 train and decode with, else None
   packed: dict        # the training rows
   eval_sets: dict     # validation split -> (examples, rows)
   state: loop.TrainState
@@ -349,7 +354,7 @@ def train(config, watchdog=None):
   `watchdog`: a `hosts.HostWatchdog` the loop tells its step (several hosts)."""
   task = get_task(config)
   for split in ('train', *task.eval_names):
-    glue.split_path(task, config.data_dir, split)
+    readers.split_path(task, config.data_dir, split)
   run = prepare(config, task, make_mesh(config))
   if run.state.step >= config.train_steps:
     logging.info('already trained %d of --train_steps=%d steps; nothing to do', run.state.step,
@@ -371,7 +376,7 @@ def train(config, watchdog=None):
   def evaluate_now(params):
     scores = evaluate_sets(config, inference, params, run.eval_sets)
     logging.info('eval | %s', ' '.join(f'{k} {scores[k]:.2f}' for k in run.task.metric_keys))
-    return dict(scores=scores, score=glue.task_score(run.task, scores))
+    return dict(scores=scores, score=metrics.task_score(run.task, scores))
 
   settings = loop.Settings(config.train_steps, config.eval_every, config.log_every,
                            config.keep_checkpoints, config.output_dir)
@@ -394,10 +399,10 @@ def prepare(config, task, mesh):
   """Reads and packs the data, fixes the vocabulary and the model, writes run_config.json, and
   restores the state: the latest checkpoint in OUTPUT_DIR, else `checkpoint`, else random."""
   model = MODELS[config.model]
-  train_examples = glue.read_split(task, config.data_dir, 'train', on_error=_on_error(config))
+  train_examples = readers.read_split(task, config.data_dir, 'train', on_error=on_bad_rows(config))
   vocab_path = vocab_file(config, task, train_examples)
-  vocab = glue.load_vocab(vocab_path)
-  labels = glue.LabelText(task, vocab) if model.labels_as_text else None
+  vocab = vocabularies.load_vocab(vocab_path)
+  labels = t5.LabelText(task, vocab) if model.labels_as_text else None
   ckpt_dir = os.path.join(config.output_dir, 'checkpoints')
   cfg = model_config(config, task, vocab, load_ckpt.latest_checkpoint(ckpt_dir)
                      or config.checkpoint)
@@ -406,7 +411,7 @@ def prepare(config, task, mesh):
                f'{enct5.count_params(cfg, config.model):,}', dict(mesh.shape))
   record = run_record(config, task, cfg, vocab_path)
   if jax.process_index() == 0:
-    load_ckpt.write_atomically(os.path.join(config.output_dir, RECORD_FILE), record)
+    fileio.write_atomically(os.path.join(config.output_dir, RECORD_FILE), record)
 
   # Data: the training split packed once; rows shuffled per epoch by (seed, epoch), so the
   # batch of step s is the same whether or not the run was interrupted (packing.train_batches).
@@ -414,12 +419,13 @@ def prepare(config, task, mesh):
   # With attention blocks, every example within one block (`packing.pack_examples`).
   targets = config.max_target_length if config.pack or labels else 1
   try:
-    packed = glue.pack_split(task, train_examples, vocab, config.max_input_length, targets,
-                             method='best_fit' if config.pack else 'unpacked', labels=labels,
-                             path=glue.split_path(task, config.data_dir, 'train'),
-                             block_length=config.attention_block_length or None)
+    packed = preprocessing.pack_split(
+        task, train_examples, vocab, config.max_input_length, targets,
+        method='best_fit' if config.pack else 'unpacked', labels=labels,
+        path=readers.split_path(task, config.data_dir, 'train'),
+        block_length=config.attention_block_length or None)
   except ValueError as e:
-    if not config.attention_block_length or isinstance(e, glue.DataError):
+    if not config.attention_block_length or isinstance(e, fileio.DataError):
       raise
     raise ConfigError(f'--attention_block_length={config.attention_block_length}: {e}; a '
                       'block must divide the row and hold the longest example') from None
@@ -459,43 +465,53 @@ def initial_state(config, cfg, shardings, ckpt_dir):
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation and prediction: EncT5's packed inference, the padding class ignored
+# Inference and evaluation: EncT5's packed inference, the padding class ignored
 # (enct5.predict); T5's and 1decT5's greedy decoding, the text mapped back to a label.
 # ----------------------------------------------------------------------------------------------
 
-def _on_error(config):
+def on_bad_rows(config):
   return 'skip' if config.skip_bad_rows else 'raise'
 
 
+def eval_rows(config):
+  """(target slots, packing method) of the rows that evaluation and prediction label: EncT5's
+  packed rows, up to max_target_length examples each; one example a row unpacked, and for T5
+  and 1decT5, which decode greedily."""
+  if config.pack and not MODELS[config.model].labels_as_text:
+    return config.max_target_length, 'best_fit'
+  return 1, 'unpacked'
+
+
 def load_eval_split(config, task, split, vocab):
-  """(examples, rows) of a split as the eval step reads them: EncT5's packed rows (one example
-  a row unpacked); one example a row for T5 and 1decT5, which decode greedily."""
-  pack = config.pack and not MODELS[config.model].labels_as_text
-  return glue.load_packed(task, config.data_dir, split, vocab, config.max_input_length,
-                          config.max_target_length if pack else 1,
-                          method='best_fit' if pack else 'unpacked', on_error=_on_error(config))
+  """(examples, rows) of a split as the eval step reads them (`eval_rows`)."""
+  target_length, method = eval_rows(config)
+  return preprocessing.load_packed(task, config.data_dir, split, vocab,
+                                   config.max_input_length, target_length, method=method,
+                                   on_error=on_bad_rows(config))
 
 
 class Inference(NamedTuple):
   """What labels packed rows with given parameters."""
-  task: glue.Task
+  task: tasks.Task
   cfg: enct5.EncT5Config
   shardings: partitioning.Shardings
   eval_step: Callable  # make_eval_step's
-  labels: object  # the glue.LabelText that T5 and 1decT5 decode with, else None
+  labels: object  # the t5.LabelText that T5 and 1decT5 decode with, else None
   threshold: float  # multi-label: a label is predicted when its probability >= this
 
 
-def infer(config, inference, params, packed):
-  """Per-example predictions of a split's rows -> (example ids ascending, predictions)."""
+def infer(config, inference, params, packed, outputs=None):
+  """Per-example results of a split's rows -> (example ids ascending, results): the model's
+  predictions (`Model.predictions`), or `outputs(eval step outputs, inference)`."""
   model = MODELS[config.model]
-  outputs = []
+  outputs = outputs or model.predictions
+  results = []
   for batch in packing.eval_batches(packed, config.batch_size):
     inputs = {k: batch[k] for k in model.eval_keys}
     out = inference.eval_step(params,
                               partitioning.global_batch(inputs, inference.shardings.batch))
-    outputs.append(model.predictions(np.asarray(out), inference))
-  return packing.per_example(packed['example_ids'], np.concatenate(outputs))
+    results.append(outputs(np.asarray(out), inference))
+  return packing.per_example(packed['example_ids'], np.concatenate(results))
 
 
 def evaluate_sets(config, inference, params, eval_sets):
@@ -511,12 +527,12 @@ def evaluate_sets(config, inference, params, eval_sets):
     gold = {example.idx: example.label for example in examples}
     gold = [gold[i] for i in ids]
     if inference.task.is_multi_label:
-      gold = glue.multi_hot(gold, inference.task.num_classes)
-    invalid = predictions == glue.INVALID_PREDICTION
+      gold = metrics.multi_hot(gold, inference.task.num_classes)
+    invalid = predictions == metrics.INVALID_PREDICTION
     if inference.labels and invalid.any():
       logging.info('%s: %d of %d decoded strings are no label; counted wrong', split,
                    invalid.sum(), len(predictions))
-    scores.update(glue.compute_metrics(inference.task, split, gold, predictions))
+    scores.update(metrics.compute_metrics(inference.task, split, gold, predictions))
   return scores
 
 
@@ -536,8 +552,8 @@ def load_for_inference(config):
   the model's."""
   task = get_task(config)
   path = inference_checkpoint(config)
-  vocab = glue.load_vocab(vocab_file(config, task))
-  labels = glue.LabelText(task, vocab) if MODELS[config.model].labels_as_text else None
+  vocab = vocabularies.load_vocab(vocab_file(config, task))
+  labels = t5.LabelText(task, vocab) if MODELS[config.model].labels_as_text else None
   cfg = model_config(dataclasses.replace(config, attention_block_length=0), task, vocab, path)
   shardings = partitioning.Shardings(enct5.param_specs(cfg, config.model), make_mesh(config))
   if config.model == 'enct5' and 'target/decoder/class_projection/kernel' not in \
@@ -561,175 +577,5 @@ def evaluate(config):
   scores = evaluate_sets(config, inference, params, eval_sets)
   logging.info('eval %s | %s | score %.2f', path,
                ' '.join(f'{k} {scores[k]:.2f}' for k in inference.task.metric_keys),
-               glue.task_score(inference.task, scores))
+               metrics.task_score(inference.task, scores))
   return scores
-
-
-def predict(config, split='test'):
-  """GLUE submission TSVs (index, prediction) of `split` (test: all the task's test files, e.g.
-  MNLI-m and MNLI-mm) into OUTPUT_DIR/predictions; -> the files written."""
-  inference, params, vocab, _ = load_for_inference(config)
-  task = inference.task
-  splits = [s for s in task.files if s.startswith('test')] if split == 'test' else [split]
-  written = []
-  for name in splits:
-    _, packed = load_eval_split(config, task, name, vocab)
-    ids, predictions = infer(config, inference, params, packed)
-    written.append(write_predictions(config, task, name, ids, predictions))
-  return written
-
-
-def prediction_file(task, split):
-  """GLUE submission names: SST-2.tsv, MNLI-m.tsv, MNLI-mm.tsv, ...; other splits get theirs."""
-  if split == 'test':
-    return f'{task.dir_name}.tsv'
-  if split in ('test_matched', 'test_mismatched'):
-    return f'{task.dir_name}-{"m" if split == "test_matched" else "mm"}.tsv'
-  return f'{task.dir_name}.{split}.tsv'
-
-
-def write_predictions(config, task, split, ids, predictions):
-  """OUTPUT_DIR/predictions/<GLUE submission name>: index and predicted label per line."""
-  invalid = predictions == glue.INVALID_PREDICTION
-  if not task.is_regression and invalid.any():
-    logging.warning('%s: %d of %d decoded strings are no label; written as %r (a submission '
-                    'needs one)', split, invalid.sum(), len(predictions), task.raw_label(1))
-    predictions = np.maximum(predictions, 1)
-  out = os.path.join(config.output_dir, 'predictions', prediction_file(task, split))
-  if jax.process_index() == 0:
-    lines = ['index\tprediction\n'] + [f'{i}\t{task.raw_label(p)}\n'
-                                        for i, p in zip(ids, predictions)]
-    load_ckpt.write_atomically(out, ''.join(lines).encode())
-    logging.info('wrote %d predictions to %s', len(ids), out)
-  return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Labelling new text: a file of any size (`predict_file`), or rows from Python (`Labeler`).
-# ----------------------------------------------------------------------------------------------
-
-PREDICT_CHUNK_ROWS = 8192  # rows read, tokenized, packed and labelled at a time
-
-
-def label_outputs(config, inference, params, packed):
-  """Per example of packed EncT5 rows, in id order: (ids, every label's probability [N, n]),
-  regression: (ids, the values [N])."""
-  outputs = []
-  for batch in packing.eval_batches(packed, config.batch_size):
-    batch = partitioning.global_batch({k: batch[k] for k in _ENCT5_KEYS},
-                                      inference.shardings.batch)
-    logits = inference.eval_step(params, batch)
-    outputs.append(np.asarray(logits if inference.cfg.is_regression
-                              else enct5.probabilities(logits, inference.cfg)))
-  return packing.per_example(packed['example_ids'], np.concatenate(outputs))
-
-
-def predict_file(config, input_file, predictions_file=None, id_field=None):
-  """Labels every row of `input_file` (CSV, TSV or JSON Lines; a label column is not needed)
-  into `predictions_file`; -> its path.
-
-  One output row per input row, in input order (`glue.prediction_row`): the row's 'id' (its
-  `id_field` column) or 'line' (its line number), the predicted label ('label'), labels ('labels',
-  multi-label) or value ('value', regression), and every label's probability; JSON Lines for a
-  .jsonl path, else TSV. It streams: PREDICT_CHUNK_ROWS rows at a time are read, tokenized,
-  packed and labelled, so memory stays bounded whatever the file's size. The file appears
-  whole when done (`load_ckpt.atomic_file`). Default path: OUTPUT_DIR/predictions/<input
-  file's name>.jsonl.
-  """
-  if config.model != 'enct5':
-    raise ConfigError(f'--input_file: labelling a file takes an EncT5 run (--model=enct5), '
-                      f'with its probabilities; this one is --model={config.model}')
-  inference, params, vocab, _ = load_for_inference(config)
-  task = inference.task
-  path = predictions_file or os.path.join(config.output_dir, 'predictions',
-                                          os.path.basename(input_file) + '.jsonl')
-  progress = Progress(input_file)
-  with (load_ckpt.atomic_file(path, 'w') if jax.process_index() == 0
-        else open(os.devnull, 'w')) as out:
-    id_key = 'id' if id_field else 'line'
-    write = _row_writer(out, task, json_lines=path.endswith('.jsonl'), id_key=id_key)
-    for row_ids, examples in glue.stream_file(task, input_file, PREDICT_CHUNK_ROWS,
-                                              id_field=id_field, on_error=_on_error(config)):
-      packed = glue.pack_split(task, examples, vocab, config.max_input_length,
-                               config.max_target_length if config.pack else 1,
-                               method='best_fit' if config.pack else 'unpacked', path=input_file)
-      ids, outputs = label_outputs(config, inference, params, packed)
-      row_id = {example.idx: i for example, i in zip(examples, row_ids)}
-      for idx, output in zip(ids, outputs):
-        write(glue.prediction_row(task, row_id[idx], output, threshold=config.threshold,
-                                  id_key=id_key))
-      progress.update(examples[-1].line, len(examples))
-  logging.info('wrote %d predictions to %s', progress.rows, path)
-  return path
-
-
-def _row_writer(out, task, json_lines, id_key):
-  """write(prediction row) into `out`: a JSON object a line, or TSV with a header: the id, the
-  label(s) or value, and a column of probabilities per label."""
-  if json_lines:
-    return lambda row: out.write(json.dumps(row) + '\n')
-  answer = 'value' if task.is_regression else 'labels' if task.is_multi_label else 'label'
-  out.write('\t'.join([id_key, answer, *(f'p({name})' for name in
-                                         ([] if task.is_regression else task.label_names))])
-            + '\n')
-
-  def write(row):
-    value = row[answer]
-    value = task.label_separator.join(value) if isinstance(value, list) else str(value)
-    out.write('\t'.join([str(row[id_key]), value,
-                         *map(str, row.get('probabilities', {}).values())]) + '\n')
-  return write
-
-
-class Progress:
-  """Logs rows labelled, rows/s and the ETA (from the lines left), every 10 seconds."""
-
-  def __init__(self, path):
-    with open(path, 'rb') as f:
-      self.lines = sum(chunk.count(b'\n') for chunk in iter(lambda: f.read(1 << 20), b''))
-    self.start = self.last = time.time()
-    self.rows = 0
-
-  def update(self, line, rows):
-    self.rows += rows
-    now = time.time()
-    if now - self.last >= 10:
-      per_second = self.rows / (now - self.start)
-      left = max(self.lines - line, 0) * self.rows / max(line, 1) / per_second
-      logging.info('labelled %d rows (line %d of %d) | %.0f rows/s | ETA %s', self.rows, line,
-                   self.lines, per_second, loop.duration(left))
-      self.last = now
-
-
-class Labeler:
-  """A trained run, loaded to label text from Python (a notebook, a service):
-
-    labeler = finetune.Labeler('runs/goemotions')
-    labeler(['What a lovely surprise!', 'I give up.'])
-    # [{'row': 1, 'labels': ['surprise'], 'probabilities': {'admiration': 0.01, ...}}, ...]
-
-  A row is a string (a task with one text field) or a dict {text field: string}; the output
-  rows are `predict_file`'s, numbered from 1 in input order. `checkpoint`: another than the
-  run's best; `batch_size`: packed rows per batch (default the run's).
-  """
-
-  def __init__(self, output_dir, checkpoint=None, batch_size=None):
-    record = read_run_record(output_dir)
-    if record is None:
-      raise FileNotFoundError(f'{output_dir}: no {RECORD_FILE}, so no run of train.py')
-    config = {k: tuple(v) if isinstance(v, list) else v for k, v in record['config'].items()}
-    config.update(output_dir=output_dir, checkpoint=checkpoint, vocab=record['vocab_file'],
-                  mesh=None, batch_size=batch_size or config['batch_size'])
-    self.config = Config(**config)
-    self.inference, self.params, self.vocab, _ = load_for_inference(self.config)
-
-  def __call__(self, rows):
-    task, config = self.inference.task, self.config
-    examples = glue.text_examples(task, rows)
-    packed = glue.pack_split(task, examples, self.vocab, config.max_input_length,
-                             config.max_target_length if config.pack else 1,
-                             method='best_fit' if config.pack else 'unpacked')
-    ids, outputs = label_outputs(config, self.inference, self.params, packed)
-    return [glue.prediction_row(task, int(idx) + 1, output, threshold=config.threshold,
-                                id_key='row')
-            for idx, output in zip(ids, outputs)]

@@ -210,8 +210,8 @@ def read_index(path):
 
 
 def vocabulary(path):
-  """The vocabulary a Hugging Face checkpoint names: 'byt5' (`glue.load_vocab`'s name for
-  ByT5's bytes) for `tokenizer_class: ByT5Tokenizer`, else its SentencePiece model
+  """The vocabulary a Hugging Face checkpoint names: 'byt5' (`vocabularies.load_vocab`'s name
+  for ByT5's bytes) for `tokenizer_class: ByT5Tokenizer`, else its SentencePiece model
   `spiece.model` if the directory has one, else None."""
   if read_config(path).get('tokenizer_class') == 'ByT5Tokenizer':
     return 'byt5'

@@ -20,7 +20,6 @@ Paths are local or 'gs://bucket/path' (TensorStore's gcs kvstore: no download st
 A Hugging Face model directory (config.json + safetensors) is read as the same tree, lazily, with
 T5X's names (hf_ckpt.py): every function here that reads a checkpoint takes one.
 """
-import contextlib
 import functools
 import logging
 import os
@@ -28,7 +27,6 @@ import posixpath
 import re
 import secrets
 import shutil
-import socket
 import tempfile
 
 import jax
@@ -40,6 +38,7 @@ import tensorstore as ts
 
 import adafactor
 import enct5
+import fileio
 import hf_ckpt
 import partitioning
 
@@ -127,32 +126,12 @@ def _unchunk(tree):
   return {key: _unchunk(value) for key, value in tree.items()}
 
 
-def _kvstore(path):
-  """TensorStore kvstore spec of a local path or 'gs://bucket/path'."""
-  match = re.fullmatch(r'gs://([^/]+)/?(.*)', path)
-  if match:
-    return {'driver': 'gcs', 'bucket': match[1], 'path': match[2]}
-  return {'driver': 'file', 'path': os.path.abspath(path) + ('/' if path.endswith('/') else '')}
-
-
 def _join(directory, name):
   return (posixpath if directory.startswith('gs://') else os.path).join(directory, name)
 
 
 def _dirname(path):
   return (posixpath if path.startswith('gs://') else os.path).dirname(path)
-
-
-def read_bytes(path):
-  """The bytes of a local or gs:// file, or None when there is no such file."""
-  if path.startswith('gs://'):
-    directory, name = path.rsplit('/', 1)
-    result = ts.KvStore.open(_kvstore(directory + '/')).result().read(name).result()
-    return result.value if result.state == 'value' else None
-  if not os.path.isfile(path):
-    return None
-  with open(path, 'rb') as f:
-    return f.read()
 
 
 def absolute_spec(spec, checkpoint_dir):
@@ -173,7 +152,7 @@ def absolute_spec(spec, checkpoint_dir):
   if not relative.endswith('/'):
     relative += '/'  # a zarr array is a directory of chunk files
   out = {key: value for key, value in spec.items() if key != 'path'}
-  out['kvstore'] = _kvstore(_join(checkpoint_dir, relative))
+  out['kvstore'] = fileio.kvstore(_join(checkpoint_dir, relative))
   return out
 
 
@@ -189,10 +168,10 @@ def read_index(path):
   if hf_ckpt.is_hf_checkpoint(path):
     return hf_ckpt.read_index(path)
   index_path = _join(path, INDEX_FILE)
-  data = read_bytes(index_path)
+  data = fileio.read_bytes(index_path)
   checkpoint_dir = path
   if data is None:  # not a directory: a single-file checkpoint?
-    index_path, data = path, read_bytes(path)
+    index_path, data = path, fileio.read_bytes(path)
     checkpoint_dir = _dirname(path)
   if data is None:
     raise CheckpointError(f'no T5X checkpoint at {path}: no index {_join(path, INDEX_FILE)}, '
@@ -546,28 +525,6 @@ def _fsync_tree(root):
     for name in files:
       _fsync(os.path.join(directory, name))
     _fsync(directory)
-
-
-@contextlib.contextmanager
-def atomic_file(path, mode='wb'):
-  """A file open for writing at a temporary sibling of `path`, renamed to `path` when the block
-  ends without an error (removed when it raises): a reader sees the old file or the whole new
-  one, never a part. Every process of a run may write the same file."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp-{socket.gethostname()}-{os.getpid()}'
-  try:
-    with open(tmp, mode) as f:
-      yield f
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def write_atomically(path, data):
-  """Writes bytes `data` to `path` (`atomic_file`)."""
-  with atomic_file(path) as f:
-    f.write(data)
 
 
 def _tensorstore_specs(leaves):

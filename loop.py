@@ -24,6 +24,7 @@ import numpy as np
 
 import adafactor
 import enct5
+import fileio
 import load_ckpt
 import partitioning
 
@@ -261,7 +262,7 @@ def read_metrics(output_dir, until_step=None):
     return rows
   kept = [row for row in rows if row['step'] <= until_step]
   if len(kept) < len(rows) and jax.process_index() == 0:
-    load_ckpt.write_atomically(path, ''.join(json.dumps(row) + '\n' for row in kept).encode())
+    fileio.write_atomically(path, ''.join(json.dumps(row) + '\n' for row in kept).encode())
   return kept
 
 

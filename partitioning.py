@@ -1,20 +1,63 @@
 """Sharding over a ('data', 'model') mesh, after T5X `partitioning.py`: one code path for one
 CPU, one accelerator, many devices and many hosts (`jax.jit` with `NamedSharding`).
 
-Batches are split on 'data'. Parameters are partitioned by their logical axes (declared once,
-in `enct5.param_specs`) through `t5_layers.LOGICAL_AXIS_RULES`; the Adafactor state follows its
-parameter (`opt_state_shardings`); activations are constrained where T5X's layers constrain
-them (`t5_layers.with_sharding_constraint`, under `activation_mesh`).
+Each parameter is declared once as a `ParamSpec` (the table is `enct5.param_specs`) with its
+T5X logical axes, which `LOGICAL_AXIS_RULES` maps to mesh axes. Batches are split on 'data';
+the Adafactor state follows its parameter (`opt_state_shardings`); activations are constrained
+where T5X's layers constrain them (`with_sharding_constraint`, under `activation_mesh`).
 
 Many hosts run this same code on one mesh over all their devices: `hosts.py` joins them.
 """
 import logging
+from typing import NamedTuple
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import adafactor
-import t5_layers
+
+
+class ParamSpec(NamedTuple):
+  """One parameter, declared once (`enct5.param_specs`): init, sharding, Adafactor factoring
+  and parameter counts all derive from it."""
+  shape: tuple
+  axes: tuple  # T5X logical axis names, mapped to mesh axes by LOGICAL_AXIS_RULES
+  init: object  # jax.nn.initializers-style fn(key, shape, dtype)
+
+
+# NOTE: T5X `partitioning.standard_logical_axis_rules()` (1-D parameter partitioning, the
+# default) on a ('data', 'model') mesh: vocabulary, heads, joined heads x head dim and FFN
+# hidden dims go on 'model'; 'embed' (d_model), head dim and relative-position buckets are
+# replicated; activations' 'batch' goes on 'data'. 'classes' (EncT5's projection, not in
+# T5X) is tiny and replicated.
+LOGICAL_AXIS_RULES = {
+    'batch': 'data', 'vocab': 'model', 'mlp': 'model', 'heads': 'model', 'joined_kv': 'model',
+    'embed': None, 'kv': None, 'length': None, 'relpos_buckets': None, 'classes': None,
+}
+
+
+def logical_to_mesh(shape, logical_axes, mesh_shape, replicated=None):
+  """PartitionSpec of an array from its logical axes. A dim that its mesh axis does not divide
+  (or whose mesh axis an earlier dim took) is replicated instead, and listed in `replicated`."""
+  spec = []
+  for dim, (size, name) in enumerate(zip(shape, logical_axes)):
+    mesh_axis = LOGICAL_AXIS_RULES[name]
+    if mesh_axis is not None and (mesh_axis in spec or size % mesh_shape[mesh_axis]):
+      if replicated is not None:
+        replicated.append(f'dim {dim} ({name}={size}, {mesh_axis}={mesh_shape[mesh_axis]})')
+      mesh_axis = None
+    spec.append(mesh_axis)
+  return P(*spec)
+
+
+def with_sharding_constraint(x, logical_axes):
+  """Lays out activation `x` by its logical axes on the mesh of the step being traced (T5X's
+  layers constrain the same activations); without one (plain `jax.jit`, one device) returns
+  x as it is. The train step enters its mesh with `activation_mesh`."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_mesh(x.shape, logical_axes, mesh.shape))
 
 
 def make_mesh(mesh_shape=None, devices=None):
@@ -37,8 +80,8 @@ def make_mesh(mesh_shape=None, devices=None):
 
 
 def activation_mesh(mesh):
-  """Context, entered inside a jitted step, under which `t5_layers.with_sharding_constraint`
-  lays out activations on `mesh`."""
+  """Context, entered inside a jitted step, under which `with_sharding_constraint` lays out
+  activations on `mesh`."""
   return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
 
 
@@ -73,17 +116,16 @@ def opt_state_shardings(param_shardings, param_shapes):
 class Shardings:
   """NamedShardings of a model's parameters, its optimizer state and batches on one mesh.
 
-  `specs`: the model's parameter tree of `t5_layers.ParamSpec`s (`enct5.param_specs`).
+  `specs`: the model's parameter tree of `ParamSpec`s (`enct5.param_specs`).
   """
 
   def __init__(self, specs, mesh):
-    is_spec = lambda x: isinstance(x, t5_layers.ParamSpec)
+    is_spec = lambda x: isinstance(x, ParamSpec)
     replicated = []
 
     def param_sharding(path, spec):
       found = []
-      sharding = NamedSharding(mesh, t5_layers.logical_to_mesh(spec.shape, spec.axes,
-                                                               mesh.shape, found))
+      sharding = NamedSharding(mesh, logical_to_mesh(spec.shape, spec.axes, mesh.shape, found))
       replicated.extend(f'{"/".join(str(k.key) for k in path)} {what}' for what in found)
       return sharding
     self.mesh = mesh

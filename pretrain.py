@@ -2,7 +2,7 @@
 
 No released T5.1.1 checkpoint can be fetched here, so we make our own, exactly as T5 made its
 own (Raffel et al. 2020, §3.1.4 and T5.1.1's recipe in T5X `configs/runs/pretrain.gin`), only
-smaller, and fine-tune EncT5 from it (`train.py --checkpoint`, `tools/table1.py`).
+smaller, and fine-tune EncT5 from it (`train.py --checkpoint`, `experiments/table1.py`).
 
   python pretrain.py                       # ../shared/corpus: Wikipedia, held out WikiText-2
   XLA_FLAGS=--xla_force_host_platform_device_count=2 python pretrain.py   # the same, faster
@@ -39,15 +39,17 @@ import sentencepiece as spm
 
 import cli
 import enct5
+import fileio
 import finetune
-import glue
 import load_ckpt
 import loop
 import packing
 import partitioning
 import t5
+import tasks
+import vocabularies
 
-SHARED_CORPUS = os.path.join(glue.SHARED, 'corpus')
+SHARED_CORPUS = os.path.join(tasks.SHARED, 'corpus')
 
 flags.DEFINE_string('corpus', os.path.join(SHARED_CORPUS, 'enwiki-2015-wikiextractor'),
                     'Directory of plain-text training files (read recursively, in name order).')
@@ -135,10 +137,11 @@ def train_vocab(files, model_prefix, vocab_size, sample_paragraphs=300_000, seed
                vocab_size, len(paragraphs), model_prefix)
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(paragraphs), model_prefix=model_prefix, vocab_size=vocab_size,
-      model_type='unigram', pad_id=glue.PAD_ID, eos_id=glue.EOS_ID, unk_id=glue.UNK_ID,
-      bos_id=-1, max_sentence_length=16384, required_chars=''.join(map(chr, range(33, 127))),
+      model_type='unigram', pad_id=vocabularies.PAD_ID, eos_id=vocabularies.EOS_ID,
+      unk_id=vocabularies.UNK_ID, bos_id=-1, max_sentence_length=16384,
+      required_chars=''.join(map(chr, range(33, 127))),
       num_threads=os.cpu_count(), minloglevel=2)
-  return glue.load_vocab(model_prefix + '.model')
+  return vocabularies.load_vocab(model_prefix + '.model')
 
 
 def tokenize_corpus(vocab, files):
@@ -271,7 +274,8 @@ def corrupt(chunks, rngs, objective):
     inputs, targets = span_corruption(tokens, rng, first_sentinel=objective.first_sentinel,
                                       noise_density=objective.noise_density,
                                       mean_noise_span_length=objective.mean_noise_span_length)
-    examples.append((np.append(inputs, glue.EOS_ID), np.append(targets, glue.EOS_ID)))
+    eos = vocabularies.EOS_ID
+    examples.append((np.append(inputs, eos), np.append(targets, eos)))
   return packing.pack_seq2seq_examples(examples, objective.inputs_length,
                                        objective.targets_length, method='unpacked')
 
@@ -373,7 +377,7 @@ def prepare_vocab():
   --corpus. Returns (path, vocab); the path is copied into every checkpoint."""
   path = os.path.join(FLAGS.output_dir, finetune.CHECKPOINT_VOCAB)
   if FLAGS.vocab:
-    return FLAGS.vocab, glue.load_vocab(FLAGS.vocab)
+    return FLAGS.vocab, vocabularies.load_vocab(FLAGS.vocab)
   if not os.path.isfile(path):
     if jax.process_count() > 1:
       raise app.UsageError('train the vocabulary with one process first (--train_steps=0), '
@@ -383,7 +387,7 @@ def prepare_vocab():
     os.replace(prefix + '.model', path)
     os.remove(prefix + '.vocab')
   logging.info('vocabulary: %s', path)
-  return path, glue.load_vocab(path)
+  return path, vocabularies.load_vocab(path)
 
 
 def cached_tokens(name, directory, vocab):
@@ -394,7 +398,7 @@ def cached_tokens(name, directory, vocab):
   tokens = tokenize_corpus(vocab, corpus_files(directory))
   npy = io.BytesIO()
   np.save(npy, tokens)
-  load_ckpt.write_atomically(path, npy.getvalue())
+  fileio.write_atomically(path, npy.getvalue())
   logging.info('%s: %d tokens from %s, cached in %s', name, len(tokens), directory, path)
   return tokens
 

@@ -3,15 +3,19 @@
 T5 is the full T5.1.1 encoder-decoder: labels as text, vocabulary logits, teacher forcing,
 greedy decoding. 1decT5 is the same model cut to its first decoder layer (self-attention kept),
 `decoder_norm` and `logits_dense`. As T5X `EncoderDecoderModel` over `network.Transformer`.
-Parameters are `enct5.init_params(rng, cfg, 't5' or '1dect5')`.
+Parameters are `enct5.init_params(rng, cfg, 't5' or '1dect5')`. Their labels are T5 text
+(`LabelText`, at the end).
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import enct5
+import fileio
+import metrics
 import t5_layers
+import vocabularies
 
-EOS_ID = 1  # T5's SentencePiece end-of-sequence id (padding and decoder BOS are 0)
 Z_LOSS = 1e-4  # T5X's t5_1_1 gin: `EncoderDecoderModel.z_loss = 0.0001`
 
 
@@ -38,15 +42,14 @@ def vocab_logits(params, decoded):
   return decoded.astype(jnp.float32) @ params['decoder']['logits_dense']['kernel']
 
 
-def apply(params, cfg, batch, *, model='t5', deterministic=True, rng=None):
+def apply(params, cfg, batch, *, model='t5', rng=None):
   """Vocabulary logits [B, Ld, V] float32 with teacher forcing (T5X `EncoderDecoderModel`).
 
   batch: inputs [B, L], inputs_segment_ids [B, L] (optional: then a row's non-zero tokens
   are one example), decoder_input_tokens and decoder_target_tokens [B, Ld], and for packed
   rows decoder_segment_ids [B, Ld] (segment s of the targets is the label of input segment s;
-  decoder_input_tokens restart with BOS 0 in each segment).
+  decoder_input_tokens restart with BOS 0 in each segment). rng=None: no dropout.
   """
-  rng = t5_layers.training_rng(deterministic, rng)
   encoder_rng, decoder_rng = t5_layers.split_rng(rng, 2)
   inputs = batch['inputs']
   segment_ids = batch.get('inputs_segment_ids')
@@ -86,7 +89,7 @@ def loss_fn(params, cfg, batch, rng=None, *, model='t5'):
   None) token cross-entropy plus z-loss 1e-4, no label smoothing, weighted by
   `decoder_loss_weights` when given, else decoder_target_tokens > 0 (seqio's default).
   """
-  logits = apply(params, cfg, batch, model=model, deterministic=rng is None, rng=rng)
+  logits = apply(params, cfg, batch, model=model, rng=rng)
   targets = batch['decoder_target_tokens']
   weights = batch.get('decoder_loss_weights', targets > 0)
   loss, z_loss = cross_entropy_with_z_loss(logits, targets, weights)
@@ -121,8 +124,90 @@ def greedy_decode(params, cfg, inputs, segment_ids=None, *, max_length, model='t
                      model=model)
     next_token = jnp.argmax(vocab_logits(params, decoded[:, i]), axis=-1).astype(jnp.int32)
     next_token = jnp.where(done, 0, next_token)
-    return tokens.at[:, i].set(next_token), done | (next_token == EOS_ID)
+    return tokens.at[:, i].set(next_token), done | (next_token == vocabularies.EOS_ID)
 
   init = (jnp.zeros((batch, max_length), jnp.int32), jnp.zeros((batch,), bool))
   tokens, _ = jax.lax.fori_loop(0, max_length, step, init)
   return tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels as T5 text, for the T5 and 1decT5 baselines (paper §4.3).
+# ---------------------------------------------------------------------------------------------
+
+def label_texts(task):
+  """T5's target strings of a task: its label names, or STS-B's scores 0.0, 0.2, ..., 5.0.
+
+  T5's text labels exist for single-label classification and for scores on STS-B's scale
+  (T5's `stsb` rounds to 0.2); other regression and multi-label tasks are EncT5's only.
+  """
+  if task.is_multi_label or (task.is_regression and task.score_range != (0.0, 5.0)):
+    raise fileio.DataError('T5 and 1decT5 write labels as text: single-label classes or '
+                           f'STS-B\'s 0-5 scores, not the {task.kind} labels of '
+                           f'{task.name or "this task"}; use EncT5')
+  return [f'{i / 5:.1f}' for i in range(26)] if task.is_regression else list(task.label_names)
+
+
+def label_text(task, label):
+  """T5's target string of a label (`t5.data.preprocessors.glue` with `glue_utils`' label
+  names; STS-B: `preprocessors.stsb`).
+
+  NOTE: as T5, STS-B's score x becomes `tf.as_string(tf.round(x * 5) / 5, precision=1)` in
+  float32 (TFDS stores the score as float32): rounding half to even, so 2.5 -> '2.4'.
+  """
+  if task.is_regression:
+    return f'{np.round(np.float32(label) * np.float32(5)) / np.float32(5):.1f}'
+  return task.label_names[label - 1]
+
+
+class LabelText:
+  """A task's labels as T5 text, for T5 and 1decT5 (paper §4.3): tokenized targets, and the way
+  back from a greedily decoded string to a label (T5's GLUE postprocessors)."""
+
+  def __init__(self, task, vocab):
+    self.task, self.vocab = task, vocab
+    for text in label_texts(task):
+      if vocab.decode(vocab.encode(text)) != text:
+        raise fileio.DataError(f'the vocabulary cannot spell the {task.name} label {text!r} '
+                               f'(it decodes as {vocab.decode(vocab.encode(text))!r}); use '
+                               'T5\'s vocabulary, or let train.py train one on the texts and '
+                               'labels')
+    # Decoding stops after the longest label and its EOS: anything longer is no label.
+    self.decode_length = max(len(vocab.encode(text)) for text in label_texts(task)) + 1
+
+  def tokens(self, labels):
+    """Target ids of each label: its T5 text, tokenized, and EOS (seqio appends it)."""
+    pieces = self.vocab.encode([label_text(self.task, label) for label in labels])
+    return [ids + [vocabularies.EOS_ID] for ids in pieces]
+
+  def parse(self, tokens):
+    """Decoded tokens [B, decode_length] -> [B] class ids 1..n, or -1 where the text (the tokens
+    before EOS) is no label; STS-B: floats, -1.0 where the text is no number.
+
+    NOTE: as T5's `postprocessors.string_label_to_class_id` and `string_to_float`, whose
+    default for an unknown string is -1 (`metrics.INVALID_PREDICTION`), which the metrics
+    count wrong.
+    """
+    tokens = np.asarray(tokens)
+    # Ids past the SentencePiece model (the embedding has rows up to a multiple of 128) as unk.
+    unk = vocabularies.UNK_ID
+    tokens = np.where(tokens < self.vocab.GetPieceSize(), tokens, unk).tolist()
+    texts = []
+    for row in tokens:
+      end = row.index(vocabularies.EOS_ID) if vocabularies.EOS_ID in row else len(row)
+      texts.append(self.vocab.decode(row[:end]))
+    if self.task.is_regression:
+      return np.array([_float_or(text, float(metrics.INVALID_PREDICTION)) for text in texts],
+                      np.float32)
+    names = self.task.label_names
+    return np.array([names.index(text) + 1 if text in names else metrics.INVALID_PREDICTION
+                     for text in texts],
+                    np.int32)
+
+
+def _float_or(text, default):
+  try:
+    return float(text)
+  except ValueError:
+    return default
+

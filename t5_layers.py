@@ -2,23 +2,25 @@
 
 Every function takes the parameter sub-tree it needs, named exactly as in a T5X checkpoint
 (`pre_attention_layer_norm/scale`, `attention/query/kernel`, `mlp/wi_0/kernel`, ...), so a
-released checkpoint loads by copying. `cfg` is an `enct5.EncT5Config`.
+released checkpoint loads by copying. `cfg` is a frozen config; the fields read here are
+num_heads, head_dim, num_buckets, max_distance, dropout_rate, activation_dtype, num_layers,
+remat_policy, scan_layers and attention_block_length.
 
 Letters in shape comments and einsum strings: B batch, L input length, T target slots,
 H heads, K head dim, D model dim, F FFN dim, V vocab; in attention, q and k are the query and
 key lengths and d the head dim.
 
-Dropout: `rng=None` means deterministic (no dropout). Following T5X, dropout masks are shared
+Dropout: `rng=None` means no dropout, everywhere. Following T5X, dropout masks are shared
 along the length axis (`broadcast_dims=(-2,)`) for embeddings, block outputs, the FFN's hidden
 activations and the decoder's output, and along the query axis for attention probabilities
 (`broadcast_dropout=True`); the encoder's output alone gets one mask per element.
 """
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
+
+import partitioning
 
 # NOTE: masked attention logits get a large finite negative value, as T5X (-1e10), never -inf:
 # a query with no key to attend to (a padding slot) then gets a uniform, finite softmax.
@@ -76,17 +78,8 @@ def decoder_cross_attention_mask(decoder_target_tokens, inputs_segment_ids,
 
 
 def split_rng(rng, num):
-  """`num` independent keys, or `num` Nones when deterministic."""
+  """`num` independent keys, or `num` Nones when rng is None (no dropout)."""
   return [None] * num if rng is None else list(jax.random.split(rng, num))
-
-
-def training_rng(deterministic, rng):
-  """The dropout key of a forward pass: None when deterministic, else `rng` (required)."""
-  if deterministic:
-    return None
-  if rng is None:
-    raise ValueError('dropout (deterministic=False) needs an rng')
-  return rng
 
 
 def dropout(x, rate, rng, broadcast_dims=(-2,)):
@@ -106,7 +99,8 @@ def rms_norm(x, scale, eps=1e-6):
   Computed in float32 whatever the activation dtype, and rounded once.
   NOTE: T5X `LayerNorm` computes the statistics in float32 too, but multiplies by the scale in
   the activation dtype. The same in float32; in bfloat16 one rounding fewer, and XLA:CPU sums
-  the scale's gradient over the tokens 2.4x faster (a bfloat16 product became a slow reduce).
+  the scale's gradient over the tokens in one fused reduction, where a bfloat16 product
+  became a slow reduce (experiments/speed_512.md, lever 7).
   """
   x32 = x.astype(jnp.float32)
   mean_square = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
@@ -172,66 +166,60 @@ def dense(x, kernel, out_dtype=None):
   return jnp.matmul(x, kernel.astype(x.dtype), preferred_element_type=out_dtype)
 
 
-def multi_head_attention(params, cfg, inputs_q, inputs_kv, mask, bias=None, rng=None,
-                         num_blocks=1):
+def multi_head_attention(params, cfg, inputs_q, inputs_kv, mask, bias=None, rng=None):
   """Multi-head dot-product attention without 1/sqrt(d) scaling. -> [B, q, D].
 
   inputs_q [B, q, D], inputs_kv [B, k, D], mask bool broadcastable to [B, H, q, k] (True =
-  may attend), bias float broadcastable to [B, H, q, k] or None.
-  Block-local self-attention (`num_blocks` n > 1): each row is n blocks of q/n tokens that
-  attend only within themselves, computed as B*n rows of one block each; mask and bias are
-  then per block, broadcastable to [B*n, H, q/n, k/n] (`encoder` builds them).
+  may attend), bias float broadcastable to [B, H, q, k] or None. Dropout of the attention
+  probabilities as T5X's `broadcast_dropout`: one mask per row, head and key, shared by all
+  queries.
 
   NOTE: T5 does not scale the logits by 1/sqrt(head_dim): the query initializer is divided
   by sqrt(head_dim) instead (T5X `MultiHeadDotProductAttention`).
-  NOTE: logits and softmax are computed in float32 whatever the activation dtype (T5X by
-  default runs the softmax in the activation dtype; float32 is the safer choice in bfloat16).
   """
   batch, q_len, _ = inputs_q.shape
   k_len = inputs_kv.shape[1]
-  rows, heads_shape = batch * num_blocks, (cfg.num_heads, cfg.head_dim)
-  query = dense(inputs_q, params['query']['kernel']).reshape(rows, -1, *heads_shape)
-  key = dense(inputs_kv, params['key']['kernel']).reshape(rows, k_len // num_blocks, *heads_shape)
-  value = dense(inputs_kv, params['value']['kernel']).reshape(rows, k_len // num_blocks,
-                                                              *heads_shape)
-  # As T5X: q, k, v laid out [batch, length, heads, kv] (heads on 'model' when it divides).
-  query = with_sharding_constraint(query, ('batch', 'length', 'heads', 'kv'))
-  key = with_sharding_constraint(key, ('batch', 'length', 'heads', 'kv'))
-  value = with_sharding_constraint(value, ('batch', 'length', 'heads', 'kv'))
+  heads_shape = (cfg.num_heads, cfg.head_dim)
+  query = dense(inputs_q, params['query']['kernel']).reshape(batch, q_len, *heads_shape)
+  key = dense(inputs_kv, params['key']['kernel']).reshape(batch, k_len, *heads_shape)
+  value = dense(inputs_kv, params['value']['kernel']).reshape(batch, k_len, *heads_shape)
+  weights = attention_weights(query, key, mask, bias, inputs_q.dtype)  # [B, H, q, k]
+  weights = dropout(weights, cfg.dropout_rate, rng, broadcast_dims=(-2,))  # along queries
+  context = attention_context(weights, value)  # [B, q, H*K]
+  return dense(context, params['out']['kernel'])  # [B, q, D]
 
+
+def attention_weights(query, key, mask, bias, dtype):
+  """Softmax over the keys of the masked, biased logits: query [R, q, H, K], key [R, k, H, K]
+  (R rows) -> [R, H, q, k] in `dtype`.
+
+  NOTE: logits and softmax are computed in float32 whatever the activation dtype (T5X by
+  default runs the softmax in the activation dtype; float32 is the safer choice in bfloat16).
+  """
+  # As T5X: q, k, v laid out [batch, length, heads, kv] (heads on 'model' when it divides).
+  query = partitioning.with_sharding_constraint(query, ('batch', 'length', 'heads', 'kv'))
+  key = partitioning.with_sharding_constraint(key, ('batch', 'length', 'heads', 'kv'))
   logits = jnp.einsum('bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32)
   if bias is not None:
     # NOTE (speed only): on XLA:CPU, `_cpu_add_bias` (end of this file); the same sum.
     logits = _cpu_add_bias(logits, bias) if jax.default_backend() == 'cpu' else logits + bias
   # NOTE: masked as T5X does (`combine_biases`): an additive MASKED_LOGIT where the mask is
-  # False. XLA:CPU fuses it with the softmax in both passes; `jnp.where` measured slower.
+  # False. XLA:CPU fuses it with the softmax in both passes; `jnp.where` was slower
+  # (experiments/speed_512.md, lever 3).
   logits = logits + jnp.where(mask, 0.0, MASKED_LOGIT)
-  weights = jax.nn.softmax(logits, axis=-1).astype(inputs_q.dtype)  # [B*n, H, q/n, k/n]
-  weights = attention_dropout(weights, cfg.dropout_rate, rng, num_blocks)
+  return jax.nn.softmax(logits, axis=-1).astype(dtype)
 
-  # NOTE (speed only): the values head-major ([B, H, k, K], a copy). From 'bhqk,bkhd->bqhd'
-  # XLA:CPU computed the transposed product, 3x slower in inference (attention of 16 blocks
-  # of 256 tokens: 73 -> 25 ms) and 5-13% in training at blocks of 128-256.
+
+def attention_context(weights, value):
+  """The probability-weighted sum of the values: weights [R, H, q, k], value [R, k, H, K] ->
+  [R, q, H*K]."""
+  value = partitioning.with_sharding_constraint(value, ('batch', 'length', 'heads', 'kv'))
+  # NOTE (speed only): the values head-major ([R, H, k, K], a copy). From 'bhqk,bkhd->bqhd'
+  # XLA:CPU computed the transposed product, slower in inference and in training
+  # (experiments/speed_512.md, lever 5).
   context = jnp.einsum('bhqk,bhkd->bhqd', weights, value.transpose(0, 2, 1, 3))
-  context = context.transpose(0, 2, 1, 3).reshape(batch, q_len, -1)  # [B, q, H*K]
-  return dense(context, params['out']['kernel'])  # [B, q, H*K] -> [B, q, D]
-
-
-def attention_dropout(weights, rate, rng, num_blocks=1):
-  """Dropout of attention probabilities [B*n, H, q, k] (rows of n blocks each): as T5X's
-  `broadcast_dropout`, one mask per row, head and key, shared by all queries.
-
-  The mask is drawn for whole rows, [B, H, 1, n*k], then cut into the blocks: a row computed
-  in blocks drops exactly the probabilities it would drop computed whole.
-  """
-  if rng is None or rate == 0.0:
-    return weights
-  rows, heads, _, keys = weights.shape
-  batch = rows // num_blocks
-  keep = jax.random.bernoulli(rng, 1.0 - rate, (batch, heads, 1, num_blocks * keys))
-  keep = keep.reshape(batch, heads, num_blocks, keys).transpose(0, 2, 1, 3)  # [B, n, H, k]
-  keep = keep.reshape(rows, heads, 1, keys)
-  return jnp.where(keep, weights / (1.0 - rate), 0.0).astype(weights.dtype)
+  rows, _, q_len, _ = context.shape
+  return context.transpose(0, 2, 1, 3).reshape(rows, q_len, -1)  # [R, q, H*K]
 
 
 def gated_gelu_mlp(params, cfg, x, rng=None):
@@ -241,7 +229,7 @@ def gated_gelu_mlp(params, cfg, x, rng=None):
   # float32; in bfloat16 one rounding fewer, and on XLA:CPU two conversion passes fewer.
   hidden = jax.nn.gelu(dense(x, params['wi_0']['kernel'], jnp.float32), approximate=True)
   hidden = (hidden * dense(x, params['wi_1']['kernel'], jnp.float32)).astype(x.dtype)
-  hidden = with_sharding_constraint(hidden, ('batch', 'length', 'mlp'))  # T5X
+  hidden = partitioning.with_sharding_constraint(hidden, ('batch', 'length', 'mlp'))  # T5X
   hidden = dropout(hidden, cfg.dropout_rate, rng)  # T5X `intermediate_dropout_rate`
   return dense(hidden, params['wo']['kernel'])
 
@@ -250,13 +238,17 @@ def attention_block(cfg, norm_scale, attention, x, mask, bias=None, encoded=None
                     num_blocks=1):
   """Pre-norm residual attention: x + Dropout(Attention(RMSNorm(x), kv)).
 
-  Self-attention when `encoded` is None (kv = RMSNorm(x)), in `num_blocks` blocks per row;
-  cross-attention otherwise (kv = the encoder output, which the encoder already normalized).
+  Self-attention when `encoded` is None (kv = RMSNorm(x)); cross-attention otherwise (kv =
+  the encoder output, which the encoder already normalized). `num_blocks` n > 1: the
+  encoder's self-attention within n blocks per row (`block_self_attention`).
   """
   attention_rng, dropout_rng = split_rng(rng, 2)
   h = rms_norm(x, norm_scale)
-  kv = h if encoded is None else encoded
-  h = multi_head_attention(attention, cfg, h, kv, mask, bias, attention_rng, num_blocks)
+  if num_blocks > 1:
+    h = block_self_attention(attention, cfg, h, mask, bias, attention_rng, num_blocks)
+  else:
+    kv = h if encoded is None else encoded
+    h = multi_head_attention(attention, cfg, h, kv, mask, bias, attention_rng)
   return x + dropout(h, cfg.dropout_rate, dropout_rng)
 
 
@@ -268,7 +260,9 @@ def mlp_block(cfg, norm_scale, mlp, x, rng=None):
 
 
 def encoder_layer(layer, cfg, x, mask, bias, rng=None, num_blocks=1):
-  """One T5 encoder layer: self-attention block, then FFN block. [B, L, D] -> [B, L, D]."""
+  """One T5 encoder layer: self-attention block, then FFN block. [B, L, D] -> [B, L, D].
+
+  `num_blocks` > 1: self-attention in the blocks the encoder chose (`attention_blocks`)."""
   attention_rng, mlp_rng = split_rng(rng, 2)
   x = attention_block(cfg, layer['pre_attention_layer_norm']['scale'], layer['attention'],
                       x, mask, bias, rng=attention_rng, num_blocks=num_blocks)
@@ -279,7 +273,7 @@ def decoder_layer(layer, cfg, y, encoded, self_mask, self_bias, cross_mask, rng=
   """One T5 decoder layer: causal self-attention, cross-attention, FFN. [B, T, D] -> same.
 
   Used by the T5 and 1decT5 baselines; EncT5's pooling block is this layer without its
-  self-attention (see `enct5.pool`).
+  self-attention.
   """
   self_rng, cross_rng, mlp_rng = split_rng(rng, 3)
   y = attention_block(cfg, layer['pre_self_attention_layer_norm']['scale'],
@@ -305,7 +299,7 @@ def layer_stack(layer_fn, layers, cfg, x, rngs):
   parameter trees `layers_i`) and their dropout keys `rngs`.
 
   With `cfg.remat_policy` other than 'none', each layer is a `jax.checkpoint` with that
-  policy (on XLA:CPU it saves memory only inside the scan: `tools/plan_pod.plan`). With
+  policy (on XLA:CPU it saves memory only inside the scan: experiments/pod_plan.md). With
   `cfg.scan_layers`, the layers are one `lax.scan` (T5X's option): XLA compiles one layer body
   whatever the depth. The parameters stay per layer (`layers_0`, ...), as in
   checkpoints, and are stacked here, inside the step: [layers, ...] per weight, one copy per
@@ -339,8 +333,8 @@ def encoder(params, cfg, inputs, segment_ids, rng=None):
 
   Embedding, dropout, `num_layers` pre-norm layers sharing one attention mask (tokens see
   their own example: `self_attention_mask`) and one relative-position bias, final RMSNorm,
-  dropout. With `cfg.attention_block_length` b, self-attention runs in blocks of b tokens
-  (`attention_blocks`).
+  dropout. With `cfg.attention_block_length` b, self-attention runs in blocks of b tokens,
+  and the mask and bias are those of one block (`attention_blocks`).
   """
   embed_rng, final_rng, *layer_rngs = split_rng(rng, cfg.num_layers + 2)
   stack = params['encoder']
@@ -357,22 +351,6 @@ def encoder(params, cfg, inputs, segment_ids, rng=None):
   x = rms_norm(x, stack['encoder_norm']['scale'])
   # NOTE: T5X's `Encoder` drops its output without `broadcast_dims`: one mask per element.
   return dropout(x, cfg.dropout_rate, final_rng, broadcast_dims=())
-
-
-def attention_blocks(cfg, length):
-  """(b, n): the encoder's self-attention in n blocks of b tokens per row of `length` L.
-
-  `cfg.attention_block_length` b > 0: block-local attention, the same outputs as whole rows when
-  every example lies within one block (`packing.pack_examples(block_length=b)` packs so):
-  an example never attends outside itself, and its relative positions are the same in its
-  block as in its row. Attention then costs L*b per row in place of L*L.
-  0: whole rows, b = L, n = 1.
-  """
-  block_length = cfg.attention_block_length or length
-  if length % block_length:
-    raise ValueError(f'rows of {length} tokens do not split into attention blocks of '
-                     f'{block_length} (attention_block_length must divide the input length)')
-  return block_length, length // block_length
 
 
 def decoder(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask, num_layers,
@@ -402,52 +380,66 @@ def decoder(params, cfg, encoded, decoder_input_tokens, self_mask, cross_mask, n
 
 
 # ---------------------------------------------------------------------------------------------
-# Below the model: where parameters and activations live on a device mesh, and a CPU speed
-# detail. Neither changes a number the model computes.
+# Block-local self-attention, for speed (`cfg.attention_block_length`): the same numbers as
+# whole rows when every example lies within one block. Only self-attention is computed in
+# blocks; the layers keep whole rows [B, L, ...], whose dropout masks are shared along the
+# length (one per example row, not per block), and self-attention's dropout is drawn for the
+# whole rows too.
 # ---------------------------------------------------------------------------------------------
 
-class ParamSpec(NamedTuple):
-  """One parameter, declared once (`enct5.param_specs`): init, sharding, Adafactor factoring
-  and parameter counts all derive from it."""
-  shape: tuple
-  axes: tuple  # T5X logical axis names, mapped to mesh axes by LOGICAL_AXIS_RULES
-  init: object  # jax.nn.initializers-style fn(key, shape, dtype)
+def attention_blocks(cfg, length):
+  """(b, n): the encoder's self-attention in n blocks of b tokens per row of `length` L.
+
+  `cfg.attention_block_length` b > 0: block-local attention, the same outputs as whole rows when
+  every example lies within one block (`packing.pack_examples(block_length=b)` packs so):
+  an example never attends outside itself, and its relative positions are the same in its
+  block as in its row. Attention then costs L*b per row in place of L*L.
+  0: whole rows, b = L, n = 1.
+  """
+  block_length = cfg.attention_block_length or length
+  if length % block_length:
+    raise ValueError(f'rows of {length} tokens do not split into attention blocks of '
+                     f'{block_length} (attention_block_length must divide the input length)')
+  return block_length, length // block_length
 
 
-# NOTE: T5X `partitioning.standard_logical_axis_rules()` (1-D parameter partitioning, the
-# default) on a ('data', 'model') mesh: vocabulary, heads, joined heads x head dim and FFN
-# hidden dims go on 'model'; 'embed' (d_model), head dim and relative-position buckets are
-# replicated; activations' 'batch' goes on 'data'. 'classes' (EncT5's projection, not in
-# T5X) is tiny and replicated.
-LOGICAL_AXIS_RULES = {
-    'batch': 'data', 'vocab': 'model', 'mlp': 'model', 'heads': 'model', 'joined_kv': 'model',
-    'embed': None, 'kv': None, 'length': None, 'relpos_buckets': None, 'classes': None,
-}
+def block_self_attention(params, cfg, x, mask, bias, rng, num_blocks):
+  """Self-attention of x [B, L, D] within n blocks of b = L/n tokens per row, computed as B*n
+  rows of one block each. -> [B, L, D].
+
+  mask and bias are per block, broadcastable to [B*n, H, b, b] (`encoder` builds them). When
+  no example crosses a block this is `multi_head_attention(x, x)` over whole rows, dropout
+  included (`block_attention_dropout`).
+  """
+  batch, length, _ = x.shape
+  blocks_shape = (batch * num_blocks, length // num_blocks, cfg.num_heads, cfg.head_dim)
+  query = dense(x, params['query']['kernel']).reshape(blocks_shape)
+  key = dense(x, params['key']['kernel']).reshape(blocks_shape)
+  value = dense(x, params['value']['kernel']).reshape(blocks_shape)
+  weights = attention_weights(query, key, mask, bias, x.dtype)  # [B*n, H, b, b]
+  weights = block_attention_dropout(weights, cfg.dropout_rate, rng, num_blocks)
+  context = attention_context(weights, value)  # [B*n, b, H*K]
+  return dense(context.reshape(batch, length, -1), params['out']['kernel'])
 
 
-def logical_to_mesh(shape, logical_axes, mesh_shape, replicated=None):
-  """PartitionSpec of an array from its logical axes. A dim that its mesh axis does not divide
-  (or whose mesh axis an earlier dim took) is replicated instead, and listed in `replicated`."""
-  spec = []
-  for dim, (size, name) in enumerate(zip(shape, logical_axes)):
-    mesh_axis = LOGICAL_AXIS_RULES[name]
-    if mesh_axis is not None and (mesh_axis in spec or size % mesh_shape[mesh_axis]):
-      if replicated is not None:
-        replicated.append(f'dim {dim} ({name}={size}, {mesh_axis}={mesh_shape[mesh_axis]})')
-      mesh_axis = None
-    spec.append(mesh_axis)
-  return P(*spec)
+def block_attention_dropout(weights, rate, rng, num_blocks):
+  """Dropout of the attention probabilities of blocks [B*n, H, b, b] exactly as of the whole
+  rows they are cut from: the mask is drawn for the rows, [B, H, 1, n*b] (one per row, head
+  and key, shared by all queries, as in `multi_head_attention`), then cut into the blocks.
+  """
+  if rng is None or rate == 0.0:
+    return weights
+  rows, heads, _, keys = weights.shape
+  batch = rows // num_blocks
+  keep = jax.random.bernoulli(rng, 1.0 - rate, (batch, heads, 1, num_blocks * keys))
+  keep = keep.reshape(batch, heads, num_blocks, keys).transpose(0, 2, 1, 3)  # [B, n, H, b]
+  keep = keep.reshape(rows, heads, 1, keys)
+  return jnp.where(keep, weights / (1.0 - rate), 0.0).astype(weights.dtype)
 
 
-def with_sharding_constraint(x, logical_axes):
-  """Lays out activation `x` by its logical axes on the mesh of the step being traced (T5X's
-  layers constrain the same activations); without one (plain `jax.jit`, one device) returns
-  x as it is. The train step enters its mesh with `jax.sharding.use_abstract_mesh`."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return x
-  return jax.lax.with_sharding_constraint(x, logical_to_mesh(x.shape, logical_axes, mesh.shape))
-
+# ---------------------------------------------------------------------------------------------
+# Below the model: two CPU speed details. Neither changes a number the model computes.
+# ---------------------------------------------------------------------------------------------
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _cpu_matmul(x, kernel, out_dtype):
@@ -486,9 +478,9 @@ def _gemm(a, b, transpose_a=False, transpose_b=False):
   transposed operand (x^T in the weight gradient, kernel^T in the input gradient) into the
   dot's dimension numbers, and such a dot in bfloat16 runs in float32 after converting both
   operands: bfloat16 then gained nothing. Written as a batch of one ([1, K, M]), the transpose
-  is materialized (a copy of one operand) and the dot stays bfloat16: an encoder layer's
-  matmuls, forward and backward, measured 1.6x faster than the folded form on an AMD EPYC
-  with AVX512-BF16. In float32 the folded form is as fast (materializing measured 0.8x).
+  is materialized (a copy of one operand) and the dot stays bfloat16, faster than the folded
+  form. In float32 the folded form is the faster one, and stays (experiments/speed_512.md,
+  lever 4).
   """
   if a.dtype == jnp.bfloat16 and (transpose_a or transpose_b):
     a, b = a[None], b[None]  # [1, M, K], [1, K, N]
@@ -514,9 +506,9 @@ def _cpu_add_bias_bwd(_, d_logits):
   """d_bias = the sum of d_logits over the rows, computed as a [1, R] @ [R, H*q*k] matmul.
 
   NOTE (speed, XLA:CPU only): left to autodiff, this sum over the leading axis of every
-  layer's d_logits (the position bias is shared by a stack's layers) became one XLA:CPU
-  reduce fusion that read them at ~1 GB/s: 4% of an EncT5-small train step at 8 x 128 and 19%
-  at 4 x 512 (whole rows). As a matmul each layer's sum streams at memory speed. Same sum.
+  layer's d_logits (the position bias is shared by a stack's layers) became one slow XLA:CPU
+  reduce fusion; as a matmul each layer's sum streams at memory speed
+  (experiments/speed_512.md, lever 2). Same sum.
   """
   rows = d_logits.shape[0]
   ones = jnp.ones((1, rows), d_logits.dtype)

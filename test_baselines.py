@@ -231,11 +231,8 @@ def test_dropout_only_with_rng(golden):
   cfg = golden_config(golden)
   params = golden_params(golden, cfg, '1dect5')
   batch = teacher_forcing_batch(golden)
-  with pytest.raises(ValueError, match='rng'):
-    t5.apply(params, cfg, batch, model='1dect5', deterministic=False)
   plain = t5.apply(params, cfg, batch, model='1dect5')
-  dropped = t5.apply(params, cfg, batch, model='1dect5', deterministic=False,
-                     rng=jax.random.PRNGKey(0))
+  dropped = t5.apply(params, cfg, batch, model='1dect5', rng=jax.random.PRNGKey(0))
   assert np.all(np.isfinite(dropped)) and not np.allclose(plain, dropped)
 
 

@@ -18,8 +18,10 @@ import adafactor
 import cli
 import enct5
 import finetune
-import glue
 import load_ckpt
+import readers
+import tasks
+import vocabularies
 from testutil import REPO
 
 ENV = {k: v for k, v in os.environ.items() if k != 'ENCT5_TRACEBACK'}
@@ -58,7 +60,8 @@ def files(tmp_path_factory):
   root = tmp_path_factory.mktemp('cli')
   data = write_sst2(str(root / 'SST-2'), sst2_rows(64, 0))
   vocab = str(root / 'vocab')
-  glue.train_vocab([' '.join(WORDS)] + [r.split('\t')[0] for r in sst2_rows(200, 2)], vocab, 100)
+  vocabularies.train_vocab([' '.join(WORDS)] + [r.split('\t')[0] for r in sst2_rows(200, 2)],
+                           vocab, 100)
   cfg = enct5.get_config('tiny', vocab_size=16, d_model=8, num_heads=2, head_dim=4, d_ff=16,
                          num_layers=1, num_decoder_layers=1)
   params = enct5.init_params(jax.random.PRNGKey(0), cfg, 't5')
@@ -86,10 +89,10 @@ def assert_user_error(result, *named):
 # written before anything is compiled; a checkpoint's OSError takes the same way out).
 FULL_DISK = ('import errno, os\n'
              'from absl import app\n'
-             'import load_ckpt, train\n'
+             'import fileio, train\n'
              'def full(path, data):\n'
              '  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)\n'
-             'load_ckpt.write_atomically = full\n'
+             'fileio.write_atomically = full\n'
              'app.run(train.main)\n')
 
 
@@ -227,7 +230,7 @@ def test_real_files_just_work(tmp_path):
   path.write_bytes('\ufeffsentence\tlabel\t\r\n'
                    'he said "no" to it \t0\t\r\n'
                    "it 's a \"great\" film\t1\r\n".encode())
-  examples = glue.read_file(glue.get_task('sst2'), str(path))
+  examples = readers.read_file(tasks.get_task('sst2'), str(path))
   assert [(e.text, e.label, e.line) for e in examples] == [
       ('sst2 sentence: he said "no" to it ', 1, 2),
       ('sst2 sentence: it \'s a "great" film', 2, 3)]

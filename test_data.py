@@ -1,4 +1,4 @@
-"""Tests of your own data (glue.file_task and its readers), multi-label packing, per-kind metrics
+"""Tests of your own data (tasks.file_task and its readers), multi-label packing, per-kind metrics
 and prediction rows. GLUE's own files and metrics are tested in test_packing.py.
 
 Every file here is written by hand, byte for byte, and every expected value worked out by hand
@@ -14,8 +14,13 @@ import pytest
 from sklearn import metrics as sklearn_metrics
 
 import enct5
-import glue
+import fileio
+import metrics
 import packing
+import predict
+import readers
+import t5
+import tasks
 import testutil
 
 GOEMOTIONS_DIR = os.path.join(testutil.SHARED, 'goemotions')
@@ -31,7 +36,7 @@ def _write(path, text):
 
 def _task(tmp_path, name, text, **kwargs):
   """A file task whose training file is `text`, written as tmp_path/name."""
-  return glue.file_task(_write(tmp_path / name, text), **kwargs)
+  return tasks.file_task(_write(tmp_path / name, text), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,7 +57,7 @@ def test_csv_classification_round_trip(tmp_path):
   task = _task(tmp_path, 'train.csv', TICKETS_CSV)
   assert task.label_names == task.raw_labels == ('billing', 'refund')  # sorted
   assert task.metric_names == ('accuracy', 'macro_f1') and task.selection_metrics == ('accuracy',)
-  examples = glue.read_split(task, None, 'train')
+  examples = readers.read_split(task, None, 'train')
   assert [(e.idx, e.line, e.text, e.label) for e in examples] == [
       (0, 2, 'text: Hello, world', 1),
       (1, 3, 'text: She said "refund" twice', 2),
@@ -73,7 +78,7 @@ def test_tsv_multi_label_with_csv_quoting(tmp_path):
   task = _task(tmp_path, 'train.tsv', text, kind='multi_label')
   assert task.label_names == ('1', '2', '3', '10')  # numbers by value
   assert task.metric_names == ('micro_f1', 'macro_f1') and task.selection_metrics == ('macro_f1',)
-  examples = glue.read_split(task, None, 'train')
+  examples = readers.read_split(task, None, 'train')
   assert [(e.line, e.text, e.label) for e in examples] == [
       (2, 'text: He said "stop". Fine.\t', (1, 3)),  # a tab inside quotes is text
       (3, 'text: it\'s a "great" day', ()),  # a quote inside an unquoted field is text
@@ -88,37 +93,37 @@ def test_jsonl_all_kinds_and_several_text_fields(tmp_path):
           {'question': 'Q two?', 'passage': '', 'label': 7, 'score': -2, 'tags': []}]
   path = _write(tmp_path / 'train.jsonl', ''.join(json.dumps(r) + '\n' for r in rows))
   fields = dict(text_fields=('question', 'passage'), name='boolq')
-  classes = glue.file_task(path, **fields)
+  classes = tasks.file_task(path, **fields)
   assert classes.label_names == ('7', 'yes')
-  examples = glue.read_file(classes, path)
+  examples = readers.read_file(classes, path)
   assert [(e.line, e.text, e.label) for e in examples] == [
       (1, 'boolq question: Q one? passage: P one.', 2),
       (2, 'boolq question: Q two? passage: ', 1)]  # one empty field of two is kept
-  scores = glue.file_task(path, label_field='score', kind='regression', **fields)
+  scores = tasks.file_task(path, label_field='score', kind='regression', **fields)
   assert scores.num_classes == 1 and scores.metric_names == ('pearson_corrcoef',
                                                              'spearman_corrcoef')
-  assert [e.label for e in glue.read_file(scores, path)] == [0.5, -2.0]
-  tags = glue.file_task(path, label_field='tags', kind='multi_label', **fields)
-  assert [e.label for e in glue.read_file(tags, path)] == [(1, 2), ()]
+  assert [e.label for e in readers.read_file(scores, path)] == [0.5, -2.0]
+  tags = tasks.file_task(path, label_field='tags', kind='multi_label', **fields)
+  assert [e.label for e in readers.read_file(tags, path)] == [(1, 2), ()]
   assert tags.eval_names == {} and classes.selection_keys == ()  # no validation file
 
 
 def test_label_order_given_labels_and_labels_by_index(tmp_path):
   path = _write(tmp_path / 'train.csv', 'text,label\na,10\nb,2\nc,b\nd,-1\ne,a\nf,1.5\n')
-  assert glue.file_task(path).label_names == ('-1', '1.5', '2', '10', 'a', 'b')
-  given = glue.file_task(path, labels=('b', 'a', '10', '2', '1.5', '-1', 'unused'))
-  assert [e.label for e in glue.read_file(given, path)] == [3, 4, 1, 6, 2, 5]
+  assert tasks.file_task(path).label_names == ('-1', '1.5', '2', '10', 'a', 'b')
+  given = tasks.file_task(path, labels=('b', 'a', '10', '2', '1.5', '-1', 'unused'))
+  assert [e.label for e in readers.read_file(given, path)] == [3, 4, 1, 6, 2, 5]
   names = _write(tmp_path / 'names.txt', 'zero\none\ntwo\n\n')
-  assert glue.read_label_names(names) == ('zero', 'one', 'two')
-  by_index = glue.file_task(_write(tmp_path / 'idx.csv', 'text,label\na,2\nb,0\n'),
-                            labels=glue.read_label_names(names), labels_by_index=True)
+  assert readers.read_label_names(names) == ('zero', 'one', 'two')
+  by_index = tasks.file_task(_write(tmp_path / 'idx.csv', 'text,label\na,2\nb,0\n'),
+                             labels=readers.read_label_names(names), labels_by_index=True)
   assert by_index.raw_labels == ('0', '1', '2')
-  assert [by_index.label_names[e.label - 1] for e in glue.read_file(by_index, by_index.files[
+  assert [by_index.label_names[e.label - 1] for e in readers.read_file(by_index, by_index.files[
       'train'])] == ['two', 'zero']
-  with pytest.raises(glue.DataError, match=r"dup.txt:3: label 'a' again \(line 1\)"):
-    glue.read_label_names(_write(tmp_path / 'dup.txt', 'a\nb\na\n'))
-  with pytest.raises(glue.DataError, match=r'gap.txt:2: empty label name'):
-    glue.read_label_names(_write(tmp_path / 'gap.txt', 'a\n\nb\n'))
+  with pytest.raises(fileio.DataError, match=r"dup.txt:3: label 'a' again \(line 1\)"):
+    readers.read_label_names(_write(tmp_path / 'dup.txt', 'a\nb\na\n'))
+  with pytest.raises(fileio.DataError, match=r'gap.txt:2: empty label name'):
+    readers.read_label_names(_write(tmp_path / 'gap.txt', 'a\n\nb\n'))
 
 
 @pytest.mark.parametrize('fmt, text', [
@@ -133,10 +138,10 @@ def test_windows_line_ends_at_the_reader(tmp_path, fmt, text):
   column, must not end in '\\r', and each line must count once."""
   path = _write(tmp_path / 'train.txt', text)
   if fmt == 'glue':  # SST-2's preset on a file of its layout
-    task = dataclasses.replace(glue.TASKS['sst2'], files={'train': path}, dir_name='')
+    task = dataclasses.replace(tasks.TASKS['sst2'], files={'train': path}, dir_name='')
   else:
-    task = glue.file_task(path, fmt=fmt, text_fields=('sentence',))
-  examples = glue.read_file(task, path)
+    task = tasks.file_task(path, fmt=fmt, text_fields=('sentence',))
+  examples = readers.read_file(task, path)
   assert [e.text.split(': ', 1)[1] for e in examples] == ['first row ', 'second']
   assert [task.raw_label(e.label) for e in examples] == ['1', '0']
   assert [e.line for e in examples] == ([1, 2] if fmt == 'jsonl' else [2, 3])
@@ -194,9 +199,9 @@ TRAIN_CSV = {  # the training file of each kind, whose labels the bad files are 
 ])
 def test_bad_input_is_one_line_naming_file_and_line(tmp_path, name, text, kwargs, message):
   train = _write(tmp_path / 'train.csv', TRAIN_CSV[kwargs.get('kind', 'classification')])
-  task = glue.file_task(train, _write(tmp_path / name, text), **kwargs)
-  with pytest.raises(glue.DataError, match=message) as error:
-    glue.read_split(task, None, 'validation')
+  task = tasks.file_task(train, _write(tmp_path / name, text), **kwargs)
+  with pytest.raises(fileio.DataError, match=message) as error:
+    readers.read_split(task, None, 'validation')
   assert '\n' not in str(error.value) and str(error.value).startswith(str(tmp_path / name))
 
 
@@ -209,65 +214,65 @@ def test_skipped_rows_are_counted_and_keep_idx(tmp_path, caplog):
                  '{"text": "", "label": "x"}\n'
                  '{"text": "c", "label": "z"}\n'
                  '{"text": "d", "label": "y"}\n')
-  task = glue.file_task(train, labels=('x', 'y'))
+  task = tasks.file_task(train, labels=('x', 'y'))
   with caplog.at_level('INFO'):
-    examples = glue.read_file(task, train, on_error='skip')
+    examples = readers.read_file(task, train, on_error='skip')
   assert [(e.idx, e.line, e.label) for e in examples] == [(0, 1, 1), (1, 2, 2), (5, 7, 2)]
   assert 'train.jsonl:3: skipped: invalid JSON' in caplog.text
   assert "train.jsonl:6: skipped: unknown label 'z'" in caplog.text
   assert 'skipped 3 bad rows (lines [3, 5, 6])' in caplog.text
-  with pytest.raises(glue.DataError, match=r'train.jsonl:3: invalid JSON'):
-    glue.read_file(task, train)
+  with pytest.raises(fileio.DataError, match=r'train.jsonl:3: invalid JSON'):
+    readers.read_file(task, train)
 
 
 def test_file_task_argument_errors(tmp_path):
   train = _write(tmp_path / 'train.csv', TRAIN_CSV['classification'])
-  with pytest.raises(glue.DataError, match=r"train.json: cannot tell the format from the "
+  with pytest.raises(fileio.DataError, match=r"train.json: cannot tell the format from the "
                                            r"extension '.json'"):
-    glue.file_task(_write(tmp_path / 'train.json', '{}\n'))
+    tasks.file_task(_write(tmp_path / 'train.json', '{}\n'))
   with pytest.raises(ValueError, match="kind must be one of"):
-    glue.file_task(train, kind='ranking')
+    tasks.file_task(train, kind='ranking')
   with pytest.raises(ValueError, match="selection_metric 'f1' is not one of"):
-    glue.file_task(train, selection_metric='f1')
+    tasks.file_task(train, selection_metric='f1')
   with pytest.raises(ValueError, match='name a label twice'):
-    glue.file_task(train, labels=['a', 'a'])
+    tasks.file_task(train, labels=['a', 'a'])
   with pytest.raises(ValueError, match='labels_by_index needs the label names'):
-    glue.file_task(train, labels_by_index=True)
+    tasks.file_task(train, labels_by_index=True)
   with pytest.raises(ValueError, match='regression takes no labels'):
-    glue.file_task(train, kind='regression', labels=['a'])
+    tasks.file_task(train, kind='regression', labels=['a'])
   with pytest.raises(ValueError, match='without the label field'):
-    glue.file_task(train, text_fields=('text', 'label'))
-  with pytest.raises(glue.DataError, match=r"train.csv: columns \['tag'\] missing"):
-    glue.file_task(train, label_field='tag')
-  with pytest.raises(glue.DataError, match=r"empty.csv: no labels in column 'label'"):
-    glue.file_task(_write(tmp_path / 'empty.csv', 'text,label\na,\n'))
-  with pytest.raises(glue.DataError, match='T5 and 1decT5 write labels as text'):
-    glue.label_texts(glue.file_task(train, kind='multi_label'))
-  assert glue.file_task(train, selection_metric='macro_f1').selection_metrics == ('macro_f1',)
+    tasks.file_task(train, text_fields=('text', 'label'))
+  with pytest.raises(fileio.DataError, match=r"train.csv: columns \['tag'\] missing"):
+    tasks.file_task(train, label_field='tag')
+  with pytest.raises(fileio.DataError, match=r"empty.csv: no labels in column 'label'"):
+    tasks.file_task(_write(tmp_path / 'empty.csv', 'text,label\na,\n'))
+  with pytest.raises(fileio.DataError, match='T5 and 1decT5 write labels as text'):
+    t5.label_texts(tasks.file_task(train, kind='multi_label'))
+  assert tasks.file_task(train, selection_metric='macro_f1').selection_metrics == ('macro_f1',)
 
 
 def test_task_record_round_trip(tmp_path):
-  task = glue.file_task(_write(tmp_path / 'train.tsv', 'text\tlabel\na\t0,2\nb\t1\n'),
-                        _write(tmp_path / 'dev.tsv', 'text\tlabel\nc\t2\n'),
-                        kind='multi_label', labels=('x', 'y', 'z'), labels_by_index=True,
-                        name='emo')
-  record = json.loads(json.dumps(glue.task_to_json(task)))
-  assert glue.task_from_json(record) == task
-  assert glue.task_from_json(json.loads(json.dumps(glue.task_to_json(glue.TASKS['mnli'])))) == \
-      glue.TASKS['mnli']
+  task = tasks.file_task(_write(tmp_path / 'train.tsv', 'text\tlabel\na\t0,2\nb\t1\n'),
+                         _write(tmp_path / 'dev.tsv', 'text\tlabel\nc\t2\n'),
+                         kind='multi_label', labels=('x', 'y', 'z'), labels_by_index=True,
+                         name='emo')
+  record = json.loads(json.dumps(tasks.task_to_json(task)))
+  assert tasks.task_from_json(record) == task
+  assert tasks.task_from_json(json.loads(json.dumps(tasks.task_to_json(tasks.TASKS['mnli'])))) == \
+      tasks.TASKS['mnli']
 
 
 @pytest.mark.skipif(not os.path.isdir(GOEMOTIONS_DIR),
                     reason=f'GoEmotions not found at {GOEMOTIONS_DIR} (set ENCT5_SHARED)')
 def test_goemotions_reads_with_its_label_names():
   """The real files: 43,410 / 5,426 rows (SOURCES.md), 28 names from labels.txt."""
-  names = glue.read_label_names(os.path.join(GOEMOTIONS_DIR, 'labels.txt'))
-  task = glue.file_task(os.path.join(GOEMOTIONS_DIR, 'train.tsv'),
-                        os.path.join(GOEMOTIONS_DIR, 'dev.tsv'), kind='multi_label',
-                        labels=names, labels_by_index=True, name='goemotions')
+  names = readers.read_label_names(os.path.join(GOEMOTIONS_DIR, 'labels.txt'))
+  task = tasks.file_task(os.path.join(GOEMOTIONS_DIR, 'train.tsv'),
+                         os.path.join(GOEMOTIONS_DIR, 'dev.tsv'), kind='multi_label',
+                         labels=names, labels_by_index=True, name='goemotions')
   assert len(names) == 28 and names[0] == 'admiration' and names[27] == 'neutral'
-  train = glue.read_split(task, None, 'train')
-  dev = glue.read_split(task, None, 'validation')
+  train = readers.read_split(task, None, 'train')
+  dev = readers.read_split(task, None, 'validation')
   assert (len(train), len(dev)) == (43410, 5426)
   # dev.tsv line 3: "You know the answer man, ...", labels 4,27: approval and neutral.
   assert dev[1].text.startswith('goemotions text: You know the answer man')
@@ -290,8 +295,8 @@ def test_stream_file_in_chunks_in_order(tmp_path, fmt):
   else:
     path = _write(tmp_path / 'big.jsonl', ''.join(json.dumps({'key': f'k{i}', 'text': t}) + '\n'
                                                   for i, t in enumerate(texts)))
-  task = glue.file_task(_write(tmp_path / 'train.csv', 'text,label\na,x\n'), name='tag')
-  chunks = list(glue.stream_file(task, path, 1000))
+  task = tasks.file_task(_write(tmp_path / 'train.csv', 'text,label\na,x\n'), name='tag')
+  chunks = list(readers.stream_file(task, path, 1000))
   assert [len(examples) for _, examples in chunks] == [1000, 1000, 500]
   ids = [i for chunk_ids, _ in chunks for i in chunk_ids]
   examples = [e for _, chunk in chunks for e in chunk]
@@ -300,22 +305,22 @@ def test_stream_file_in_chunks_in_order(tmp_path, fmt):
   assert [e.text for e in examples] == [f'tag text: {t}' for t in texts]
   assert [e.idx for e in examples] == list(range(2500))
   assert all(e.label is None for e in examples)
-  keyed = list(glue.stream_file(task, path, 999, id_field='key'))
+  keyed = list(readers.stream_file(task, path, 999, id_field='key'))
   assert [i for chunk_ids, _ in keyed for i in chunk_ids] == [f'k{i}' for i in range(2500)]
-  with pytest.raises(glue.DataError, match=r"columns \['label'\] missing|keys \['label'\]"):
-    list(glue.stream_file(task, path, 1000, labeled=True))
+  with pytest.raises(fileio.DataError, match=r"columns \['label'\] missing|keys \['label'\]"):
+    list(readers.stream_file(task, path, 1000, labeled=True))
 
 
 def test_stream_file_format_override_and_text_rows(tmp_path):
   path = _write(tmp_path / 'input.txt', 'text\nfirst\nsecond\n')
-  task = glue.file_task(_write(tmp_path / 'train.csv', 'text,label\na,x\n'))
-  (ids, examples), = glue.stream_file(task, path, 10, fmt='tsv')
+  task = tasks.file_task(_write(tmp_path / 'train.csv', 'text,label\na,x\n'))
+  (ids, examples), = readers.stream_file(task, path, 10, fmt='tsv')
   assert ids == [2, 3] and [e.text for e in examples] == ['text: first', 'text: second']
-  examples = glue.text_examples(task, ['good', {'text': 'bad'}])
+  examples = readers.text_examples(task, ['good', {'text': 'bad'}])
   assert [(e.idx, e.line, e.text, e.label) for e in examples] == [
       (0, 1, 'text: good', None), (1, 2, 'text: bad', None)]
-  with pytest.raises(glue.DataError, match='row 1: empty text'):
-    glue.text_examples(task, ['fine', ' '])
+  with pytest.raises(fileio.DataError, match='row 1: empty text'):
+    readers.text_examples(task, ['fine', ' '])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +340,7 @@ def test_multi_label_packing_by_hand():
   assert targets.shape == (3, 3, 3) and not targets[2].any()
   ids, per_example = packing.per_example(packed['example_ids'], targets)
   np.testing.assert_array_equal(ids, [0, 1, 2, 3])
-  np.testing.assert_array_equal(per_example, glue.multi_hot([(1, 3), (), (2,), ()], 3))
+  np.testing.assert_array_equal(per_example, metrics.multi_hot([(1, 3), (), (2,), ()], 3))
   for bad in ((4,), (0,), 1, ('1',), (True,)):
     with pytest.raises(ValueError, match='expected class ids 1..3'):
       packing.pack_examples([([5, 1], bad)], 6, 3, num_labels=3)
@@ -359,7 +364,7 @@ def test_multi_label_packed_logits_equal_unpacked():
     ids, values = packing.per_example(packed['example_ids'], logits)
     np.testing.assert_array_equal(ids, np.arange(len(examples)))
     _, targets = packing.per_example(packed['example_ids'], packed['targets'])
-    np.testing.assert_array_equal(targets, glue.multi_hot([l for _, l in examples], 5))
+    np.testing.assert_array_equal(targets, metrics.multi_hot([l for _, l in examples], 5))
     return values
 
   expected = per_example(packing.pack_examples(examples, 24, 1, method='unpacked',
@@ -377,10 +382,10 @@ def test_multi_label_metrics_by_hand():
   labels = [[1, 0, 0], [1, 1, 0], [0, 0, 0]]
   predictions = [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
   # Label 0: tp 1, fn 1 -> 2/3; label 1: tp 1, fp 1 -> 2/3; label 2: never true nor predicted.
-  np.testing.assert_allclose(glue.label_f1(labels, predictions), [200 / 3, 200 / 3, 0])
-  assert glue.macro_f1(labels, predictions) == pytest.approx(400 / 9)
-  assert glue.micro_f1(labels, predictions) == pytest.approx(100 * 2 * 2 / (3 + 3))
-  assert glue.micro_f1([[0]], [[0]]) == 0.0
+  np.testing.assert_allclose(metrics.label_f1(labels, predictions), [200 / 3, 200 / 3, 0])
+  assert metrics.macro_f1(labels, predictions) == pytest.approx(400 / 9)
+  assert metrics.micro_f1(labels, predictions) == pytest.approx(100 * 2 * 2 / (3 + 3))
+  assert metrics.micro_f1([[0]], [[0]]) == 0.0
 
 
 def test_multi_label_metrics_match_sklearn():
@@ -392,11 +397,12 @@ def test_multi_label_metrics_match_sklearn():
     labels = (rng.random((n, k)) < rng.random(k) * 0.5).astype(np.int32)
     predictions = (rng.random((n, k)) < rng.random(k) * 0.5).astype(np.int32)
     labels[:, 0] = predictions[:, 0] = 0  # a label nobody has nor predicts
-    for average, ours in (('micro', glue.micro_f1), ('macro', glue.macro_f1)):
+    for average, ours in (('micro', metrics.micro_f1), ('macro', metrics.macro_f1)):
       assert ours(labels, predictions) == pytest.approx(100 * sklearn_metrics.f1_score(
           labels, predictions, average=average, zero_division=0)), average
-    np.testing.assert_allclose(glue.label_f1(labels, predictions), 100 * sklearn_metrics.f1_score(
-        labels, predictions, average=None, zero_division=0))
+    np.testing.assert_allclose(metrics.label_f1(labels, predictions),
+                               100 * sklearn_metrics.f1_score(labels, predictions, average=None,
+                                                              zero_division=0))
 
 
 def test_classification_macro_f1_matches_sklearn():
@@ -408,37 +414,37 @@ def test_classification_macro_f1_matches_sklearn():
     predictions = np.where(rng.random(n) < 0.1, -1, rng.integers(1, k + 1, n))
     expected = 100 * sklearn_metrics.f1_score(labels, predictions, labels=range(1, k + 1),
                                               average='macro', zero_division=0)
-    assert glue.macro_f1(glue.one_hot(labels, k), glue.one_hot(predictions, k)) == \
+    assert metrics.macro_f1(metrics.one_hot(labels, k), metrics.one_hot(predictions, k)) == \
         pytest.approx(expected)
 
 
 def test_compute_metrics_and_selection_per_kind(tmp_path):
   train = _write(tmp_path / 'train.csv', 'text,label\na,x\nb,y\nc,"x,z"\n')
   dev = _write(tmp_path / 'dev.csv', 'text,label\na,x\n')
-  classes = glue.file_task(train, dev, labels=('x', 'y', 'x,z'))
-  scores = glue.compute_metrics(classes, 'validation', [1, 2, 2, 3], [1, 2, 1, -1])
+  classes = tasks.file_task(train, dev, labels=('x', 'y', 'x,z'))
+  scores = metrics.compute_metrics(classes, 'validation', [1, 2, 2, 3], [1, 2, 1, -1])
   # F1 per class: x 2/3, y 2/3, 'x,z' 0 (missed).
   assert scores == {'validation/accuracy': 50.0,
                     'validation/macro_f1': pytest.approx(100 * 4 / 9)}
-  assert glue.task_score(classes, scores) == 50.0
-  tags = glue.file_task(train, dev, kind='multi_label', name='tags')
+  assert metrics.task_score(classes, scores) == 50.0
+  tags = tasks.file_task(train, dev, kind='multi_label', name='tags')
   assert tags.label_names == ('x', 'y', 'z')
-  scores = glue.compute_metrics(tags, 'validation', [[1, 0, 1], [0, 1, 0]],
-                                [[1, 0, 0], [0, 1, 0]])
+  scores = metrics.compute_metrics(tags, 'validation', [[1, 0, 1], [0, 1, 0]],
+                                   [[1, 0, 0], [0, 1, 0]])
   assert scores == {'tags/micro_f1': pytest.approx(100 * 4 / 5),
                     'tags/macro_f1': pytest.approx(100 * 2 / 3),
                     'tags/f1/x': 100.0, 'tags/f1/y': 100.0, 'tags/f1/z': 0.0}
   assert tags.metric_keys == ('tags/micro_f1', 'tags/macro_f1')
-  assert glue.task_score(tags, scores) == pytest.approx(100 * 2 / 3)
-  by_micro = glue.file_task(train, dev, kind='multi_label', name='tags',
-                            selection_metric='micro_f1')
-  assert glue.task_score(by_micro, scores) == pytest.approx(80.0)
-  assert list(glue.compute_metrics(tags, 'train', [[1, 0, 0]], [[1, 0, 0]]))[0] == \
+  assert metrics.task_score(tags, scores) == pytest.approx(100 * 2 / 3)
+  by_micro = tasks.file_task(train, dev, kind='multi_label', name='tags',
+                             selection_metric='micro_f1')
+  assert metrics.task_score(by_micro, scores) == pytest.approx(80.0)
+  assert list(metrics.compute_metrics(tags, 'train', [[1, 0, 0]], [[1, 0, 0]]))[0] == \
       'train/micro_f1'  # a labeled file outside validation: named by its split
   with pytest.raises(ValueError, match=r'of shape \[N\] x 3 \(multi-hot\)'):
-    glue.compute_metrics(tags, 'validation', [1, 2], [1, 2])
+    metrics.compute_metrics(tags, 'validation', [1, 2], [1, 2])
   with pytest.raises(ValueError, match='must be 0 or 1'):
-    glue.compute_metrics(tags, 'validation', [[2, 0, 0]], [[1, 0, 0]])
+    metrics.compute_metrics(tags, 'validation', [[2, 0, 0]], [[1, 0, 0]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,19 +453,19 @@ def test_compute_metrics_and_selection_per_kind(tmp_path):
 
 def test_prediction_rows_per_kind(tmp_path):
   train = _write(tmp_path / 'train.csv', 'text,label\na,refund\nb,billing\nc,"billing,other"\n')
-  classes = glue.file_task(train, labels=('billing', 'refund', 'other'))
+  classes = tasks.file_task(train, labels=('billing', 'refund', 'other'))
   logits = np.array([0.0, 1.0, 3.0, -1.0])  # class 0 (padding) ignored
   cfg = enct5.get_config('tiny', num_classes=3)
   probs = np.asarray(enct5.probabilities(logits, cfg))
-  row = glue.prediction_row(classes, 7, probs)
+  row = predict.prediction_row(classes, 7, probs)
   assert list(row) == ['id', 'label', 'probabilities'] and row['id'] == 7
   assert row['label'] == 'refund' == classes.label_names[int(enct5.predict(logits, cfg)) - 1]
   assert sum(row['probabilities'].values()) == pytest.approx(1.0, abs=1e-5)
   assert row['probabilities']['refund'] == pytest.approx(
       np.exp(3) / (np.exp(1) + np.exp(3) + np.exp(-1)), abs=1e-6)
-  tags = glue.file_task(train, kind='multi_label')
-  row = glue.prediction_row(tags, 'k1', [0.9, 0.3, 0.29], threshold=0.3, id_key='line')
+  tags = tasks.file_task(train, kind='multi_label')
+  row = predict.prediction_row(tags, 'k1', [0.9, 0.3, 0.29], threshold=0.3, id_key='line')
   assert row == {'line': 'k1', 'labels': ['billing', 'other'],
                  'probabilities': {'billing': 0.9, 'other': 0.3, 'refund': 0.29}}
-  scores = glue.file_task(_write(tmp_path / 'scores.csv', 'text,label\na,1\n'), kind='regression')
-  assert glue.prediction_row(scores, 3, np.float32(2.5)) == {'id': 3, 'value': 2.5}
+  scores = tasks.file_task(_write(tmp_path / 'scores.csv', 'text,label\na,1\n'), kind='regression')
+  assert predict.prediction_row(scores, 3, np.float32(2.5)) == {'id': 3, 'value': 2.5}

@@ -134,21 +134,18 @@ def test_padding_slot_is_finite():
 
 # ---------------------------------------------------------------------------------- dropout
 
-def test_dropout_only_when_not_deterministic():
+def test_dropout_only_with_rng():
   cfg = tiny_config(dropout_rate=0.3)
   params = enct5.init_params(jax.random.PRNGKey(0), cfg)
   batch = packed_batch()
   plain = enct5.apply(params, cfg, batch)
-  np.testing.assert_array_equal(
-      enct5.apply(params, cfg, batch, deterministic=True, rng=jax.random.PRNGKey(5)), plain)
-  dropped = enct5.apply(params, cfg, batch, deterministic=False, rng=jax.random.PRNGKey(5))
-  again = enct5.apply(params, cfg, batch, deterministic=False, rng=jax.random.PRNGKey(5))
-  other = enct5.apply(params, cfg, batch, deterministic=False, rng=jax.random.PRNGKey(6))
+  np.testing.assert_array_equal(enct5.apply(params, cfg, batch, rng=None), plain)
+  dropped = enct5.apply(params, cfg, batch, rng=jax.random.PRNGKey(5))
+  again = enct5.apply(params, cfg, batch, rng=jax.random.PRNGKey(5))
+  other = enct5.apply(params, cfg, batch, rng=jax.random.PRNGKey(6))
   np.testing.assert_array_equal(dropped, again)
   assert not np.allclose(dropped, plain, atol=1e-3)
   assert not np.allclose(dropped, other, atol=1e-3)
-  with pytest.raises(ValueError, match='needs an rng'):
-    enct5.apply(params, cfg, batch, deterministic=False)
 
 
 def test_every_dropout_site_draws_its_own_mask_shared_as_t5x(monkeypatch):
@@ -168,8 +165,7 @@ def test_every_dropout_site_draws_its_own_mask_shared_as_t5x(monkeypatch):
       return original(x, rate, rng, *args, **kwargs)
     return record
   monkeypatch.setattr(t5_layers, 'dropout', recording(t5_layers.dropout))
-  monkeypatch.setattr(t5_layers, 'attention_dropout', recording(t5_layers.attention_dropout))
-  enct5.apply(params, cfg, packed_batch(), deterministic=False, rng=jax.random.PRNGKey(7))
+  enct5.apply(params, cfg, packed_batch(), rng=jax.random.PRNGKey(7))
 
   B, L, T, H, D, F = 2, 12, 3, cfg.num_heads, cfg.d_model, cfg.d_ff
   layer = [((B, H, L, L), (2,)), ((B, L, D), (1,)), ((B, L, F), (1,)), ((B, L, D), (1,))]

@@ -17,11 +17,11 @@ import pytest
 from safetensors.numpy import save_file
 
 import enct5
-import glue
 import hf_ckpt
 import load_ckpt
 import t5
 import testutil
+import vocabularies
 
 FIXTURES = os.path.join(testutil.SHARED, 'fixtures')
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -290,7 +290,7 @@ def test_sharded_load_reads_each_device_slice():
 # ------------------------------------------------------------------- ByT5's byte vocabulary
 
 def test_byte_vocabulary_ids():
-  vocab = glue.load_vocab(glue.BYT5_VOCAB)
+  vocab = vocabularies.load_vocab(vocabularies.BYT5_VOCAB)
   assert vocab.GetPieceSize() == 384 == enct5.SIZES['byt5-small']['vocab_size']
   assert (vocab.pad_id(), vocab.eos_id(), vocab.unk_id()) == (0, 1, 2)
   assert vocab.encode('a é') == [ord('a') + 3, ord(' ') + 3, 0xC3 + 3, 0xA9 + 3]
@@ -301,12 +301,12 @@ def test_byte_vocabulary_ids():
 
 
 def test_byte_vocabulary_needs_a_byt5_embedding():
-  vocab = glue.load_vocab(glue.BYT5_VOCAB)
-  glue.check_vocab_fits(vocab, 384)
+  vocab = vocabularies.load_vocab(vocabularies.BYT5_VOCAB)
+  vocabularies.check_vocab_fits(vocab, 384)
   with pytest.raises(ValueError, match='byte vocabulary has 384 ids but the model embeds 32128'):
-    glue.check_vocab_fits(vocab, 32128)
+    vocabularies.check_vocab_fits(vocab, 32128)
   path = fixture('hf_byt5_tiny')
-  assert hf_ckpt.vocabulary(path) == glue.BYT5_VOCAB
+  assert hf_ckpt.vocabulary(path) == vocabularies.BYT5_VOCAB
   assert hf_ckpt.vocabulary(fixture('hf_mt5_tiny')) is None  # no spiece.model in the fixture
 
 
@@ -330,7 +330,7 @@ def test_train_fine_tunes_from_a_hugging_face_checkpoint(tmp_path, name, flags):
   record = json.loads((output_dir / 'run_config.json').read_text())
   assert record['model_config']['d_model'] == load_ckpt.config_from_checkpoint(path)['d_model']
   if name == 'hf_byt5_tiny':
-    assert record['vocab_file'] == glue.BYT5_VOCAB and not (output_dir / 'vocab').exists()
+    assert record['vocab_file'] == vocabularies.BYT5_VOCAB and not (output_dir / 'vocab').exists()
   else:
     assert record['vocab_file'].startswith(str(output_dir / 'vocab'))
   metrics = [json.loads(line) for line in open(output_dir / 'metrics.jsonl')]

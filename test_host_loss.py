@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-import glue
 import hosts
 import load_ckpt
 import testutil
+import vocabularies
 
 TIMEOUT_S = 5  # --host_timeout of these runs
 BOUND_S = 1.5 * TIMEOUT_S  # HostWatchdog's documented bound
@@ -192,7 +192,7 @@ def _train_py(tmp_path, output_dir, kill_at_step=None):
       lines = ['sentence\tlabel'] + [f'{" ".join(rng.choice(words, 5))}\t{rng.integers(2)}'
                                      for _ in range(rows)]
       (data / name).write_text('\n'.join(lines) + '\n')
-    glue.train_vocab(words, str(tmp_path / 'vocab'), 40)
+    vocabularies.train_vocab(words, str(tmp_path / 'vocab'), 40)
   address = f'127.0.0.1:{testutil.free_port()}'
   env = dict({k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}, JAX_PLATFORMS='cpu')
   procs = [subprocess.Popen(

@@ -18,7 +18,6 @@ import pytest
 import adafactor
 import enct5
 import load_ckpt
-import partitioning
 import testutil
 from load_ckpt import CheckpointError
 

@@ -1,14 +1,14 @@
 """Your own files through train.py (issue 27): each kind of label trains from a hand-written
 file, predictions keep the input's order and strings, a file larger than one chunk streams,
-and `finetune.Labeler` labels text from Python as `--mode=predict` does."""
+and `predict.Labeler` labels text from Python as `--mode=predict` does."""
 import json
-import os
 
 import numpy as np
 import pytest
 
 import finetune
-import glue
+import predict
+import tasks
 import train
 
 # A model of a few thousand parameters on 32-token rows: compiles and trains in seconds.
@@ -93,7 +93,7 @@ def test_multi_label_jsonl_and_a_file_larger_than_a_chunk(tmp_path, monkeypatch)
                       [line(text, []) for text, _, _, _ in _rows(29, 2)])
   _main('--mode=predict', f'--output_dir={out}', f'--input_file={input_file}',
         f'--predictions_file={tmp_path}/whole.jsonl')
-  monkeypatch.setattr(finetune, 'PREDICT_CHUNK_ROWS', 7)
+  monkeypatch.setattr(predict, 'PREDICT_CHUNK_ROWS', 7)
   _main('--mode=predict', f'--output_dir={out}', f'--input_file={input_file}',
         f'--predictions_file={tmp_path}/chunks.jsonl')
   whole, chunks = _read_jsonl(tmp_path / 'whole.jsonl'), _read_jsonl(tmp_path / 'chunks.jsonl')
@@ -122,7 +122,7 @@ def test_regression_tsv_and_the_labeler(tmp_path):
   lines = (tmp_path / 'out.tsv').read_text().splitlines()
   assert lines[0] == 'line\tvalue' and len(lines) == 6
   values = [float(line.split('\t')[1]) for line in lines[1:]]
-  labelled = finetune.Labeler(str(out))(texts)
+  labelled = predict.Labeler(str(out))(texts)
   assert [row['row'] for row in labelled] == [1, 2, 3, 4, 5]
   np.testing.assert_allclose([row['value'] for row in labelled], values, rtol=1e-5)
 
@@ -140,13 +140,13 @@ def test_labels_by_index_name_goemotions_labels(tmp_path):
   out = tmp_path / 'run'
   _main(f'--train_file={train_file}', f'--validation_file={dev_file}', '--multi_label',
         f'--labels={names}', '--labels_by_index', f'--output_dir={out}', *TINY)
-  assert glue.task_from_json(json.loads((out / finetune.RECORD_FILE).read_text())['task'])\
+  assert tasks.task_from_json(json.loads((out / finetune.RECORD_FILE).read_text())['task'])\
       .label_names == ('late', 'broken', 'awful')
   metrics = json.loads((out / 'metrics.jsonl').read_text().splitlines()[-1])
   assert {'validation/micro_f1', 'validation/macro_f1', 'validation/f1/broken'} <= \
       set(metrics['scores'])
   assert metrics['score'] == metrics['scores']['validation/macro_f1']
-  [row] = finetune.Labeler(str(out))(['late and broken'])
+  [row] = predict.Labeler(str(out))(['late and broken'])
   assert set(row['probabilities']) == {'late', 'broken', 'awful'}
 
 

@@ -13,11 +13,15 @@ from scipy import stats
 from sklearn import metrics as sklearn_metrics
 
 import enct5
-import glue
+import metrics
 import packing
+import preprocessing
+import readers
 import t5
 import t5_layers
+import tasks
 import testutil
+import vocabularies
 
 SHARED = testutil.SHARED
 GLUE_DIR = os.path.join(SHARED, 'glue')
@@ -454,15 +458,15 @@ def glue_vocab(tmp_path_factory):
   texts = []
   for task_name, split in GLUE_FILES:
     if split == 'train' or task_name == 'qnli':
-      texts += [e.text for e in glue.read_split(glue.TASKS[task_name], GLUE_DIR, split)[:400]]
-  return glue.train_vocab(texts, str(tmp_path_factory.mktemp('spm') / 'glue'), 2000)
+      texts += [e.text for e in readers.read_split(tasks.TASKS[task_name], GLUE_DIR, split)[:400]]
+  return vocabularies.train_vocab(texts, str(tmp_path_factory.mktemp('spm') / 'glue'), 2000)
 
 
 @pytest.mark.parametrize('task_name, split', sorted(GLUE_FILES))
 def test_glue_file_loads(task_name, split):
   _need_glue()
-  task = glue.TASKS[task_name]
-  examples = glue.read_split(task, GLUE_DIR, split)
+  task = tasks.TASKS[task_name]
+  examples = readers.read_split(task, GLUE_DIR, split)
   assert len(examples) == GLUE_FILES[task_name, split]
   assert [e.idx for e in examples] == list(range(len(examples)))
   assert all(e.text.startswith(task.name + ' ' + task.features[0][0] + ': ') for e in examples)
@@ -478,7 +482,7 @@ def test_glue_file_loads(task_name, split):
 
 def test_glue_first_rows_as_t5_text():
   _need_glue()
-  first = {name: glue.read_split(glue.TASKS[name], GLUE_DIR, 'validation')[0]
+  first = {name: readers.read_split(tasks.TASKS[name], GLUE_DIR, 'validation')[0]
            for name in ('cola', 'sst2', 'mrpc', 'stsb', 'qnli', 'rte')}
   assert first['cola'].text == 'cola sentence: The sailors rode the breeze clear of the rocks.'
   assert first['cola'].label == 2 and first['cola'].line == 1  # no header; 1 = acceptable
@@ -498,12 +502,12 @@ def test_glue_first_rows_as_t5_text():
 
 @pytest.mark.parametrize('task_name', ['cola', 'sst2', 'mrpc', 'stsb', 'rte', 'qnli'])
 def test_glue_train_set_packs(task_name, glue_vocab):
-  task = glue.TASKS[task_name]
+  task = tasks.TASKS[task_name]
   split = 'validation' if task_name == 'qnli' else 'train'  # QNLI train is not in ../shared
-  examples = glue.read_split(task, GLUE_DIR, split)
+  examples = readers.read_split(task, GLUE_DIR, split)
   for max_length in (128, 512):
-    tokenized, truncated = glue.tokenize(glue_vocab, examples, max_length)
-    assert all(ids[-1] == glue.EOS_ID and len(ids) <= max_length for ids, _ in tokenized)
+    tokenized, truncated = preprocessing.tokenize(glue_vocab, examples, max_length)
+    assert all(ids[-1] == vocabularies.EOS_ID and len(ids) <= max_length for ids, _ in tokenized)
     assert truncated <= sum(len(ids) == max_length for ids, _ in tokenized)
     packed = packing.pack_examples(tokenized, max_length, 62, regression=task.is_regression,
                                    ids=[e.idx for e in examples])
@@ -519,20 +523,20 @@ def test_glue_train_set_packs(task_name, glue_vocab):
 
 
 def test_load_packed(glue_vocab):
-  task = glue.TASKS['rte']
-  examples, packed = glue.load_packed(task, GLUE_DIR, 'validation', glue_vocab, 128, 62)
-  tokenized, _ = glue.tokenize(glue_vocab, examples, 128)
+  task = tasks.TASKS['rte']
+  examples, packed = preprocessing.load_packed(task, GLUE_DIR, 'validation', glue_vocab, 128, 62)
+  tokenized, _ = preprocessing.tokenize(glue_vocab, examples, 128)
   expected = packing.pack_examples(tokenized, 128, 62)
   assert len(examples) == 277
   for name in expected:
     np.testing.assert_array_equal(packed[name], expected[name])
   # In attention blocks: 512-token rows of SST-2, blocks of the smallest size holding every
   # example.
-  examples = glue.read_split(glue.TASKS['sst2'], GLUE_DIR, 'validation')
-  tokenized, _ = glue.tokenize(glue_vocab, examples, 512)
+  examples = readers.read_split(tasks.TASKS['sst2'], GLUE_DIR, 'validation')
+  tokenized, _ = preprocessing.tokenize(glue_vocab, examples, 512)
   block = packing.block_length_for([len(tokens) for tokens, _ in tokenized], 512)
-  _, packed = glue.load_packed(glue.TASKS['sst2'], GLUE_DIR, 'validation', glue_vocab, 512, 62,
-                               block_length=block)
+  _, packed = preprocessing.load_packed(tasks.TASKS['sst2'], GLUE_DIR, 'validation', glue_vocab,
+                                        512, 62, block_length=block)
   expected = packing.pack_examples(tokenized, 512, 62, block_length=block)
   assert block < 512
   for name in expected:
@@ -583,41 +587,41 @@ STSB_TEST = ('index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentenc
 
 
 def test_mnli_reader(tmp_path):
-  task = glue.TASKS['mnli']
-  train = glue.read_file(task, _write(tmp_path / 'train.tsv', MNLI_TRAIN))
+  task = tasks.TASKS['mnli']
+  train = readers.read_file(task, _write(tmp_path / 'train.tsv', MNLI_TRAIN))
   # T5's sorted feature order: hypothesis (sentence2) before premise (sentence1).
   assert train[0].text == ('mnli hypothesis: Product and geography are what make cream '
                            'skimming work.  premise: Conceptually cream skimming has two '
                            'basic dimensions.')
   assert [e.label for e in train] == [2, 1, 3]  # neutral, entailment, contradiction
-  dev = glue.read_file(task, _write(tmp_path / 'dev_matched.tsv', MNLI_DEV))
+  dev = readers.read_file(task, _write(tmp_path / 'dev_matched.tsv', MNLI_DEV))
   assert dev[0].label == 2 and dev[0].text.startswith('mnli hypothesis: Everyone really')
-  test = glue.read_file(task, _write(tmp_path / 'test_matched.tsv', MNLI_TEST), labeled=False)
-  assert test == [glue.Example(0, 2, 'mnli hypothesis: How are you? premise: Hey, hey.', None)]
+  test = readers.read_file(task, _write(tmp_path / 'test_matched.tsv', MNLI_TEST), labeled=False)
+  assert test == [readers.Example(0, 2, 'mnli hypothesis: How are you? premise: Hey, hey.', None)]
   os.makedirs(tmp_path / 'MNLI')
   _write(tmp_path / 'MNLI' / 'dev_mismatched.tsv', MNLI_DEV)
-  assert glue.read_split(task, str(tmp_path), 'validation_mismatched') == dev
+  assert readers.read_split(task, str(tmp_path), 'validation_mismatched') == dev
   assert task.raw_label(3) == 'contradiction'
 
 
 def test_qqp_qnli_and_test_readers(tmp_path):
-  qqp = glue.TASKS['qqp']
-  train = glue.read_file(qqp, _write(tmp_path / 'qqp.tsv', QQP_TRAIN))
+  qqp = tasks.TASKS['qqp']
+  train = readers.read_file(qqp, _write(tmp_path / 'qqp.tsv', QQP_TRAIN))
   assert train[1].text == ('qqp question1: How do I control my horny emotions? '
                            'question2: How do you control your horniness?')
   assert [e.label for e in train] == [1, 2]  # 2 = duplicate, F1's positive class
-  test = glue.read_file(qqp, _write(tmp_path / 'qqp_test.tsv', QQP_TEST), labeled=False)
+  test = readers.read_file(qqp, _write(tmp_path / 'qqp_test.tsv', QQP_TEST), labeled=False)
   assert test[0].label is None and test[0].text.startswith('qqp question1: Why am I')
-  qnli = glue.read_file(glue.TASKS['qnli'], _write(tmp_path / 'qnli.tsv', QNLI_TRAIN))
+  qnli = readers.read_file(tasks.TASKS['qnli'], _write(tmp_path / 'qnli.tsv', QNLI_TRAIN))
   assert qnli[0].label == 2 and qnli[0].text.startswith('qnli question: When did')
   for name, text in (('cola', COLA_TEST), ('mrpc', MRPC_TEST), ('stsb', STSB_TEST)):
-    examples = glue.read_file(glue.TASKS[name], _write(tmp_path / f'{name}_test.tsv', text),
+    examples = readers.read_file(tasks.TASKS[name], _write(tmp_path / f'{name}_test.tsv', text),
                              labeled=False)
     assert len(examples) == 1 and examples[0].label is None and examples[0].line == 2
   assert examples[0].text == ('stsb sentence1: A girl is styling her hair. '
                               'sentence2: A girl is brushing her hair.')
   with pytest.raises(ValueError, match=r"qqp_test.tsv: columns \['is_duplicate'\] missing"):
-    glue.read_file(qqp, str(tmp_path / 'qqp_test.tsv'))  # a test file read as labeled
+    readers.read_file(qqp, str(tmp_path / 'qqp_test.tsv'))  # a test file read as labeled
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,21 +649,21 @@ STSB_LABELED = STSB_TEST.replace('sentence2\n', 'sentence2\tscore\n')
 def test_malformed_files_raise(tmp_path, task_name, text, message):
   path = _write(tmp_path / 'bad.tsv', text)
   with pytest.raises(ValueError, match=message):
-    glue.read_file(glue.TASKS[task_name], path)
+    readers.read_file(tasks.TASKS[task_name], path)
 
 
 def test_malformed_rows_skipped_and_counted(tmp_path, caplog):
   text = RTE_HEADER + '0\ta\tb\tentailment\n1\ta\tb\n2\ta\tb\tneutral\n3\tc\t\tnot_entailment\n'
   path = _write(tmp_path / 'rte.tsv', text)
   with caplog.at_level('INFO'):
-    examples = glue.read_file(glue.TASKS['rte'], path, on_error='skip')
+    examples = readers.read_file(tasks.TASKS['rte'], path, on_error='skip')
   assert [(e.idx, e.line, e.label) for e in examples] == [(0, 2, 1), (3, 5, 2)]
   assert examples[1].text == 'rte sentence1: c sentence2: '  # empty field kept, as T5
   log = caplog.text
   assert 'rte.tsv:3: skipped: 3 columns' in log and "rte.tsv:4: skipped: unknown label" in log
   assert 'skipped 2 bad rows (lines [3, 4])' in log and '1 rows with an empty text field' in log
   with pytest.raises(ValueError, match='all 1 rows are bad'):
-    glue.read_file(glue.TASKS['rte'], _write(tmp_path / 'all_bad.tsv', RTE_HEADER + '0\ta\n'),
+    readers.read_file(tasks.TASKS['rte'], _write(tmp_path / 'all_bad.tsv', RTE_HEADER + '0\ta\n'),
                   on_error='skip')
 
 
@@ -673,42 +677,42 @@ def small_vocab(tmp_path_factory):
   words = ['the', 'cat', 'sat', 'on', 'a', 'mat', 'dog', 'ran', 'far', 'away', 'sentence:',
            'sst2', 'good', 'bad', 'movie', 'film', 'plot', 'actor', 'very', 'not']
   texts = [' '.join(rng.choice(words, int(rng.integers(3, 15)))) for _ in range(500)]
-  return glue.train_vocab(texts, str(tmp_path_factory.mktemp('spm') / 'small'), 100)
+  return vocabularies.train_vocab(texts, str(tmp_path_factory.mktemp('spm') / 'small'), 100)
 
 
 def test_tokenize_eos_and_truncation(small_vocab):
   assert (small_vocab.pad_id(), small_vocab.eos_id(), small_vocab.unk_id()) == (0, 1, 2)
   assert small_vocab.bos_id() == -1
   long_text = 'sst2 sentence: ' + 'the cat sat on a mat ' * 20
-  examples = [glue.Example(0, 2, 'sst2 sentence: a good film', 2),
-              glue.Example(1, 3, long_text, 1)]
-  tokenized, truncated = glue.tokenize(small_vocab, examples, 16)
+  examples = [readers.Example(0, 2, 'sst2 sentence: a good film', 2),
+              readers.Example(1, 3, long_text, 1)]
+  tokenized, truncated = preprocessing.tokenize(small_vocab, examples, 16)
   (short, label), (cut, _) = tokenized
   assert truncated == 1 and label == 2
   assert short[-1] == 1 and 1 not in short[:-1] and 0 not in short
   assert small_vocab.decode(short[:-1]) == 'sst2 sentence: a good film'
   assert len(cut) == 16 and cut[-1] == 1
   assert cut[:-1] == small_vocab.encode(long_text)[:15]  # trim to L-1, then EOS (seqio)
-  exact = glue.Example(2, 4, small_vocab.decode(small_vocab.encode(long_text)[:15]), 1)
-  assert glue.tokenize(small_vocab, [exact], 16)[1] == 0  # 15 pieces + EOS: no truncation
+  exact = readers.Example(2, 4, small_vocab.decode(small_vocab.encode(long_text)[:15]), 1)
+  assert preprocessing.tokenize(small_vocab, [exact], 16)[1] == 0  # 15 pieces + EOS: no truncation
 
 
 def test_tokenize_empty_text_names_line(small_vocab):
   with pytest.raises(ValueError, match=r'dev.tsv:7: text .* tokenizes to nothing'):
-    glue.tokenize(small_vocab, [glue.Example(5, 7, '  ', 1)], 16, path='dev.tsv')
+    preprocessing.tokenize(small_vocab, [readers.Example(5, 7, '  ', 1)], 16, path='dev.tsv')
 
 
 def test_vocab_checks(small_vocab, tmp_path):
   size = small_vocab.GetPieceSize()
-  glue.check_vocab_fits(small_vocab, size)
+  vocabularies.check_vocab_fits(small_vocab, size)
   with pytest.raises(ValueError, match=rf'has {size} pieces but the model embeds only {size - 1}'):
-    glue.check_vocab_fits(small_vocab, size - 1)
+    vocabularies.check_vocab_fits(small_vocab, size - 1)
   import sentencepiece as spm
   spm.SentencePieceTrainer.train(sentence_iterator=iter(['a b c d e f'] * 20), vocab_size=20,
                                  model_prefix=str(tmp_path / 'default_ids'),
                                  hard_vocab_limit=False, minloglevel=2)
   with pytest.raises(ValueError, match=r'\(pad, eos, unk\) = \(-1, 2, 0\); T5 needs'):
-    glue.load_vocab(str(tmp_path / 'default_ids.model'))
+    vocabularies.load_vocab(str(tmp_path / 'default_ids.model'))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,18 +720,18 @@ def test_vocab_checks(small_vocab, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def test_metrics_by_hand():
-  assert glue.accuracy([1, 2, 2, 1], [1, 2, 1, 1]) == 75.0
+  assert metrics.accuracy([1, 2, 2, 1], [1, 2, 1, 1]) == 75.0
   # Positive class 2: tp=2, 3 positive labels, 3 positive predictions -> 2*2/(3+3).
-  assert glue.f1([2, 2, 1, 1, 2], [2, 1, 2, 1, 2], positive=2) == pytest.approx(200 / 3)
-  assert glue.f1([1, 1], [1, 1], positive=2) == 0.0
+  assert metrics.f1([2, 2, 1, 1, 2], [2, 1, 2, 1, 2], positive=2) == pytest.approx(200 / 3)
+  assert metrics.f1([1, 1], [1, 1], positive=2) == 0.0
   # tp=1, fn=1, tn=2, fp=0: (1*2 - 0*1) / sqrt(1 * 2 * 2 * 3).
-  assert glue.matthews_corrcoef([2, 2, 1, 1], [2, 1, 1, 1]) == pytest.approx(100 / np.sqrt(3))
-  assert glue.matthews_corrcoef([2, 2, 1], [2, 2, 2]) == 0.0  # constant predictions
+  assert metrics.matthews_corrcoef([2, 2, 1, 1], [2, 1, 1, 1]) == pytest.approx(100 / np.sqrt(3))
+  assert metrics.matthews_corrcoef([2, 2, 1], [2, 2, 2]) == 0.0  # constant predictions
   # x-mean = (-1, 0, 1), y-mean = (-4, -1, 5)/3: r = 3 / sqrt(2 * 42/9).
-  assert glue.pearson_corrcoef([1, 2, 3], [1, 2, 4]) == pytest.approx(100 * 3 / np.sqrt(28 / 3))
-  np.testing.assert_array_equal(glue.average_ranks([1, 2, 2, 3]), [1, 2.5, 2.5, 4])
+  assert metrics.pearson_corrcoef([1, 2, 3], [1, 2, 4]) == pytest.approx(100 * 3 / np.sqrt(28 / 3))
+  np.testing.assert_array_equal(metrics.average_ranks([1, 2, 2, 3]), [1, 2.5, 2.5, 4])
   # ranks (1, 2.5, 2.5, 4) and (1, 3, 2, 4): r = 4.5 / sqrt(4.5 * 5).
-  assert glue.spearman_corrcoef([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(
+  assert metrics.spearman_corrcoef([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(
       100 * 4.5 / np.sqrt(22.5))
 
 
@@ -736,50 +740,50 @@ def test_metrics_match_sklearn_and_scipy():
   for _ in range(20):
     n = int(rng.integers(2, 300))
     labels, predictions = rng.integers(1, 3, n), rng.integers(1, 3, n)
-    assert glue.accuracy(labels, predictions) == pytest.approx(
+    assert metrics.accuracy(labels, predictions) == pytest.approx(
         100 * sklearn_metrics.accuracy_score(labels, predictions))
-    assert glue.f1(labels, predictions, 2) == pytest.approx(
+    assert metrics.f1(labels, predictions, 2) == pytest.approx(
         100 * sklearn_metrics.f1_score(labels, predictions, pos_label=2, zero_division=0))
-    assert glue.matthews_corrcoef(labels, predictions) == pytest.approx(
+    assert metrics.matthews_corrcoef(labels, predictions) == pytest.approx(
         100 * sklearn_metrics.matthews_corrcoef(labels, predictions), abs=1e-9)
     three = rng.integers(1, 4, (2, n))
-    assert glue.matthews_corrcoef(*three) == pytest.approx(
+    assert metrics.matthews_corrcoef(*three) == pytest.approx(
         100 * sklearn_metrics.matthews_corrcoef(*three), abs=1e-9)
     scores = np.round(rng.uniform(0, 5, (2, n)) * 5) / 5  # many ties, as STS-B's labels
-    assert glue.pearson_corrcoef(*scores) == pytest.approx(100 * stats.pearsonr(*scores)[0])
-    assert glue.spearman_corrcoef(*scores) == pytest.approx(100 * stats.spearmanr(*scores)[0])
-    np.testing.assert_allclose(glue.average_ranks(scores[0]), stats.rankdata(scores[0]))
+    assert metrics.pearson_corrcoef(*scores) == pytest.approx(100 * stats.pearsonr(*scores)[0])
+    assert metrics.spearman_corrcoef(*scores) == pytest.approx(100 * stats.spearmanr(*scores)[0])
+    np.testing.assert_allclose(metrics.average_ranks(scores[0]), stats.rankdata(scores[0]))
 
 
 def test_invalid_predictions_count_as_t5_counts_them():
   """A T5 output string that is no label: wrong for accuracy, the opposite of the gold label
   for F1 (T5 `f1_score_with_invalid`), a class of its own for Matthews correlation."""
-  invalid = glue.INVALID_PREDICTION
+  invalid = metrics.INVALID_PREDICTION
   gold, predictions = [2, 1, 1, 2], [2, invalid, 1, invalid]
-  scores = glue.compute_metrics(glue.get_task('mrpc'), 'validation', gold, predictions)
+  scores = metrics.compute_metrics(tasks.get_task('mrpc'), 'validation', gold, predictions)
   # As [2, 2, 1, 1]: one true positive, one false positive, one false negative.
   assert scores['mrpc/f1'] == pytest.approx(100 * 2 / 4)
   assert scores['mrpc/accuracy'] == pytest.approx(50.0)
   gold, predictions = [2, 1, 1, 2, 2, 1, 2], [2, invalid, 1, 1, invalid, 1, 2]
-  scores = glue.compute_metrics(glue.get_task('cola'), 'validation', gold, predictions)
+  scores = metrics.compute_metrics(tasks.get_task('cola'), 'validation', gold, predictions)
   assert scores['cola/matthews_corrcoef'] == pytest.approx(
       100 * sklearn_metrics.matthews_corrcoef(gold, predictions))
   with pytest.raises(ValueError, match='is not a class id'):
-    glue.compute_metrics(glue.get_task('cola'), 'validation', [invalid, 1], [1, 1])
+    metrics.compute_metrics(tasks.get_task('cola'), 'validation', [invalid, 1], [1, 1])
 
 
 def test_compute_metrics_task_score_and_glue_average():
-  mrpc = glue.TASKS['mrpc']
-  scores = glue.compute_metrics(mrpc, 'validation', [2, 2, 1, 1], [2, 1, 1, 1])
+  mrpc = tasks.TASKS['mrpc']
+  scores = metrics.compute_metrics(mrpc, 'validation', [2, 2, 1, 1], [2, 1, 1, 1])
   assert scores == {'mrpc/f1': pytest.approx(200 / 3), 'mrpc/accuracy': 75.0}
-  assert glue.task_score(mrpc, scores) == pytest.approx((200 / 3 + 75) / 2)
-  mnli = glue.TASKS['mnli']
-  assert glue.compute_metrics(mnli, 'validation_mismatched', [1, 2, 3], [1, 2, 2]) == {
+  assert metrics.task_score(mrpc, scores) == pytest.approx((200 / 3 + 75) / 2)
+  mnli = tasks.TASKS['mnli']
+  assert metrics.compute_metrics(mnli, 'validation_mismatched', [1, 2, 3], [1, 2, 2]) == {
       'mnli_mismatched/accuracy': pytest.approx(200 / 3)}
   with pytest.raises(ValueError, match="no metrics for split 'validation'"):
-    glue.compute_metrics(mnli, 'validation', [1], [1])
+    metrics.compute_metrics(mnli, 'validation', [1], [1])
   with pytest.raises(ValueError, match='label 4 is not a class id 1..3'):
-    glue.compute_metrics(mnli, 'validation_matched', [4], [1])
+    metrics.compute_metrics(mnli, 'validation_matched', [4], [1])
   # Table 1's average: each task's metrics first (MNLI m/mm as one task), then 8 tasks.
   scores = {'cola/matthews_corrcoef': 60.0, 'sst2/accuracy': 95.0, 'mrpc/f1': 92.0,
             'mrpc/accuracy': 90.0, 'stsb/pearson_corrcoef': 90.0,
@@ -787,18 +791,18 @@ def test_compute_metrics_task_score_and_glue_average():
             'mnli_matched/accuracy': 87.0, 'mnli_mismatched/accuracy': 86.0,
             'qnli/accuracy': 93.0, 'rte/accuracy': 80.0}
   expected = (60 + 95 + 91 + 89 + 79 + 86.5 + 93 + 80) / 8
-  assert glue.glue_average(scores) == pytest.approx(expected)
+  assert metrics.glue_average(scores) == pytest.approx(expected)
   del scores['qqp/f1']
   with pytest.raises(ValueError, match=r"scores lack \['qqp/f1'\]"):
-    glue.glue_average(scores)
+    metrics.glue_average(scores)
 
 
 def test_tasks_table():
-  assert sorted(glue.TASKS) == ['cola', 'mnli', 'mrpc', 'qnli', 'qqp', 'rte', 'sst2', 'stsb']
-  assert glue.TASKS['stsb'].num_classes == 1 and glue.TASKS['stsb'].is_regression
-  assert glue.TASKS['mnli'].num_classes == 3
-  assert glue.TASKS['mnli'].metric_keys == ('mnli_matched/accuracy', 'mnli_mismatched/accuracy')
-  assert glue.TASKS['stsb'].raw_label(3.14159) == '3.142'
-  assert glue.TASKS['cola'].raw_label(2) == '1'
+  assert sorted(tasks.TASKS) == ['cola', 'mnli', 'mrpc', 'qnli', 'qqp', 'rte', 'sst2', 'stsb']
+  assert tasks.TASKS['stsb'].num_classes == 1 and tasks.TASKS['stsb'].is_regression
+  assert tasks.TASKS['mnli'].num_classes == 3
+  assert tasks.TASKS['mnli'].metric_keys == ('mnli_matched/accuracy', 'mnli_mismatched/accuracy')
+  assert tasks.TASKS['stsb'].raw_label(3.14159) == '3.142'
+  assert tasks.TASKS['cola'].raw_label(2) == '1'
   with pytest.raises(ValueError, match="unknown GLUE task 'wnli'"):
-    glue.get_task('wnli')
+    tasks.get_task('wnli')

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import enct5
+import finetune
 import load_ckpt
 import partitioning
-import finetune
 import pretrain
 import t5
 import testutil

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 
 import enct5
-import glue
 import packing
+import tasks
 from experiments import probe
 
 
@@ -49,7 +49,7 @@ def test_ridge_predict_against_augmented_least_squares():
 def test_probe_score_uses_the_tasks_metrics():
   """Features that carry the label score 100; features of noise score near chance."""
   rng = np.random.default_rng(2)
-  sst2, stsb = glue.get_task('sst2'), glue.get_task('stsb')
+  sst2, stsb = tasks.get_task('sst2'), tasks.get_task('stsb')
   labels = rng.integers(1, 3, 400)
   informative = np.eye(2)[labels - 1] + 0.1 * rng.normal(size=(400, 2))
   train, dev = (informative[:300], labels[:300]), (informative[300:], labels[300:])

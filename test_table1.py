@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import glue
+import tasks
 import testutil
 
 RTE = os.path.join(testutil.SHARED, 'glue', 'RTE')
@@ -97,7 +97,7 @@ def _grid(directory, seed, scores, learning_rate='0.01'):
       cells[f'{row}/{task}'] = dict(
           row=row, task=task, status='done', steps=600, wall_s=60.0 * (seed + 1), params=2400000,
           score=sum(metrics) / len(metrics),
-          scores=dict(zip(glue.TASKS[task].metric_keys, metrics)),
+          scores=dict(zip(tasks.TASKS[task].metric_keys, metrics)),
           command=f'python train.py --model=enct5 --task={task} --learning_rate={learning_rate} '
                   f'--seed={seed} --output_dir={directory}/{row}/{task}')
   directory.mkdir()

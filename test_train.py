@@ -14,12 +14,15 @@ from scipy import stats
 import adafactor
 import enct5
 import finetune
-import glue
 import load_ckpt
 import loop
+import metrics
 import partitioning
+import t5
+import tasks
 import testutil
 import train
+import vocabularies
 
 SHARED = testutil.SHARED
 MINI_CKPT = os.path.join(SHARED, 'fixtures', 't5x_mini_t5_1_1', 'checkpoint_3')
@@ -430,14 +433,14 @@ def test_label_text_as_t5():
            'mnli': ['entailment', 'neutral', 'contradiction'],
            'qnli': ['entailment', 'not_entailment'], 'rte': ['entailment', 'not_entailment']}
   for name, texts in names.items():
-    task = glue.get_task(name)
-    assert [glue.label_text(task, i + 1) for i in range(len(texts))] == texts
-    assert glue.label_texts(task) == texts
-  stsb = glue.get_task('stsb')
+    task = tasks.get_task(name)
+    assert [t5.label_text(task, i + 1) for i in range(len(texts))] == texts
+    assert t5.label_texts(task) == texts
+  stsb = tasks.get_task('stsb')
   for score, text in [(0.0, '0.0'), (1.8, '1.8'), (2.5, '2.4'), (3.5, '3.6'), (3.13, '3.2'),
                       (4.9, '4.8'), (5.0, '5.0')]:
-    assert glue.label_text(stsb, score) == text, score
-  assert glue.label_texts(stsb) == [f'{i / 5:.1f}' for i in range(26)]
+    assert t5.label_text(stsb, score) == text, score
+  assert t5.label_texts(stsb) == [f'{i / 5:.1f}' for i in range(26)]
 
 
 @pytest.fixture(scope='module')
@@ -445,7 +448,7 @@ def label_vocab(tmp_path_factory):
   """A small SentencePiece model that spells SST-2's and STS-B's labels (and has no '_')."""
   texts = (['a good movie', 'not a bad film', 'negative positive', 'the end'] * 50 +
            [f'{i / 5:.1f}' for i in range(26)] * 10)
-  return glue.train_vocab(texts, str(tmp_path_factory.mktemp('vocab') / 'labels'), 80)
+  return vocabularies.train_vocab(texts, str(tmp_path_factory.mktemp('vocab') / 'labels'), 80)
 
 
 def _rows(rows):
@@ -457,9 +460,9 @@ def _rows(rows):
 def test_decoded_strings_map_back_to_labels(label_vocab):
   """T5's postprocessors: the text before EOS is a label's class id, else -1 (counted wrong);
   STS-B: a float, else -1.0."""
-  sst2 = glue.get_task('sst2')
-  labels = glue.LabelText(sst2, label_vocab)
-  encode = lambda text: label_vocab.encode(text) + [glue.EOS_ID]
+  sst2 = tasks.get_task('sst2')
+  labels = t5.LabelText(sst2, label_vocab)
+  encode = lambda text: label_vocab.encode(text) + [vocabularies.EOS_ID]
   assert labels.tokens([2, 1]) == [encode('positive'), encode('negative')]
   assert labels.decode_length == max(len(encode('positive')), len(encode('negative')))
   rows = [encode('positive'), encode('negative'), encode('neutral'), encode('positive positive'),
@@ -470,21 +473,21 @@ def test_decoded_strings_map_back_to_labels(label_vocab):
 
   # Unknown strings count as wrong: accuracy, and F1 as T5's `f1_score_with_invalid`.
   gold = [2, 1, 1, 2, 2, 1]
-  assert glue.compute_metrics(sst2, 'validation', gold,
-                              predictions)['sst2/accuracy'] == pytest.approx(300 / 6)
-  mrpc = glue.get_task('mrpc')
-  scores = glue.compute_metrics(mrpc, 'validation', gold, predictions)
+  assert metrics.compute_metrics(sst2, 'validation', gold,
+                                 predictions)['sst2/accuracy'] == pytest.approx(300 / 6)
+  mrpc = tasks.get_task('mrpc')
+  scores = metrics.compute_metrics(mrpc, 'validation', gold, predictions)
   # Positives (class 2): gold at 0, 3, 4; predicted 2 at 0 and, as the opposite of gold 1, at 2.
   assert scores['mrpc/f1'] == pytest.approx(100 * 2 * 1 / (3 + 2))
   assert scores['mrpc/accuracy'] == pytest.approx(300 / 6)
 
-  stsb = glue.get_task('stsb')
-  scores = glue.LabelText(stsb, label_vocab)
+  stsb = tasks.get_task('stsb')
+  scores = t5.LabelText(stsb, label_vocab)
   assert scores.tokens([2.5]) == [encode('2.4')]
   values = scores.parse(_rows([encode('3.4'), encode('5.0'), encode('end')]))
   np.testing.assert_allclose(values, [3.4, 5.0, -1.0], rtol=1e-6)
   with pytest.raises(ValueError, match="cannot spell the rte label 'not_entailment'"):
-    glue.LabelText(glue.get_task('rte'), label_vocab)
+    t5.LabelText(tasks.get_task('rte'), label_vocab)
 
 
 @pytest.mark.parametrize('model, decoder_layers', [('t5', 2), ('1dect5', 1)])

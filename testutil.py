@@ -3,10 +3,10 @@ import os
 import socket
 import subprocess
 
-import glue
+import tasks
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-SHARED = glue.SHARED  # real GLUE data and T5X-written checkpoints, never copied into the repo
+SHARED = tasks.SHARED  # real GLUE data and T5X-written checkpoints, never copied into the repo
 
 
 def free_port():

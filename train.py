@@ -59,8 +59,9 @@ import jax
 
 import cli
 import finetune
-import glue
 import loop
+import predict
+import tasks
 
 DEFAULTS = cli.DEFAULTS
 
@@ -166,8 +167,8 @@ NOT_RECORDED = ('output_dir', 'checkpoint', 'mesh')
 
 def check_flags():
   """Flags that cannot work stop here, before anything is read or compiled."""
-  if FLAGS.task and FLAGS.task not in glue.TASKS:
-    raise UserError(f'--task={FLAGS.task}: no such GLUE task; one of {sorted(glue.TASKS)}')
+  if FLAGS.task and FLAGS.task not in tasks.TASKS:
+    raise UserError(f'--task={FLAGS.task}: no such GLUE task; one of {sorted(tasks.TASKS)}')
   if FLAGS.task and FLAGS.train_file:
     raise UserError(f'--task={FLAGS.task} and --train_file: one or the other')
   if FLAGS.train_file and not FLAGS.validation_file:
@@ -227,7 +228,7 @@ def use_recorded_flags(record):
 
 DEMO_FLAGS = dict(size='tiny', vocab_size=1000, max_input_length=128, max_target_length=16,
                   batch_size=16, train_steps=300, eval_every=100, log_every=25)
-GLUE_PLACES = (os.path.join(glue.SHARED, 'glue'), 'glue_data')
+GLUE_PLACES = (os.path.join(tasks.SHARED, 'glue'), 'glue_data')
 
 
 def demo_setup(with_demo_flags):
@@ -238,7 +239,7 @@ def demo_setup(with_demo_flags):
     if with_demo_flags and not FLAGS[name].present:
       FLAGS[name].value = value
   if FLAGS.data_dir and with_demo_flags:
-    raise app.UsageError('--data_dir needs --task (one of %s)' % ', '.join(sorted(glue.TASKS)))
+    raise app.UsageError('--data_dir needs --task (one of %s)' % ', '.join(sorted(tasks.TASKS)))
   if FLAGS.output_dir is None:
     FLAGS.output_dir = tempfile.mkdtemp(prefix='enct5_demo_')
   logging.info('no --task: the demo. A generated task (sentences of made-up words; is there more '
@@ -250,10 +251,10 @@ def demo_setup(with_demo_flags):
       logging.info('GLUE data found at %s: fine-tune on it with e.g. `python train.py '
                    '--task=sst2 --data_dir=%s --size=tiny`', os.path.normpath(place),
                    os.path.normpath(os.path.join(place, 'SST-2')))
-  FLAGS.data_dir = os.path.join(FLAGS.output_dir, 'data', glue.DEMO_TASK.dir_name)
+  FLAGS.data_dir = os.path.join(FLAGS.output_dir, 'data', tasks.DEMO_TASK.dir_name)
   # Every process writes the same files (same seed), atomically; dev.tsv is written last.
-  if not os.path.isfile(os.path.join(FLAGS.data_dir, glue.DEMO_TASK.files['validation'])):
-    glue.write_demo_task(FLAGS.data_dir, FLAGS.seed)
+  if not os.path.isfile(os.path.join(FLAGS.data_dir, tasks.DEMO_TASK.files['validation'])):
+    tasks.write_demo_task(FLAGS.data_dir, FLAGS.seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,9 +298,9 @@ def run_mode(watchdog):
     input_file = FLAGS.input_file or FLAGS.test_file
     if not input_file:
       raise app.UsageError('--mode=predict needs --input_file (or the run\'s --test_file)')
-    finetune.predict_file(config, input_file, FLAGS.predictions_file, FLAGS.id_field)
+    predict.predict_file(config, input_file, FLAGS.predictions_file, FLAGS.id_field)
   elif FLAGS.mode == 'predict':
-    finetune.predict(config, FLAGS.predict_split)
+    predict.glue_submission(config, FLAGS.predict_split)
   else:
     with (cli.lock_output_dir(config.output_dir) if jax.process_index() == 0
           else contextlib.nullcontext()):

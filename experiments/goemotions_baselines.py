@@ -1,4 +1,4 @@
-"""GoEmotions dev: two baselines anyone can check, scored with glue's multi-label metrics.
+"""GoEmotions dev: two baselines anyone can check, scored with our multi-label metrics.
 
 (a) Frequency: each of the 28 labels is predicted on its own, at random, with its frequency in
     the training set (a coin per row and label); the mean and spread over seeds, and the value
@@ -24,9 +24,11 @@ import time
 from absl import app, flags
 import numpy as np
 
-import glue
+import metrics
+import readers
+import tasks
 
-flags.DEFINE_string('goemotions_dir', os.path.join(glue.SHARED, 'goemotions'), 'GoEmotions\' '
+flags.DEFINE_string('goemotions_dir', os.path.join(tasks.SHARED, 'goemotions'), 'GoEmotions\' '
                     'train.tsv, dev.tsv and labels.txt.')
 flags.DEFINE_integer('seeds', 5, 'Seeds of the frequency baseline.')
 flags.DEFINE_float('l2', None, 'The L2 penalty; default 1 / N_train (scikit-learn\'s C = 1).')
@@ -38,21 +40,21 @@ WORD = re.compile(r'\b\w\w+\b')
 
 def load(goemotions_dir):
   """(train texts, train multi-hot [N, 28], dev texts, dev multi-hot, label names), read by
-  glue's own file path."""
-  names = glue.read_label_names(os.path.join(goemotions_dir, 'labels.txt'))
-  task = glue.file_task(os.path.join(goemotions_dir, 'train.tsv'),
-                        os.path.join(goemotions_dir, 'dev.tsv'), kind='multi_label',
-                        labels=names, labels_by_index=True)
+  the project's own readers."""
+  names = readers.read_label_names(os.path.join(goemotions_dir, 'labels.txt'))
+  task = tasks.file_task(os.path.join(goemotions_dir, 'train.tsv'),
+                         os.path.join(goemotions_dir, 'dev.tsv'), kind='multi_label',
+                         labels=names, labels_by_index=True)
   splits = []
   for split in ('train', 'validation'):
-    examples = glue.read_split(task, None, split)
+    examples = readers.read_split(task, None, split)
     texts = [example.text[len('text: '):] for example in examples]  # the comment itself
-    splits += [texts, glue.multi_hot([example.label for example in examples], len(names))]
+    splits += [texts, metrics.multi_hot([example.label for example in examples], len(names))]
   return (*splits, names)
 
 
 def scores(labels, predictions):
-  return glue.micro_f1(labels, predictions), glue.macro_f1(labels, predictions)
+  return metrics.micro_f1(labels, predictions), metrics.macro_f1(labels, predictions)
 
 
 # ---------------------------------------------------------------------------------------------

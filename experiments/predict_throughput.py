@@ -4,7 +4,7 @@
 
 (a) The model alone, as bench.py's packed inference measures it: the file's rows read,
 tokenized and packed once, beforehand; then only the eval steps over all the packed batches
-are timed. (b) `finetune.predict_file` on the same file, the same run and batch size: reading,
+are timed. (b) `predict.predict_file` on the same file, the same run and batch size: reading,
 tokenizing, packing and writing a chunk at a time, all of it timed. Rows per second of each
 and their ratio; the rounds alternate (a), (b), so background load hits both alike.
 """
@@ -17,9 +17,11 @@ import jax
 import numpy as np
 
 import finetune
-import glue
 import packing
 import partitioning
+import predict
+import preprocessing
+import readers
 
 flags.DEFINE_string('output_dir', None, 'A trained run (train.py --output_dir).', required=True)
 flags.DEFINE_string('input_file', None, 'Rows to label.', required=True)
@@ -30,8 +32,8 @@ FLAGS = flags.FLAGS
 def model_alone(labeler, examples):
   """() -> rows labelled: the eval steps over `examples` packed beforehand (bench.py's way)."""
   config, inference = labeler.config, labeler.inference
-  packed = glue.pack_split(inference.task, examples, labeler.vocab, config.max_input_length,
-                           config.max_target_length)
+  packed = preprocessing.pack_split(inference.task, examples, labeler.vocab,
+                                    config.max_input_length, config.max_target_length)
   batches = [partitioning.global_batch({k: b[k] for k in finetune._ENCT5_KEYS},
                                        inference.shardings.batch)
              for b in packing.eval_batches(packed, config.batch_size)]
@@ -46,20 +48,20 @@ def model_alone(labeler, examples):
 
 def main(argv):
   del argv
-  labeler = finetune.Labeler(FLAGS.output_dir)
-  examples = glue.read_file(labeler.inference.task, FLAGS.input_file, labeled=False)
+  labeler = predict.Labeler(FLAGS.output_dir)
+  examples = readers.read_file(labeler.inference.task, FLAGS.input_file, labeled=False)
   alone = model_alone(labeler, examples)
   alone()  # compiled
   rates = {'model alone (bench.py)': [], 'predict_file': []}
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'predictions.jsonl')
-    finetune.predict_file(labeler.config, FLAGS.input_file, out)  # compiled
+    predict.predict_file(labeler.config, FLAGS.input_file, out)  # compiled
     for _ in range(FLAGS.rounds):
       start = time.perf_counter()
       rows = alone()
       rates['model alone (bench.py)'].append(rows / (time.perf_counter() - start))
       start = time.perf_counter()
-      finetune.predict_file(labeler.config, FLAGS.input_file, out)
+      predict.predict_file(labeler.config, FLAGS.input_file, out)
       rates['predict_file'].append(rows / (time.perf_counter() - start))
   for name, values in rates.items():
     print(f'{name}: {np.median(values):,.0f} rows/s ({min(values):,.0f}..{max(values):,.0f})')

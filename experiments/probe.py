@@ -19,10 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import enct5
-import glue
 import load_ckpt
+import metrics
 import packing
+import preprocessing
+import readers
 import t5_layers
+import tasks
+import vocabularies
 
 FLAGS = flags.FLAGS
 
@@ -34,7 +38,7 @@ def define_flags():
                       required=True)
   flags.DEFINE_string('vocab', None, 'Its SentencePiece model (default '
                       'CHECKPOINT/sentencepiece.model).')
-  flags.DEFINE_string('glue_dir', os.path.relpath(os.path.join(glue.SHARED, 'glue')),
+  flags.DEFINE_string('glue_dir', os.path.relpath(os.path.join(tasks.SHARED, 'glue')),
                       'GLUE data root.')
   flags.DEFINE_list('tasks', ['sst2', 'cola', 'stsb'], 'GLUE tasks (train and dev).')
   flags.DEFINE_integer('max_train_examples', 8000, 'The first N train examples fit the probe.')
@@ -81,15 +85,16 @@ def ridge_predict(x_train, y_train, x_eval, penalty):
 
 
 def probe_score(task, split, train, dev, penalty):
-  """The task's score (glue.task_score) of a ridge probe: train and dev are (features, labels)."""
+  """The task's score (metrics.task_score) of a ridge probe: train and dev are (features,
+  labels)."""
   (x, labels), (x_dev, labels_dev) = train, dev
   if task.is_regression:
     predictions = ridge_predict(x, labels.astype(np.float64), x_dev, penalty)
   else:
     one_hot = np.eye(task.num_classes)[labels - 1]  # class ids 1..n
     predictions = ridge_predict(x, one_hot, x_dev, penalty).argmax(1) + 1
-  scores = glue.compute_metrics(task, split, list(labels_dev), predictions)
-  return glue.task_score(task, scores)
+  scores = metrics.compute_metrics(task, split, list(labels_dev), predictions)
+  return metrics.task_score(task, scores)
 
 
 def probe_data(task, vocab):
@@ -97,11 +102,11 @@ def probe_data(task, vocab):
   examples and of its dev split."""
   data = {}
   for part in ('train', next(iter(task.eval_names))):
-    examples = glue.read_split(task, FLAGS.glue_dir, part)
+    examples = readers.read_split(task, FLAGS.glue_dir, part)
     if part == 'train':
       examples = examples[:FLAGS.max_train_examples]
-    packed = glue.pack_split(task, examples, vocab, FLAGS.max_input_length, 62,
-                             path=glue.split_path(task, FLAGS.glue_dir, part))
+    packed = preprocessing.pack_split(task, examples, vocab, FLAGS.max_input_length, 62,
+                                      path=readers.split_path(task, FLAGS.glue_dir, part))
     data[part] = packed, {e.idx: e.label for e in examples}
   return data
 
@@ -122,16 +127,16 @@ def main(argv):
   for path, flag in ((FLAGS.checkpoint, '--checkpoint'), (vocab_path, '--vocab')):
     if not os.path.exists(path):
       raise app.UsageError(f'{flag} {path} not found')
-  unknown = [name for name in FLAGS.tasks if name not in glue.TASKS]
+  unknown = [name for name in FLAGS.tasks if name not in tasks.TASKS]
   if unknown:
-    raise app.UsageError(f'unknown tasks {unknown}; expected some of {", ".join(glue.TASKS)}')
-  vocab = glue.load_vocab(vocab_path)
+    raise app.UsageError(f'unknown tasks {unknown}; expected some of {", ".join(tasks.TASKS)}')
+  vocab = vocabularies.load_vocab(vocab_path)
   shape = load_ckpt.config_from_checkpoint(FLAGS.checkpoint)
   seeds = [int(seed) for seed in FLAGS.random_seeds]
   print('| Task | Features | Pre-trained | Random init (mean; min..max of '
         f'{len(seeds)} seeds) |\n|---|---|---|---|', flush=True)
   for name in FLAGS.tasks:
-    task = glue.get_task(name)
+    task = tasks.get_task(name)
     cfg = enct5.get_config('small', **shape, num_classes=task.num_classes)
     split = next(iter(task.eval_names))
     data = probe_data(task, vocab)

@@ -22,7 +22,7 @@ Rows (paper Table 1, scaled down):
   EncT5       --model=enct5 --checkpoint=CKPT   the encoder + pooling block + projection
   EncT5-rand  --model=enct5, random init of CKPT's shape and vocabulary (EncT5.1.1-base-rand)
 Metrics as Table 1: CoLA Matthews corr., SST-2 accuracy, MRPC F1/accuracy, STS-B
-Pearson/Spearman, RTE accuracy; Avg is the mean of the tasks' scores (glue.task_score: a task's
+Pearson/Spearman, RTE accuracy; Avg is the mean of the tasks' scores (metrics.task_score: a task's
 metrics averaged first, as T5's GLUE average; here over the 5 tasks, not GLUE's 8). Wall time
 per row is the sum of its cells' wall times (whole train.py runs: start-up, packing, training,
 evaluations and checkpoints).
@@ -43,9 +43,10 @@ import time
 from absl import app, flags
 
 import enct5
+import fileio
 import finetune
-import glue
-import load_ckpt
+import tasks
+import vocabularies
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +61,7 @@ flags.DEFINE_string('checkpoint', None, 'The T5.1.1 checkpoint in T5X format (a 
                     'whose shape EncT5-rand copies. Required.')
 flags.DEFINE_string('vocab', None, 'SentencePiece model of the checkpoint (default '
                     'CHECKPOINT/sentencepiece.model); every row uses it.')
-flags.DEFINE_string('glue_dir', os.path.relpath(os.path.join(glue.SHARED, 'glue')), 'GLUE data: '
+flags.DEFINE_string('glue_dir', os.path.relpath(os.path.join(tasks.SHARED, 'glue')), 'GLUE data: '
                     'task dirs CoLA, SST-2, MRPC, STS-B, RTE with train.tsv and dev.tsv.')
 flags.DEFINE_string('output_dir', 'runs/table1', 'OUTPUT_DIR/<row>/<task>/ per cell, and '
                     'OUTPUT_DIR/results.json.')
@@ -118,8 +119,8 @@ def update_cell(key, record):
   with _locked():
     results = read_results()
     results['cells'][key] = record
-    load_ckpt.write_atomically(_results_path(),
-                               (json.dumps(results, indent=1, sort_keys=True) + '\n').encode())
+    fileio.write_atomically(_results_path(),
+                            (json.dumps(results, indent=1, sort_keys=True) + '\n').encode())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def cell_command(row, task, steps, shape):
   model, pretrained = ROWS[row]
   script = os.path.relpath(os.path.join(REPO, 'train.py'))
   argv = ['python', script, f'--model={model}', f'--task={task}',
-          f'--data_dir={os.path.join(FLAGS.glue_dir, glue.TASKS[task].dir_name)}',
+          f'--data_dir={os.path.join(FLAGS.glue_dir, tasks.TASKS[task].dir_name)}',
           f'--vocab={FLAGS.vocab}']
   if pretrained:
     argv.append(f'--checkpoint={FLAGS.checkpoint}')
@@ -195,9 +196,9 @@ def counted_params(row, task, shape):
   try:
     model, pretrained = ROWS[row]
     if not pretrained:  # train.py's from-scratch embedding; EncT5 keeps one decoder layer
-      pieces = glue.load_vocab(FLAGS.vocab).GetPieceSize()
+      pieces = vocabularies.load_vocab(FLAGS.vocab).GetPieceSize()
       shape = dict(shape, vocab_size=enct5.padded_vocab_size(pieces), num_decoder_layers=1)
-    cfg = enct5.get_config('small', num_classes=glue.TASKS[task].num_classes, **shape)
+    cfg = enct5.get_config('small', num_classes=tasks.TASKS[task].num_classes, **shape)
     return enct5.count_params(cfg, model)
   except Exception as e:  # noqa: BLE001  (a count is not worth failing a finished cell for)
     print(f'  (no parameter count for {row}: {e!r})', flush=True)
@@ -289,7 +290,7 @@ def run_cell(row, task, steps, shape, index, total):
 def format_cell(task, record):
   """Table 1's number(s) of a task: 'F1/accuracy' for MRPC, 'Pearson/Spearman' for STS-B."""
   scores = record['scores']
-  return '/'.join(f'{scores[key]:.1f}' for key in glue.TASKS[task].metric_keys)
+  return '/'.join(f'{scores[key]:.1f}' for key in tasks.TASKS[task].metric_keys)
 
 
 def _params(count):
@@ -298,46 +299,47 @@ def _params(count):
   return f'{count / 1e6:.1f}M' if count >= 1e6 else f'{count / 1e3:.0f}K'
 
 
-def row_average(results, row, tasks):
+def row_average(results, row, task_names):
   """The row's Avg: the mean of its task scores, or None unless every task is done."""
-  records = [results['cells'].get(f'{row}/{task}') for task in tasks]
+  records = [results['cells'].get(f'{row}/{task}') for task in task_names]
   if not all(r and r.get('status') == 'done' for r in records):
     return None
   return sum(r['score'] for r in records) / len(records)
 
 
-def table(results, rows, tasks):
+def table(results, rows, task_names):
   """Table 1 as markdown: rows x (params, tasks, average, wall time); missing cells '-'."""
-  header = (['Model', 'Params'] + [glue.TASKS[t].dir_name for t in tasks]
+  header = (['Model', 'Params'] + [tasks.TASKS[t].dir_name for t in task_names]
             + ['Avg', 'Wall time'])
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for row in rows:
-    records = [results['cells'].get(f'{row}/{task}') for task in tasks]
+    records = [results['cells'].get(f'{row}/{task}') for task in task_names]
     records = [r if r and r.get('status') == 'done' else None for r in records]
     done = [r for r in records if r]
     # The count of a 2-class head (the most common one); STS-B's 1-output head differs by a few.
     counts = [r['params'] for r in done if r.get('params')]
     params = max(set(counts), key=lambda c: (counts.count(c), c)) if counts else None
-    average = row_average(results, row, tasks)
+    average = row_average(results, row, task_names)
     average = '-' if average is None else f'{average:.1f}'
     walls = [r['wall_s'] for r in done if r.get('wall_s') is not None]
-    wall = _duration(sum(walls)) + ('' if len(walls) == len(tasks) else '*') if walls else '-'
-    cells = [format_cell(t, r) if r else '-' for t, r in zip(tasks, records)]
+    complete = len(walls) == len(task_names)
+    wall = _duration(sum(walls)) + ('' if complete else '*') if walls else '-'
+    cells = [format_cell(t, r) if r else '-' for t, r in zip(task_names, records)]
     lines.append('| ' + ' | '.join([row, _params(params), *cells, average, wall]) + ' |')
   return '\n'.join(lines)
 
 
-def print_table(results, source, rows=tuple(ROWS), tasks=TASKS):
+def print_table(results, source, rows=tuple(ROWS), task_names=TASKS):
   """The whole grid (all rows and tasks, whatever --rows and --tasks ran)."""
   print(f'\nTable 1 in miniature ({source}):\n')
-  print(table(results, rows, tasks))
+  print(table(results, rows, task_names))
   print('\nCoLA: Matthews corr.; SST-2, RTE: accuracy; MRPC: F1/accuracy; STS-B: '
         'Pearson/Spearman (dev, best evaluation). Avg: mean of the task scores (a task\'s '
         'metrics averaged first) over the 5 tasks. Wall time: sum of the row\'s cells '
         '(* = some cells missing).', flush=True)
   settings, steps = {}, {}
   for row in rows:
-    for task in tasks:
+    for task in task_names:
       r = results['cells'].get(f'{row}/{task}')
       if r and r.get('status') == 'done':
         steps.setdefault(task, set()).add(r['steps'])
@@ -378,13 +380,13 @@ def mean_results(grids):
   return {'cells': cells}
 
 
-def print_mean_table(output_dirs, rows=tuple(ROWS), tasks=TASKS):
+def print_mean_table(output_dirs, rows=tuple(ROWS), task_names=TASKS):
   """The table of the grids' mean scores, then each row's Avg in each grid."""
   grids = {d: read_results(d) for d in output_dirs}
-  print_table(mean_results(grids), f'the mean of {len(output_dirs)} grids', rows, tasks)
+  print_table(mean_results(grids), f'the mean of {len(output_dirs)} grids', rows, task_names)
   print('Wall time: the mean of the grids\'. Avg in each grid:', flush=True)
   for row in rows:
-    averages = [row_average(results, row, tasks) for results in grids.values()]
+    averages = [row_average(results, row, task_names) for results in grids.values()]
     if any(a is not None for a in averages):
       print(f'  {row}: ' + ', '.join(f'{d} {"-" if a is None else f"{a:.1f}"}'
                                       for d, a in zip(output_dirs, averages)), flush=True)
@@ -404,7 +406,7 @@ def shared_flags(command):
 def check_rand_vocab(shape):
   """EncT5-rand gets train.py's from-scratch embedding: the vocabulary's pieces rounded up to a
   multiple of 128. Warns when that differs from the checkpoint's embedding rows."""
-  vocab = glue.load_vocab(FLAGS.vocab)
+  vocab = vocabularies.load_vocab(FLAGS.vocab)
   rows = enct5.padded_vocab_size(vocab.GetPieceSize())
   if rows != shape['vocab_size']:
     print(f'WARNING: EncT5-rand will embed {rows} rows ({vocab.GetPieceSize()} pieces of '
@@ -421,7 +423,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}; flags are --name=value')
   rows = [r for r in ROWS if r in FLAGS.rows]
-  tasks = [t for t in TASKS if t in FLAGS.tasks]
+  task_names = [t for t in TASKS if t in FLAGS.tasks]
   unknown = sorted(set(FLAGS.rows) - set(ROWS)) + sorted(set(FLAGS.tasks) - set(TASKS))
   if unknown:
     raise app.UsageError(f'unknown rows or tasks {unknown}; rows: {", ".join(ROWS)}; tasks: '
@@ -444,8 +446,8 @@ def main(argv):
   for path, what in ((FLAGS.checkpoint, '--checkpoint'), (FLAGS.vocab, '--vocab')):
     if not os.path.exists(path):
       raise app.UsageError(f'{what} {path} not found')
-  for task in tasks:
-    directory = os.path.join(FLAGS.glue_dir, glue.TASKS[task].dir_name)
+  for task in task_names:
+    directory = os.path.join(FLAGS.glue_dir, tasks.TASKS[task].dir_name)
     if not os.path.isfile(os.path.join(directory, 'train.tsv')):
       raise app.UsageError(f'no {directory}/train.tsv (--glue_dir={FLAGS.glue_dir})')
   steps = task_steps()
@@ -456,7 +458,7 @@ def main(argv):
         flush=True)
   if 'EncT5-rand' in rows:
     check_rand_vocab(shape)
-  cells = [(row, task) for task in tasks for row in rows]  # a task's rows side by side
+  cells = [(row, task) for task in task_names for row in rows]  # a task's rows side by side
   failed = []
   for i, (row, task) in enumerate(cells, 1):
     if not run_cell(row, task, steps[task], shape, i, len(cells)):

@@ -1,0 +1,216 @@
+"""Prediction with a trained run: GLUE submission files (`glue_submission`), a file of any size
+labelled row by row (`predict_file`), and text labelled from Python (`Labeler`).
+
+Every path loads the run's best checkpoint (`finetune.load_for_inference`) and labels packed
+rows with the eval step (`finetune.infer`); one prediction row per input row, in input order,
+with every label's probability (`prediction_row`).
+"""
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+
+import enct5
+import fileio
+import finetune
+import loop
+import metrics
+import preprocessing
+import readers
+
+
+# ----------------------------------------------------------------------------------------------
+# GLUE submission files: a test split's index and predicted label per line.
+# ----------------------------------------------------------------------------------------------
+
+def glue_submission(config, split='test'):
+  """GLUE submission TSVs (index, prediction) of `split` (test: all the task's test files, e.g.
+  MNLI-m and MNLI-mm) into OUTPUT_DIR/predictions; -> the files written."""
+  inference, params, vocab, _ = finetune.load_for_inference(config)
+  task = inference.task
+  splits = [s for s in task.files if s.startswith('test')] if split == 'test' else [split]
+  written = []
+  for name in splits:
+    _, packed = finetune.load_eval_split(config, task, name, vocab)
+    ids, predictions = finetune.infer(config, inference, params, packed)
+    written.append(write_predictions(config, task, name, ids, predictions))
+  return written
+
+
+def prediction_file(task, split):
+  """GLUE submission names: SST-2.tsv, MNLI-m.tsv, MNLI-mm.tsv, ...; other splits get theirs."""
+  if split == 'test':
+    return f'{task.dir_name}.tsv'
+  if split in ('test_matched', 'test_mismatched'):
+    return f'{task.dir_name}-{"m" if split == "test_matched" else "mm"}.tsv'
+  return f'{task.dir_name}.{split}.tsv'
+
+
+def write_predictions(config, task, split, ids, predictions):
+  """OUTPUT_DIR/predictions/<GLUE submission name>: index and predicted label per line."""
+  invalid = predictions == metrics.INVALID_PREDICTION
+  if not task.is_regression and invalid.any():
+    logging.warning('%s: %d of %d decoded strings are no label; written as %r (a submission '
+                    'needs one)', split, invalid.sum(), len(predictions), task.raw_label(1))
+    predictions = np.maximum(predictions, 1)
+  out = os.path.join(config.output_dir, 'predictions', prediction_file(task, split))
+  if jax.process_index() == 0:
+    lines = ['index\tprediction\n'] + [f'{i}\t{task.raw_label(p)}\n'
+                                        for i, p in zip(ids, predictions)]
+    fileio.write_atomically(out, ''.join(lines).encode())
+    logging.info('wrote %d predictions to %s', len(ids), out)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Labelling new text: a file of any size (`predict_file`), or rows from Python (`Labeler`).
+# ----------------------------------------------------------------------------------------------
+
+PREDICT_CHUNK_ROWS = 8192  # rows read, tokenized, packed and labelled at a time
+
+
+def label_outputs(logits, inference):
+  """EncT5's eval-step logits -> every label's probability [B, T, n] (`enct5.probabilities`);
+  regression: the values [B, T]."""
+  if inference.cfg.is_regression:
+    return logits
+  return np.asarray(enct5.probabilities(logits, inference.cfg))
+
+
+def prediction_row(task, row_id, output, *, threshold=0.5, id_key='id'):
+  """One output row of labelling a file, as a dict for JSON Lines.
+
+  `output`: the row's probabilities over the labels [n] (`enct5.probabilities`), or its
+  value (regression). The row: {id_key: row_id} and 'label' (the most probable name) for
+  classification, 'labels' (the names whose probability is >= threshold, in class order)
+  for multi-label, each with 'probabilities' {name: p} over every label; 'value' for
+  regression. Probabilities are rounded to 6 decimals.
+  """
+  if task.is_regression:
+    return {id_key: row_id, 'value': float(np.asarray(output).reshape(()))}
+  output = np.asarray(output, np.float64)
+  if output.shape != (task.num_classes,):
+    raise ValueError(f'output of shape {output.shape}; expected ({task.num_classes},), one '
+                     'probability per label')
+  row = {id_key: row_id}
+  if task.is_multi_label:
+    row['labels'] = [task.label_names[k] for k in np.flatnonzero(output >= threshold)]
+  else:
+    row['label'] = task.label_names[int(np.argmax(output))]
+  row['probabilities'] = {name: round(float(p), 6) for name, p in zip(task.label_names, output)}
+  return row
+
+
+def predict_file(config, input_file, predictions_file=None, id_field=None):
+  """Labels every row of `input_file` (CSV, TSV or JSON Lines; a label column is not needed)
+  into `predictions_file`; -> its path.
+
+  One output row per input row, in input order (`prediction_row`): the row's 'id' (its
+  `id_field` column) or 'line' (its line number), the predicted label ('label'), labels ('labels',
+  multi-label) or value ('value', regression), and every label's probability; JSON Lines for a
+  .jsonl path, else TSV. It streams: PREDICT_CHUNK_ROWS rows at a time are read, tokenized,
+  packed and labelled, so memory stays bounded whatever the file's size. The file appears
+  whole when done (`fileio.atomic_file`). Default path: OUTPUT_DIR/predictions/<input
+  file's name>.jsonl.
+  """
+  if config.model != 'enct5':
+    raise finetune.ConfigError('--input_file: labelling a file takes an EncT5 run '
+                               '(--model=enct5), with its probabilities; this one is '
+                               f'--model={config.model}')
+  inference, params, vocab, _ = finetune.load_for_inference(config)
+  task = inference.task
+  path = predictions_file or os.path.join(config.output_dir, 'predictions',
+                                          os.path.basename(input_file) + '.jsonl')
+  target_length, method = finetune.eval_rows(config)
+  progress = Progress(input_file)
+  with (fileio.atomic_file(path, 'w') if jax.process_index() == 0
+        else open(os.devnull, 'w')) as out:
+    id_key = 'id' if id_field else 'line'
+    write = _row_writer(out, task, json_lines=path.endswith('.jsonl'), id_key=id_key)
+    for row_ids, examples in readers.stream_file(task, input_file, PREDICT_CHUNK_ROWS,
+                                                 id_field=id_field,
+                                                 on_error=finetune.on_bad_rows(config)):
+      packed = preprocessing.pack_split(task, examples, vocab, config.max_input_length,
+                                        target_length, method=method, path=input_file)
+      ids, outputs = finetune.infer(config, inference, params, packed, label_outputs)
+      row_id = {example.idx: i for example, i in zip(examples, row_ids)}
+      for idx, output in zip(ids, outputs):
+        write(prediction_row(task, row_id[idx], output, threshold=config.threshold,
+                             id_key=id_key))
+      progress.update(examples[-1].line, len(examples))
+  logging.info('wrote %d predictions to %s', progress.rows, path)
+  return path
+
+
+def _row_writer(out, task, json_lines, id_key):
+  """write(prediction row) into `out`: a JSON object a line, or TSV with a header: the id, the
+  label(s) or value, and a column of probabilities per label."""
+  if json_lines:
+    return lambda row: out.write(json.dumps(row) + '\n')
+  answer = 'value' if task.is_regression else 'labels' if task.is_multi_label else 'label'
+  out.write('\t'.join([id_key, answer, *(f'p({name})' for name in
+                                         ([] if task.is_regression else task.label_names))])
+            + '\n')
+
+  def write(row):
+    value = row[answer]
+    value = task.label_separator.join(value) if isinstance(value, list) else str(value)
+    out.write('\t'.join([str(row[id_key]), value,
+                         *map(str, row.get('probabilities', {}).values())]) + '\n')
+  return write
+
+
+class Progress:
+  """Logs rows labelled, rows/s and the ETA (from the lines left), every 10 seconds."""
+
+  def __init__(self, path):
+    with open(path, 'rb') as f:
+      self.lines = sum(chunk.count(b'\n') for chunk in iter(lambda: f.read(1 << 20), b''))
+    self.start = self.last = time.time()
+    self.rows = 0
+
+  def update(self, line, rows):
+    self.rows += rows
+    now = time.time()
+    if now - self.last >= 10:
+      per_second = self.rows / (now - self.start)
+      left = max(self.lines - line, 0) * self.rows / max(line, 1) / per_second
+      logging.info('labelled %d rows (line %d of %d) | %.0f rows/s | ETA %s', self.rows, line,
+                   self.lines, per_second, loop.duration(left))
+      self.last = now
+
+
+class Labeler:
+  """A trained run, loaded to label text from Python (a notebook, a service):
+
+    labeler = predict.Labeler('runs/goemotions')
+    labeler(['What a lovely surprise!', 'I give up.'])
+    # [{'row': 1, 'labels': ['surprise'], 'probabilities': {'admiration': 0.01, ...}}, ...]
+
+  A row is a string (a task with one text field) or a dict {text field: string}; the output
+  rows are `predict_file`'s, numbered from 1 in input order. `checkpoint`: another than the
+  run's best; `batch_size`: packed rows per batch (default the run's).
+  """
+
+  def __init__(self, output_dir, checkpoint=None, batch_size=None):
+    record = finetune.read_run_record(output_dir)
+    if record is None:
+      raise FileNotFoundError(f'{output_dir}: no {finetune.RECORD_FILE}, so no run of train.py')
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in record['config'].items()}
+    config.update(output_dir=output_dir, checkpoint=checkpoint, vocab=record['vocab_file'],
+                  mesh=None, batch_size=batch_size or config['batch_size'])
+    self.config = finetune.Config(**config)
+    self.inference, self.params, self.vocab, _ = finetune.load_for_inference(self.config)
+
+  def __call__(self, rows):
+    task, config = self.inference.task, self.config
+    examples = readers.text_examples(task, rows)
+    target_length, method = finetune.eval_rows(config)
+    packed = preprocessing.pack_split(task, examples, self.vocab, config.max_input_length,
+                                      target_length, method=method)
+    ids, outputs = finetune.infer(config, self.inference, self.params, packed, label_outputs)
+    return [prediction_row(task, int(idx) + 1, output, threshold=config.threshold, id_key='row')
+            for idx, output in zip(ids, outputs)]
