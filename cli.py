@@ -8,11 +8,13 @@ module. Importing this module defines the shared flags; the library modules belo
 (`finetune`, `loop`, the model and data modules) define none. Defaults are fine-tuning's
 (`finetune.Config`); pretrain.py sets its own before parsing.
 """
+import contextlib
 import errno
 import fcntl
 import logging as std_logging
 import os
 import shlex
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -175,6 +177,30 @@ def lock_output_dir(output_dir):
   f.write(f'{os.getpid()}\n')
   f.flush()
   return f
+
+
+class _Signal(BaseException):
+  """A signal, raised where the program is when it arrives. A BaseException, as
+  KeyboardInterrupt: no `except Exception` (logging's own, among others) swallows it."""
+
+
+@contextlib.contextmanager
+def stop_at_once_on_signals(doing):
+  """Inside (--mode=eval/predict), SIGTERM and SIGINT stop the work at once with one line and
+  `loop.Interrupted` (exit status INTERRUPTED): a file being written is dropped
+  (`fileio.atomic_file`), and an earlier one stays as it was."""
+  def stop(signum, frame):
+    raise _Signal(signum)
+  previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  except _Signal as e:
+    logging.warning('signal %d: stopped %s; nothing was written (an earlier output is left as '
+                    'it was): run the same command again', e.args[0], doing)
+    raise loop.Interrupted(e.args[0]) from None
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
 
 
 def run(program, run_command, argv):

@@ -126,8 +126,13 @@ def read_run_record(output_dir):
   path = os.path.join(output_dir, RECORD_FILE)
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    return json.loads(data)
+  except ValueError as e:  # not JSON, or not UTF-8
+    raise ConfigError(f'{path} is damaged ({e}): the run\'s record cannot be read; restore it '
+                      'from a checkpoint (checkpoint_*/run_config.json holds a copy)') from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,9 +5,11 @@ Every path loads the run's best checkpoint (`finetune.load_for_inference`) and l
 rows with the eval step (`finetune.infer`); one prediction row per input row, in input order,
 with every label's probability (`prediction_row`).
 """
+import csv
 import json
 import logging
 import os
+import stat
 import time
 
 import jax
@@ -109,27 +111,27 @@ def predict_file(config, input_file, predictions_file=None, id_field=None):
   into `predictions_file`; -> its path.
 
   One output row per input row, in input order (`prediction_row`): the row's 'id' (its
-  `id_field` column) or 'line' (its line number), the predicted label ('label'), labels ('labels',
-  multi-label) or value ('value', regression), and every label's probability; JSON Lines for a
-  .jsonl path, else TSV. It streams: PREDICT_CHUNK_ROWS rows at a time are read, tokenized,
-  packed and labelled, so memory stays bounded whatever the file's size. The file appears
-  whole when done (`fileio.atomic_file`). Default path: OUTPUT_DIR/predictions/<input
-  file's name>.jsonl.
+  `id_field` column) or 'line' (its line number), the predicted label ('label'), labels
+  ('labels', multi-label) or value ('value', regression), and every label's probability. The
+  format follows the extension as for input files (`readers.path_format`): JSON Lines, or CSV
+  or TSV quoted as the readers read them. It streams: PREDICT_CHUNK_ROWS rows at a time are
+  read, tokenized, packed and labelled, so memory stays bounded whatever the file's size. The
+  file appears whole when done (`fileio.atomic_file`); an error or a signal leaves an earlier
+  one as it was. Default path: OUTPUT_DIR/predictions/<input file's name>.jsonl.
   """
   if config.model != 'enct5':
     raise finetune.ConfigError('--input_file: labelling a file takes an EncT5 run '
                                '(--model=enct5), with its probabilities; this one is '
                                f'--model={config.model}')
+  path = predictions_path(config, input_file, predictions_file)
   inference, params, vocab, _ = finetune.load_for_inference(config)
   task = inference.task
-  path = predictions_file or os.path.join(config.output_dir, 'predictions',
-                                          os.path.basename(input_file) + '.jsonl')
   target_length, method = finetune.eval_rows(config)
   progress = Progress(input_file)
   with (fileio.atomic_file(path, 'w') if jax.process_index() == 0
         else open(os.devnull, 'w')) as out:
     id_key = 'id' if id_field else 'line'
-    write = _row_writer(out, task, json_lines=path.endswith('.jsonl'), id_key=id_key)
+    write = _row_writer(out, task, readers.path_format(path), id_key)
     for row_ids, examples in readers.stream_file(task, input_file, PREDICT_CHUNK_ROWS,
                                                  id_field=id_field,
                                                  on_error=finetune.on_bad_rows(config)):
@@ -145,30 +147,59 @@ def predict_file(config, input_file, predictions_file=None, id_field=None):
   return path
 
 
-def _row_writer(out, task, json_lines, id_key):
-  """write(prediction row) into `out`: a JSON object a line, or TSV with a header: the id, the
-  label(s) or value, and a column of probabilities per label."""
-  if json_lines:
+def predictions_path(config, input_file, predictions_file):
+  """`predict_file`'s output path, checked before any work: not the input file, no file of the
+  run (OUTPUT_DIR holds the run; its predictions/ folder is for predictions), not a folder, and
+  an extension that names a format."""
+  if predictions_file is None:
+    return os.path.join(config.output_dir, 'predictions', os.path.basename(input_file) + '.jsonl')
+  path, flag = os.path.realpath(predictions_file), f'--predictions_file={predictions_file}'
+  run_dir = os.path.realpath(config.output_dir)
+  if path == os.path.realpath(input_file):
+    raise finetune.ConfigError(f'{flag} is the input file: it would be overwritten; name '
+                               'another file')
+  if (os.path.commonpath([path, run_dir]) == run_dir
+      and os.path.commonpath([path, os.path.join(run_dir, 'predictions')]) != os.path.join(
+          run_dir, 'predictions')):
+    raise finetune.ConfigError(f'{flag} is inside the run\'s --output_dir={config.output_dir}, '
+                               'whose files it could overwrite; write it elsewhere, or into '
+                               f'{os.path.join(config.output_dir, "predictions")}/')
+  if os.path.isdir(path):
+    raise finetune.ConfigError(f'{flag} is a folder; name a file in it')
+  if readers.path_format(path) is None:
+    raise finetune.ConfigError(f'{flag}: cannot tell the format from the extension; name it '
+                               '.jsonl (JSON Lines), .csv or .tsv')
+  return predictions_file
+
+
+def _row_writer(out, task, fmt, id_key):
+  """write(prediction row) into `out`: a JSON object a line, or CSV/TSV with a header: the id,
+  the label(s) or value, and a column of probabilities per label; a field that holds the
+  delimiter, a quote or a line break is quoted ("..." with "" for a quote), as the readers
+  read it."""
+  if fmt == 'jsonl':
     return lambda row: out.write(json.dumps(row) + '\n')
+  writer = csv.writer(out, delimiter=',' if fmt == 'csv' else '\t', lineterminator='\n')
   answer = 'value' if task.is_regression else 'labels' if task.is_multi_label else 'label'
-  out.write('\t'.join([id_key, answer, *(f'p({name})' for name in
-                                         ([] if task.is_regression else task.label_names))])
-            + '\n')
+  writer.writerow([id_key, answer, *(f'p({name})' for name in
+                                     ([] if task.is_regression else task.label_names))])
 
   def write(row):
     value = row[answer]
     value = task.label_separator.join(value) if isinstance(value, list) else str(value)
-    out.write('\t'.join([str(row[id_key]), value,
-                         *map(str, row.get('probabilities', {}).values())]) + '\n')
+    writer.writerow([str(row[id_key]), value, *map(str, row.get('probabilities', {}).values())])
   return write
 
 
 class Progress:
-  """Logs rows labelled, rows/s and the ETA (from the lines left), every 10 seconds."""
+  """Logs rows labelled, rows/s and the ETA (from the lines left), every 10 seconds. A pipe
+  (`/dev/stdin`, `<(...)`) is read once, by the labelling: its length is unknown, so no ETA."""
 
   def __init__(self, path):
-    with open(path, 'rb') as f:
-      self.lines = sum(chunk.count(b'\n') for chunk in iter(lambda: f.read(1 << 20), b''))
+    self.lines = None
+    if stat.S_ISREG(os.stat(path).st_mode):
+      with open(path, 'rb') as f:
+        self.lines = sum(chunk.count(b'\n') for chunk in iter(lambda: f.read(1 << 20), b''))
     self.start = self.last = time.time()
     self.rows = 0
 
@@ -177,9 +208,12 @@ class Progress:
     now = time.time()
     if now - self.last >= 10:
       per_second = self.rows / (now - self.start)
-      left = max(self.lines - line, 0) * self.rows / max(line, 1) / per_second
-      logging.info('labelled %d rows (line %d of %d) | %.0f rows/s | ETA %s', self.rows, line,
-                   self.lines, per_second, loop.duration(left))
+      if self.lines is None:
+        logging.info('labelled %d rows (line %d) | %.0f rows/s', self.rows, line, per_second)
+      else:
+        left = max(self.lines - line, 0) * self.rows / max(line, 1) / per_second
+        logging.info('labelled %d rows (line %d of %d) | %.0f rows/s | ETA %s', self.rows, line,
+                     self.lines, per_second, loop.duration(left))
       self.last = now
 
 
@@ -191,8 +225,9 @@ class Labeler:
     # [{'row': 1, 'labels': ['surprise'], 'probabilities': {'admiration': 0.01, ...}}, ...]
 
   A row is a string (a task with one text field) or a dict {text field: string}; the output
-  rows are `predict_file`'s, numbered from 1 in input order. `checkpoint`: another than the
-  run's best; `batch_size`: packed rows per batch (default the run's).
+  rows are `predict_file`'s, numbered from 1 in input order (as are the rows an error names).
+  One row alone (a string or a dict) gives its output row alone; no rows give []. `checkpoint`:
+  another than the run's best; `batch_size`: packed rows per batch (default the run's).
   """
 
   def __init__(self, output_dir, checkpoint=None, batch_size=None):
@@ -203,11 +238,18 @@ class Labeler:
     config.update(output_dir=output_dir, checkpoint=checkpoint, vocab=record['vocab_file'],
                   mesh=None, batch_size=batch_size or config['batch_size'])
     self.config = finetune.Config(**config)
+    if self.config.model != 'enct5':
+      raise finetune.ConfigError(f'{output_dir}: Labeler takes an EncT5 run (its probabilities); '
+                                 f'this one is --model={self.config.model}')
     self.inference, self.params, self.vocab, _ = finetune.load_for_inference(self.config)
 
   def __call__(self, rows):
+    if isinstance(rows, (str, dict)):
+      return self([rows])[0]
     task, config = self.inference.task, self.config
     examples = readers.text_examples(task, rows)
+    if not examples:
+      return []
     target_length, method = finetune.eval_rows(config)
     packed = preprocessing.pack_split(task, examples, self.vocab, config.max_input_length,
                                       target_length, method=method)

@@ -70,15 +70,21 @@ def split_path(task, data_dir, split):
   return path
 
 
+def path_format(path):
+  """The format a path's extension names, in either direction (files read, predictions
+  written): 'csv', 'tsv' or 'jsonl' (.jsonl or .ndjson, any case), else None."""
+  return _EXTENSIONS.get(os.path.splitext(path)[1].lower())
+
+
 def file_format(task, path):
   """The format of a file of the task: the task's `fmt`, else the file's extension's."""
   if task.fmt:
     return task.fmt
-  extension = os.path.splitext(path)[1].lower()
-  if extension not in _EXTENSIONS:
-    raise fileio.DataError(f'{path}: cannot tell the format from the extension {extension!r}; name '
-                           'the file .csv, .tsv or .jsonl, or give the format (csv, tsv or jsonl)')
-  return _EXTENSIONS[extension]
+  if path_format(path) is None:
+    raise fileio.DataError(f'{path}: cannot tell the format from the extension '
+                           f'{os.path.splitext(path)[1]!r}; name the file .csv, .tsv or .jsonl, '
+                           'or give the format (csv, tsv or jsonl)')
+  return path_format(path)
 
 
 def read_split(task, data_dir, split, *, labeled=None, on_error='raise'):
@@ -140,12 +146,12 @@ def _examples(task, path, *, labeled, on_error, id_field=None):
   wanted += [task.label_column] if labeled else []
   wanted += [id_field] if id_field else []
   count, skipped, empty_fields = 0, [], []
+  label_types = set()  # JSON types the labels were spelled in
   with open(path, 'rb') as f:
     columns, rows = _rows(task, path, f)
     if columns is not None and any(column not in columns for column in wanted):
       raise fileio.DataError(f'{path}: columns {[c for c in wanted if c not in columns]} missing '
-                             f'from the header {list(columns)}'
-                             + (' (test files: labeled=False)' if labeled else ''))
+                             f'from the header {list(columns)}')
     for idx, (line_no, row, problem) in enumerate(rows):
       try:
         if problem:
@@ -156,6 +162,9 @@ def _examples(task, path, *, labeled, on_error, id_field=None):
         if not any(text.strip() for text in fields.values()):
           raise ValueError(f'empty text (columns {[column for _, column in task.features]})')
         label = _parse_label(task, row[task.label_column]) if labeled else None
+        row_id = row[id_field] if id_field else line_no
+        if isinstance(row_id, str):
+          _text(row_id, id_field)
       except ValueError as e:
         if on_error == 'raise':
           raise fileio.DataError(f'{path}:{line_no}: {e}') from None
@@ -164,9 +173,10 @@ def _examples(task, path, *, labeled, on_error, id_field=None):
         continue
       if not all(fields.values()):
         empty_fields.append(line_no)
+      if labeled and not task.is_regression:
+        _check_label_types(path, line_no, row[task.label_column], label_types)
       count += 1
-      yield (row[id_field] if id_field else line_no), Example(idx, line_no,
-                                                              format_text(task, fields), label)
+      yield row_id, Example(idx, line_no, format_text(task, fields), label)
   _log_read(path, count, skipped, empty_fields)
 
 
@@ -248,7 +258,12 @@ def _delimited_rows(path, f, delimiter):
   """CSV (RFC 4180: "..." around a field, "" for a quote inside, line breaks allowed inside)
   or TSV with the same quoting (GoEmotions' files); the first row names the columns; blank
   lines hold no row. Quoting that never closes, or text after a closing quote, is a DataError
-  naming the line where the row starts."""
+  naming the line where the row starts.
+
+  NOTE: csv's default limit of 131,072 characters a field is lifted: a long text is valid, and
+  is truncated at tokenization (`preprocessing.tokenize`), as in JSON Lines.
+  """
+  csv.field_size_limit(2**31 - 1)
   reader = csv.reader(_text_lines(path, f, keep_ends=True), delimiter=delimiter, strict=True)
   first = _next_record(path, reader)
   if first is None:
@@ -259,12 +274,20 @@ def _delimited_rows(path, f, delimiter):
   repeated = sorted({column for column in header if header.count(column) > 1})
   if repeated:
     raise fileio.DataError(f'{path}:{first[0]}: columns {repeated} appear twice in the header')
-  return header, _delimited_records(path, reader, header)
+  return header, _delimited_records(path, reader, header, delimiter)
 
 
-def _delimited_records(path, reader, header):
+def _delimited_records(path, reader, header, delimiter):
+  """(line, row, problem) of each record. A TSV field that spans lines and holds tabs is
+  warned about once: most likely a stray `"` opened it and joined the lines after it."""
+  warned = False
   while (record := _next_record(path, reader)) is not None:
     line_no, fields = record
+    if delimiter == '\t' and not warned and any('\n' in x and '\t' in x for x in fields):
+      logging.warning('%s:%d: a quoted field runs over lines %d-%d and holds tabs: a stray '
+                      '\'"\' may have joined those rows into one (a quote inside a field is '
+                      'written "")', path, line_no, line_no, reader.line_num)
+      warned = True
     yield _row(line_no, header, fields)
 
 
@@ -298,9 +321,32 @@ def _jsonl_rows(path, f):
 
 
 def _text(value, column):
+  """A text (or id) field: a string of characters.
+
+  NOTE: JSON can escape a lone UTF-16 surrogate ("\\ud800"), which no UTF-8 text holds; Python
+  decodes it to a string that cannot be encoded again (for the tokenizer, or an output file).
+  """
   if not isinstance(value, str):
     raise ValueError(f'{column!r} is {json.dumps(value)}, not a string')
+  try:
+    value.encode('utf-8')
+  except UnicodeEncodeError as e:
+    raise ValueError(f'{column!r} holds a lone surrogate {value[e.start]!r} at character '
+                     f'{e.start + 1}: no character (a broken \\u escape)') from None
   return value
+
+
+def _check_label_types(path, line_no, value, seen):
+  """Warns (once) when a JSON label is of another type than the labels before it: 3 and "3"
+  are read as the same label, which may not be what the file meant."""
+  items = value if isinstance(value, list) else [value]
+  types = {'string' if isinstance(item, str) else 'number' for item in items}
+  if len(seen) == 1 and types - seen:
+    logging.warning('%s:%d: label %s is a JSON %s where the rows before spell labels as JSON '
+                    '%ss; both are read as text (3 and "3" are one label)', path, line_no,
+                    json.dumps(value), (types - seen).pop(), seen.pop())
+    seen.update(('string', 'number'))  # warned once
+  seen.update(types)
 
 
 def _parse_label(task, value):
@@ -403,18 +449,22 @@ def read_label_names(path):
 
 def text_examples(task, rows):
   """Examples of rows held in memory, to label text from Python: strings (for a task with
-  one text field) or dicts {text field: string}. Row i gets idx i and line i + 1."""
+  one text field) or dicts {text field: string}. Row i gets idx i and line i + 1; errors
+  name rows from 1, as the lines."""
   columns = [column for _, column in task.features]
   examples = []
   for idx, row in enumerate(rows):
     if isinstance(row, str) and len(columns) == 1:
       row = {columns[0]: row}
     if not isinstance(row, dict) or any(column not in row for column in columns):
-      raise fileio.DataError(f'row {idx}: expected a dict with the text fields {columns}'
+      raise fileio.DataError(f'row {idx + 1}: expected a dict with the text fields {columns}'
                              + (' or a string' if len(columns) == 1 else '') + f', got {row!r:.80}')
-    fields = {feature: _text(row[column], column) for feature, column in task.features}
+    try:
+      fields = {feature: _text(row[column], column) for feature, column in task.features}
+    except ValueError as e:
+      raise fileio.DataError(f'row {idx + 1}: {e}') from None
     if not any(text.strip() for text in fields.values()):
-      raise fileio.DataError(f'row {idx}: empty text')
+      raise fileio.DataError(f'row {idx + 1}: empty text')
     examples.append(Example(idx, idx + 1, format_text(task, fields), None))
   return examples
 

@@ -15,6 +15,7 @@ import pytest
 import enct5
 import t5
 import t5_layers
+import vocabularies
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata', 'golden_tiny.npz')
 LONG_GOLDEN = os.path.join(os.path.dirname(GOLDEN), 'golden_baselines.npz')
@@ -274,9 +275,9 @@ def test_greedy_decode_stops_at_eos(golden):
   inputs = golden['inputs'][:1]
   t0, t1 = np.asarray(t5.greedy_decode(params, cfg, inputs, max_length=2,
                                        model='1dect5'))[0]
-  assert len({int(t0), int(t1), t5.EOS_ID}) == 3  # the swap below moves only t1's logit
+  assert len({int(t0), int(t1), vocabularies.EOS_ID}) == 3  # the swap below moves only t1's logit
   kernel = np.asarray(params['decoder']['logits_dense']['kernel']).copy()
-  kernel[:, [t1, t5.EOS_ID]] = kernel[:, [t5.EOS_ID, t1]]
+  kernel[:, [t1, vocabularies.EOS_ID]] = kernel[:, [vocabularies.EOS_ID, t1]]
   params['decoder']['logits_dense']['kernel'] = jnp.asarray(kernel)
   tokens = t5.greedy_decode(params, cfg, inputs, max_length=4, model='1dect5')
-  np.testing.assert_array_equal(tokens, [[t0, t5.EOS_ID, 0, 0]])
+  np.testing.assert_array_equal(tokens, [[t0, vocabularies.EOS_ID, 0, 0]])

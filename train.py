@@ -46,7 +46,8 @@ Flags by section (`--helpfull` lists them; the shared ones are `cli.py`'s):
 
 Exit statuses (`cli.py`): 0 done; 1 a bug (with its traceback) or a non-finite loss; 2 a
 mistake in a flag, a file or the data (one line naming it); 3 stopped by SIGTERM or SIGINT
-after a checkpoint (run the same command to resume); 4 another process of a run on several
+(training: after a checkpoint, run the same command to resume; eval and predict: at once,
+nothing half-written); 4 another process of a run on several
 hosts stopped answering (one line: which, the step, the last checkpoint, how to resume).
 """
 import contextlib
@@ -152,14 +153,13 @@ flags.DEFINE_string('predict_split', 'test', 'The GLUE split that --mode=predict
                     'all the task\'s test files, e.g. MNLI-m and MNLI-mm).')
 flags.DEFINE_string('input_file', None, '--mode=predict: rows to label (CSV, TSV or JSON Lines, '
                     'any size, streamed), one output row each, in order.')
-flags.DEFINE_string('predictions_file', None, '--mode=predict --input_file: the output, JSON '
-                    'Lines for a .jsonl path, else TSV. Default: OUTPUT_DIR/predictions/'
-                    '<input name>.jsonl.')
+flags.DEFINE_string('predictions_file', None, '--mode=predict --input_file: the output, in the '
+                    'format its extension names (.jsonl or .ndjson, .csv, .tsv). Default: '
+                    'OUTPUT_DIR/predictions/<input name>.jsonl.')
 flags.DEFINE_string('id_field', None, '--input_file\'s id column, copied into each output row '
                     'as "id"; unset: the row\'s "line" number.')
 
 FLAGS = flags.FLAGS
-USER_ERROR, INTERRUPTED = cli.USER_ERROR, cli.INTERRUPTED
 UserError = cli.UserError
 # What --mode=eval/predict choose for themselves, not taken from the training run's record.
 NOT_RECORDED = ('output_dir', 'checkpoint', 'mesh')
@@ -181,6 +181,14 @@ def check_flags():
                     f'--max_input_length={FLAGS.max_input_length}')
   if not 0 < FLAGS.threshold < 1:
     raise UserError(f'--threshold={FLAGS.threshold}: must be between 0 and 1')
+  if FLAGS.multi_label and not FLAGS.label_separator:
+    raise UserError('--label_separator is empty: a multi-label field needs a separator between '
+                    'its labels (default ",")')
+  labels = FLAGS.labels
+  if labels and ',' not in labels and not os.path.isfile(labels) and (
+      os.sep in labels or os.path.splitext(labels)[1]):
+    raise UserError(f'--labels={labels}: no such file (a label set is a file of one name a line, '
+                    'or names separated by commas)')
   cli.check_positive(cli.POSITIVE_FLAGS + ('max_target_length',))
   if not FLAGS.learning_rate > 0:
     raise UserError(f'--learning_rate={FLAGS.learning_rate}: must be positive')
@@ -278,6 +286,9 @@ def run_mode(watchdog):
   if FLAGS.output_dir is None and FLAGS.task:
     FLAGS.output_dir = os.path.join('runs', FLAGS.task)
   record = finetune.read_run_record(FLAGS.output_dir) if FLAGS.output_dir else None
+  if FLAGS.mode != 'train' and record is None and not FLAGS.checkpoint:
+    raise app.UsageError(f'--mode={FLAGS.mode}: no run in --output_dir={FLAGS.output_dir} (no '
+                         f'{finetune.RECORD_FILE}); train one there first, or give --checkpoint')
   recorded_flags = record is not None and FLAGS.mode != 'train'
   if recorded_flags:
     use_recorded_flags(record)
@@ -293,14 +304,17 @@ def run_mode(watchdog):
     check_same_run(record)
   config = config_from_flags()
   if FLAGS.mode == 'eval':
-    finetune.evaluate(config)
+    with cli.stop_at_once_on_signals('evaluating'):
+      finetune.evaluate(config)
   elif FLAGS.mode == 'predict' and (FLAGS.input_file or FLAGS.train_file):
     input_file = FLAGS.input_file or FLAGS.test_file
     if not input_file:
       raise app.UsageError('--mode=predict needs --input_file (or the run\'s --test_file)')
-    predict.predict_file(config, input_file, FLAGS.predictions_file, FLAGS.id_field)
+    with cli.stop_at_once_on_signals(f'labelling {input_file}'):
+      predict.predict_file(config, input_file, FLAGS.predictions_file, FLAGS.id_field)
   elif FLAGS.mode == 'predict':
-    predict.glue_submission(config, FLAGS.predict_split)
+    with cli.stop_at_once_on_signals('predicting'):
+      predict.glue_submission(config, FLAGS.predict_split)
   else:
     with (cli.lock_output_dir(config.output_dir) if jax.process_index() == 0
           else contextlib.nullcontext()):
