@@ -175,11 +175,12 @@ def test_a_pipe_is_read_once(run, tmp_path):
   """--input_file=/dev/stdin: every row labelled (the progress count must not drain it)."""
   out, input_file = run
   path = tmp_path / 'piped.jsonl'
-  with open(input_file) as stdin:
-    result = subprocess.run(
-        [sys.executable, 'train.py', '--mode=predict', f'--output_dir={out}',
-         '--input_file=/dev/stdin', '--file_format=csv', f'--predictions_file={path}'],
-        cwd=REPO, env=ENV, stdin=stdin, capture_output=True, text=True, timeout=300)
+  with open(input_file) as f:
+    rows = f.read()
+  result = subprocess.run(  # `input`: stdin is a pipe
+      [sys.executable, 'train.py', '--mode=predict', f'--output_dir={out}',
+       '--input_file=/dev/stdin', '--file_format=csv', f'--predictions_file={path}'],
+      cwd=REPO, env=ENV, input=rows, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert len(path.read_text().splitlines()) == 30
 
