@@ -319,7 +319,7 @@ def test_stream_file_format_override_and_text_rows(tmp_path):
   examples = readers.text_examples(task, ['good', {'text': 'bad'}])
   assert [(e.idx, e.line, e.text, e.label) for e in examples] == [
       (0, 1, 'text: good', None), (1, 2, 'text: bad', None)]
-  with pytest.raises(fileio.DataError, match='row 1: empty text'):
+  with pytest.raises(fileio.DataError, match='row 2: empty text'):
     readers.text_examples(task, ['fine', ' '])
 
 

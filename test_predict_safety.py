@@ -201,7 +201,7 @@ def test_a_long_csv_field_is_text(tmp_path):
     ('{"text": "ok", "label": "a", "key": "\\udfff"}', 2, 'key')])
 def test_a_lone_surrogate_is_one_line_naming_file_and_line(tmp_path, row, line, column):
   path = tmp_path / 'bad.jsonl'
-  path.write_text('{"text": "fine", "label": "b"}\n' + row + '\n')
+  path.write_text('{"text": "fine", "label": "b", "key": "k1"}\n' + row + '\n')
   task = tasks.file_task(str(path), str(path))
   with pytest.raises(fileio.DataError, match=f'bad.jsonl:{line}: {column!r} holds a lone '):
     list(readers.stream_file(task, str(path), 10, id_field='key' if column == 'key' else None))
