@@ -85,7 +85,7 @@ class Config:
   dtype: str = 'float32'  # activations; parameters and Adafactor stay float32
   remat_policy: str = 'none'
   scan_layers: bool = False
-  attention_block_length: int = 0  # training: self-attention in blocks; 0: whole rows
+  attention_block_length: int = None  # self-attention in blocks; None: from the data; 0: rows
   # Training.
   batch_size: int = 128  # packed rows a step (T5: 128 rows of 512 tokens)
   learning_rate: float = 1e-3  # constant (§4.1)
@@ -181,14 +181,17 @@ MODELS = {
 
 
 def make_eval_step(cfg, shardings, model='enct5', decode_length=None):
-  """jit((params, batch) -> outputs), replicated on every host: EncT5's logits [B, T, n+1]
-  (regression [B, T]); T5's and 1decT5's greedily decoded tokens [B, decode_length]."""
+  """jit((params, batch, block_length) -> outputs), replicated on every host: EncT5's logits
+  [B, T, n+1] (regression [B, T]); T5's and 1decT5's greedily decoded tokens [B,
+  decode_length]. The encoder's self-attention runs in blocks of `block_length` tokens, which
+  the rows must allow (`packing.rows_block_length`): whole rows' outputs, faster."""
   outputs = MODELS[model].outputs
 
-  def eval_step(params, batch):
+  def eval_step(params, batch, block_length):
+    block_cfg = dataclasses.replace(cfg, attention_block_length=block_length)
     with partitioning.activation_mesh(shardings.mesh):
-      return outputs(params, cfg, batch, decode_length)
-  return jax.jit(eval_step, in_shardings=(shardings.params, shardings.batch),
+      return outputs(params, block_cfg, batch, decode_length)
+  return jax.jit(eval_step, static_argnums=2, in_shardings=(shardings.params, shardings.batch),
                  out_shardings=shardings.replicated)
 
 
@@ -267,7 +270,7 @@ def model_config(config, task, vocab, checkpoint):
   options = dict(num_classes=task.num_classes, multi_label=task.is_multi_label,
                  dropout_rate=config.dropout_rate, dtype=config.dtype,
                  remat_policy=config.remat_policy, scan_layers=config.scan_layers,
-                 attention_block_length=config.attention_block_length)
+                 attention_block_length=config.attention_block_length or 0)
   overrides = {name: getattr(config, name) for name in SHAPE_FIELDS
                if getattr(config, name) is not None}
   if checkpoint:
@@ -372,10 +375,9 @@ def train(config, watchdog=None):
       keys=model.train_keys, batch_sharding=run.shardings.batch, dtype=run.cfg.activation_dtype,
       flops=enct5.train_step_flops(run.cfg, config.model, config.batch_size,
                                    config.max_input_length, _target_length(run)))
-  whole_rows = dataclasses.replace(run.cfg, attention_block_length=0)  # the same outputs
-  inference = Inference(run.task, whole_rows, run.shardings, labels=run.labels,
+  inference = Inference(run.task, run.cfg, run.shardings, labels=run.labels,
                         threshold=config.threshold, eval_step=make_eval_step(
-                            whole_rows, run.shardings, config.model,
+                            run.cfg, run.shardings, config.model,
                             decode_length=run.labels.decode_length if run.labels else None))
 
   def evaluate_now(params):
@@ -408,15 +410,6 @@ def prepare(config, task, mesh):
   vocab_path = vocab_file(config, task, train_examples)
   vocab = vocabularies.load_vocab(vocab_path)
   labels = t5.LabelText(task, vocab) if model.labels_as_text else None
-  ckpt_dir = os.path.join(config.output_dir, 'checkpoints')
-  cfg = model_config(config, task, vocab, load_ckpt.latest_checkpoint(ckpt_dir)
-                     or config.checkpoint)
-  shardings = partitioning.Shardings(enct5.param_specs(cfg, config.model), mesh)
-  logging.info('%s %s: %s parameters; mesh %s', model.name, cfg,
-               f'{enct5.count_params(cfg, config.model):,}', dict(mesh.shape))
-  record = run_record(config, task, cfg, vocab_path)
-  if jax.process_index() == 0:
-    fileio.write_atomically(os.path.join(config.output_dir, RECORD_FILE), record)
 
   # Data: the training split packed once; rows shuffled per epoch by (seed, epoch), so the
   # batch of step s is the same whether or not the run was interrupted (packing.train_batches).
@@ -428,17 +421,30 @@ def prepare(config, task, mesh):
         task, train_examples, vocab, config.max_input_length, targets,
         method='best_fit' if config.pack else 'unpacked', labels=labels,
         path=readers.split_path(task, config.data_dir, 'train'),
-        block_length=config.attention_block_length or None)
+        block_length=packing_block_length(config))
   except ValueError as e:
     if not config.attention_block_length or isinstance(e, fileio.DataError):
       raise
     raise ConfigError(f'--attention_block_length={config.attention_block_length}: {e}; a '
                       'block must divide the row and hold the longest example') from None
-  eval_sets = {split: load_eval_split(config, task, split, vocab) for split in task.eval_names}
   info = packing.stats(packed)
   logging.info('train: %d examples in %d rows of %d tokens (packing efficiency %.3f); '
                '%.1f steps per epoch', info['examples'], info['rows'], config.max_input_length,
                info['efficiency'], info['rows'] / config.batch_size)
+  eval_sets = {split: load_eval_split(config, task, split, vocab) for split in task.eval_names}
+
+  ckpt_dir = os.path.join(config.output_dir, 'checkpoints')
+  cfg = model_config(config, task, vocab, load_ckpt.latest_checkpoint(ckpt_dir)
+                     or config.checkpoint)
+  if config.attention_block_length is None:
+    cfg = dataclasses.replace(cfg, attention_block_length=packing.rows_block_length(
+        packed['inputs_segment_ids']))
+  shardings = partitioning.Shardings(enct5.param_specs(cfg, config.model), mesh)
+  logging.info('%s %s: %s parameters; mesh %s', model.name, cfg,
+               f'{enct5.count_params(cfg, config.model):,}', dict(mesh.shape))
+  record = run_record(config, task, cfg, vocab_path)
+  if jax.process_index() == 0:
+    fileio.write_atomically(os.path.join(config.output_dir, RECORD_FILE), record)
   state = initial_state(config, cfg, shardings, ckpt_dir)
   return Run(task, cfg, shardings, labels, packed, eval_sets, state, record)
 
@@ -478,21 +484,32 @@ def on_bad_rows(config):
   return 'skip' if config.skip_bad_rows else 'raise'
 
 
-def eval_rows(config):
-  """(target slots, packing method) of the rows that evaluation and prediction label: EncT5's
-  packed rows, up to max_target_length examples each; one example a row unpacked, and for T5
-  and 1decT5, which decode greedily."""
+def packing_block_length(config):
+  """`preprocessing.pack_split`'s block_length for --attention_block_length: unset, 'fit' (the
+  smallest block that holds the longest example); 0, None (whole rows); else that block."""
+  if config.attention_block_length is None:
+    return 'fit'
+  return config.attention_block_length or None
+
+
+def pack_for_inference(config, task, examples, vocab, path='<examples>'):
+  """The rows that evaluation and prediction label: EncT5's packed rows, up to
+  max_target_length examples each; one example a row unpacked, and for T5 and 1decT5, which
+  decode greedily. Each example within one attention block (`packing_block_length`): `infer`
+  runs the encoder in the blocks the rows allow, with the outputs of whole rows."""
+  target_length, method = 1, 'unpacked'
   if config.pack and not MODELS[config.model].labels_as_text:
-    return config.max_target_length, 'best_fit'
-  return 1, 'unpacked'
+    target_length, method = config.max_target_length, 'best_fit'
+  return preprocessing.pack_split(task, examples, vocab, config.max_input_length, target_length,
+                                  method=method, path=path,
+                                  block_length=packing_block_length(config))
 
 
 def load_eval_split(config, task, split, vocab):
-  """(examples, rows) of a split as the eval step reads them (`eval_rows`)."""
-  target_length, method = eval_rows(config)
-  return preprocessing.load_packed(task, config.data_dir, split, vocab,
-                                   config.max_input_length, target_length, method=method,
-                                   on_error=on_bad_rows(config))
+  """(examples, rows) of a split as the eval step reads them (`pack_for_inference`)."""
+  examples = readers.read_split(task, config.data_dir, split, on_error=on_bad_rows(config))
+  return examples, pack_for_inference(config, task, examples, vocab,
+                                      readers.split_path(task, config.data_dir, split))
 
 
 class Inference(NamedTuple):
@@ -507,15 +524,22 @@ class Inference(NamedTuple):
 
 def infer(config, inference, params, packed, outputs=None):
   """Per-example results of a split's rows -> (example ids ascending, results): the model's
-  predictions (`Model.predictions`), or `outputs(eval step outputs, inference)`."""
+  predictions (`Model.predictions`), or `outputs(eval step outputs, inference)`.
+
+  The encoder attends within the blocks the rows allow (`packing.rows_block_length`), or in
+  --attention_block_length's when given. Every batch is dispatched before the first result is
+  read: the device computes while the host prepares the next batch (JAX dispatches
+  asynchronously).
+  """
   model = MODELS[config.model]
   outputs = outputs or model.predictions
-  results = []
-  for batch in packing.eval_batches(packed, config.batch_size):
-    inputs = {k: batch[k] for k in model.eval_keys}
-    out = inference.eval_step(params,
-                              partitioning.global_batch(inputs, inference.shardings.batch))
-    results.append(outputs(np.asarray(out), inference))
+  block_length = config.attention_block_length
+  if block_length is None:
+    block_length = packing.rows_block_length(packed['inputs_segment_ids'])
+  dispatched = [inference.eval_step(params, partitioning.global_batch(
+      {k: batch[k] for k in model.eval_keys}, inference.shardings.batch), block_length)
+                for batch in packing.eval_batches(packed, config.batch_size)]
+  results = [outputs(np.asarray(out), inference) for out in dispatched]
   return packing.per_example(packed['example_ids'], np.concatenate(results))
 
 
@@ -559,7 +583,7 @@ def load_for_inference(config):
   path = inference_checkpoint(config)
   vocab = vocabularies.load_vocab(vocab_file(config, task))
   labels = t5.LabelText(task, vocab) if MODELS[config.model].labels_as_text else None
-  cfg = model_config(dataclasses.replace(config, attention_block_length=0), task, vocab, path)
+  cfg = model_config(config, task, vocab, path)
   shardings = partitioning.Shardings(enct5.param_specs(cfg, config.model), make_mesh(config))
   if config.model == 'enct5' and 'target/decoder/class_projection/kernel' not in \
       load_ckpt.flatten(load_ckpt.read_index(path)):

@@ -278,6 +278,19 @@ def block_length_for(lengths, max_length):
   return min(b for b in range(1, max_length + 1) if max_length % b == 0 and b >= longest)
 
 
+def rows_block_length(segment_ids):
+  """The smallest block b dividing the row length L that no example of rows [R, L] crosses:
+  block-local attention in blocks of b computes these rows exactly as whole rows do (b = L:
+  whole rows). Rows packed with `block_length=b` allow b, or less."""
+  length = segment_ids.shape[1]
+  for b in range(1, length):
+    if length % b == 0:
+      before, after = segment_ids[:, b - 1:length - 1:b], segment_ids[:, b::b]
+      if not np.any((before == after) & (after != 0)):
+        return b
+  return length
+
+
 def _labels(examples, ids, regression):
   """Labels as a numpy vector; class ids must be 1..n (0 is the padding class)."""
   dtype = np.float32 if regression else np.int32

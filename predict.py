@@ -20,7 +20,6 @@ import fileio
 import finetune
 import loop
 import metrics
-import preprocessing
 import readers
 
 
@@ -125,8 +124,13 @@ def predict_file(config, input_file, predictions_file=None, id_field=None):
                                f'--model={config.model}')
   path = predictions_path(config, input_file, predictions_file)
   inference, params, vocab, _ = finetune.load_for_inference(config)
+  return label_file(config, inference, params, vocab, input_file, path, id_field)
+
+
+def label_file(config, inference, params, vocab, input_file, path, id_field=None):
+  """`predict_file`'s work, the model loaded (`finetune.load_for_inference`) and `path`
+  checked (`predictions_path`): `input_file` labelled into `path`; -> `path`."""
   task = inference.task
-  target_length, method = finetune.eval_rows(config)
   progress = Progress(input_file)
   with (fileio.atomic_file(path, 'w') if jax.process_index() == 0
         else open(os.devnull, 'w')) as out:
@@ -135,8 +139,7 @@ def predict_file(config, input_file, predictions_file=None, id_field=None):
     for row_ids, examples in readers.stream_file(task, input_file, PREDICT_CHUNK_ROWS,
                                                  id_field=id_field,
                                                  on_error=finetune.on_bad_rows(config)):
-      packed = preprocessing.pack_split(task, examples, vocab, config.max_input_length,
-                                        target_length, method=method, path=input_file)
+      packed = finetune.pack_for_inference(config, task, examples, vocab, path=input_file)
       ids, outputs = finetune.infer(config, inference, params, packed, label_outputs)
       row_id = {example.idx: i for example, i in zip(examples, row_ids)}
       for idx, output in zip(ids, outputs):
@@ -236,7 +239,8 @@ class Labeler:
       raise FileNotFoundError(f'{output_dir}: no {finetune.RECORD_FILE}, so no run of train.py')
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in record['config'].items()}
     config.update(output_dir=output_dir, checkpoint=checkpoint, vocab=record['vocab_file'],
-                  mesh=None, batch_size=batch_size or config['batch_size'])
+                  mesh=None, batch_size=batch_size or config['batch_size'],
+                  attention_block_length=None)  # blocks from the rows it labels
     self.config = finetune.Config(**config)
     if self.config.model != 'enct5':
       raise finetune.ConfigError(f'{output_dir}: Labeler takes an EncT5 run (its probabilities); '
@@ -250,9 +254,7 @@ class Labeler:
     examples = readers.text_examples(task, rows)
     if not examples:
       return []
-    target_length, method = finetune.eval_rows(config)
-    packed = preprocessing.pack_split(task, examples, self.vocab, config.max_input_length,
-                                      target_length, method=method)
+    packed = finetune.pack_for_inference(config, task, examples, self.vocab)
     ids, outputs = finetune.infer(config, self.inference, self.params, packed, label_outputs)
     return [prediction_row(task, int(idx) + 1, output, threshold=config.threshold, id_key='row')
             for idx, output in zip(ids, outputs)]

@@ -38,11 +38,15 @@ def pack_split(task, examples, vocab, max_input_length, max_target_length, *,
   `labels` (a LabelText: T5's and 1decT5's training rows), each example's label as T5 text in
   decoder rows of `max_target_length` tokens (`packing.pack_seq2seq_examples`).
   `block_length`: every example within one block of that many tokens, for block-local
-  attention (`packing.pack_examples`). `packed['example_ids']` holds each example's `idx`
-  (its data row in the file).
+  attention (`packing.pack_examples`); 'fit': the smallest block that holds the longest example
+  (`packing.block_length_for`), as evaluation and prediction pack. `packed['example_ids']` holds
+  each example's `idx` (its data row in the file).
   """
   tokenized, _ = tokenize(vocab, examples, max_input_length, path=path)
   ids = [example.idx for example in examples]
+  if block_length == 'fit':
+    block_length = packing.block_length_for([len(tokens) for tokens, _ in tokenized],
+                                            max_input_length)
   if labels is None:
     return packing.pack_examples(
         tokenized, max_input_length, max_target_length, method=method,

@@ -1,13 +1,16 @@
 """Your own files through train.py (issue 27): each kind of label trains from a hand-written
 file, predictions keep the input's order and strings, a file larger than one chunk streams,
 and `predict.Labeler` labels text from Python as `--mode=predict` does."""
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 import finetune
+import packing
 import predict
+import readers
 import tasks
 import train
 
@@ -165,3 +168,37 @@ def test_attention_blocks_train_and_evaluate_whole_rows(tmp_path):
   assert len((tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()) == 2
   with pytest.raises(finetune.ConfigError, match='--attention_block_length=2: .*block'):
     _main(*common, '--attention_block_length=2', f'--output_dir={tmp_path}/small')
+
+
+def test_attention_blocks_are_chosen_from_the_data_and_change_no_output(tmp_path):
+  """No --attention_block_length: training, evaluation and Labeler choose blocks smaller than
+  the 64-token rows from the data (issue 34), and give what whole rows give: the score logged in
+  training is --mode=eval's with whole rows on the same checkpoint, Labeler's probabilities are
+  whole rows' to float32 rounding."""
+  tsv_rows = lambda rows: [f'{text}\t{queue}' for text, queue, _, _ in rows]
+  train_file = _write(tmp_path / 'train.tsv', 'text\tqueue', tsv_rows(_rows(40, 0)))
+  dev_file = _write(tmp_path / 'dev.tsv', 'text\tqueue', tsv_rows(_rows(30, 1)))
+  out = tmp_path / 'run'
+  _main(f'--train_file={train_file}', f'--validation_file={dev_file}', '--label_field=queue',
+        *TINY, '--max_input_length=64', '--eval_every=6', f'--output_dir={out}')
+  record = json.loads((out / finetune.RECORD_FILE).read_text())
+  assert record['config']['attention_block_length'] is None
+  assert 64 % record['model_config']['attention_block_length'] == 0
+  assert record['model_config']['attention_block_length'] < 64
+  logged, = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+
+  labeler = predict.Labeler(str(out))
+  whole_rows = dataclasses.replace(labeler.config, attention_block_length=0)
+  assert finetune.evaluate(whole_rows) == logged['scores']
+  texts = [text for text, _, _, _ in _rows(30, 1)]
+  examples = readers.text_examples(labeler.inference.task, texts)
+  packed = finetune.pack_for_inference(labeler.config, labeler.inference.task, examples,
+                                       labeler.vocab)
+  assert packing.rows_block_length(packed['inputs_segment_ids']) < 64
+  blocks = labeler(texts)
+  labeler.config = whole_rows
+  rows = labeler(texts)
+  assert [row['label'] for row in blocks] == [row['label'] for row in rows]
+  np.testing.assert_allclose([list(row['probabilities'].values()) for row in blocks],
+                             [list(row['probabilities'].values()) for row in rows],
+                             rtol=1e-5, atol=1e-6)

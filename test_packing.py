@@ -226,6 +226,20 @@ def test_block_length_for_holds_the_longest_example():
   assert packing.block_length_for([30], 32) == 32  # whole rows
 
 
+def test_rows_block_length_is_the_smallest_block_no_example_crosses():
+  """The block `infer` runs packed rows in: no example may straddle a block boundary; padding
+  (segment 0) may."""
+  rows = np.array([[1, 1, 2, 2, 0, 0, 0, 0],
+                   [1, 2, 3, 3, 4, 4, 0, 0]])
+  assert packing.rows_block_length(rows) == 2
+  assert packing.rows_block_length(np.array([[1, 1, 1, 2, 2, 2, 0, 0]])) == 8  # 2 spans 3|4
+  assert packing.rows_block_length(np.array([[1, 1, 1, 2, 0, 0, 0, 0]])) == 4
+  assert packing.rows_block_length(np.array([[1, 2, 3, 4, 5, 6]])) == 1
+  packed = packing.pack_examples([([5] * n, 1) for n in (3, 9, 2, 7, 16)], 32, 4,
+                                 block_length=16)
+  assert packing.rows_block_length(packed['inputs_segment_ids']) <= 16
+
+
 def test_best_fit_never_worse_than_next_fit():
   rng = np.random.default_rng(0)
   for _ in range(300):

@@ -130,11 +130,12 @@ flags.DEFINE_bool('load_optimizer_state', DEFAULTS.load_optimizer_state, 'With -
                   'continue its Adafactor state and step (T5X\'s default; paper §4.2). '
                   '--noload_optimizer_state: fresh Adafactor state from step 0, as with random '
                   'init (T5X: an assignment_map sending state/.* to None).')
-flags.DEFINE_integer('attention_block_length', DEFAULTS.attention_block_length, 'Training: '
+flags.DEFINE_integer('attention_block_length', DEFAULTS.attention_block_length, 'Encoder '
                      'self-attention in blocks of this many tokens (it must divide '
                      '--max_input_length), each packed example within one block: the same '
-                     'outputs, attention L/b times cheaper. 0: whole rows. Evaluation and '
-                     'prediction run whole rows.')
+                     'outputs, attention L/b times cheaper. Unset: the smallest block that '
+                     'holds the longest example, chosen from the data by training, evaluation '
+                     'and prediction alike. 0: whole rows.')
 flags.DEFINE_bool('fresh_pooling_block', DEFAULTS.fresh_pooling_block, 'From an encoder-only '
                   'checkpoint (Hugging Face T5EncoderModel, Sentence-T5): start EncT5\'s pooling '
                   'block (the first decoder layer\'s cross-attention and FFN) from random init '
@@ -161,8 +162,9 @@ flags.DEFINE_string('id_field', None, '--input_file\'s id column, copied into ea
 
 FLAGS = flags.FLAGS
 UserError = cli.UserError
-# What --mode=eval/predict choose for themselves, not taken from the training run's record.
-NOT_RECORDED = ('output_dir', 'checkpoint', 'mesh')
+# What --mode=eval/predict choose for themselves, not taken from the training run's record
+# (attention blocks: from the rows they label).
+NOT_RECORDED = ('output_dir', 'checkpoint', 'mesh', 'attention_block_length')
 
 
 def check_flags():
@@ -176,7 +178,7 @@ def check_flags():
   if FLAGS.regression and FLAGS.multi_label:
     raise UserError('--regression and --multi_label: one kind of label or the other')
   block = FLAGS.attention_block_length
-  if block < 0 or (block and FLAGS.max_input_length % block):
+  if block is not None and (block < 0 or (block and FLAGS.max_input_length % block)):
     raise UserError(f'--attention_block_length={block}: must be 0 (whole rows) or divide '
                     f'--max_input_length={FLAGS.max_input_length}')
   if not 0 < FLAGS.threshold < 1:

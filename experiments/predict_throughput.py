@@ -1,14 +1,23 @@
-"""`train.py --mode=predict --input_file` end to end against the model alone, side by side.
+"""The user's prediction paths against the model alone, side by side, and where their time goes.
 
-  python -m experiments.predict_throughput --output_dir=runs/goemotions --input_file=FILE
+  python -m experiments.predict_throughput --output_dir=runs/rte_small --input_file=FILE
 
-(a) The model alone, as bench.py's packed inference measures it: the file's rows read,
-tokenized and packed once, beforehand; then only the eval steps over all the packed batches
-are timed. (b) `predict.predict_file` on the same file, the same run and batch size: reading,
-tokenizing, packing and writing a chunk at a time, all of it timed. Rows per second of each
-and their ratio; the rounds alternate (a), (b), so background load hits both alike.
+On the same rows of FILE, the same run and batch size, in alternating rounds (background load
+hits all alike), rows per second of:
+  model alone, whole rows   the eval steps over the rows packed beforehand, self-attention over
+                            whole rows (what evaluation and prediction ran before issue 34);
+  model alone, blocks       the same, the encoder in the blocks the rows allow (bench.py's
+                            packed inference);
+  Labeler                   `predict.Labeler(texts)` on the file's texts, read beforehand:
+                            tokenizing, packing, the eval steps and the output rows;
+  label_file                `predict.label_file` (`--mode=predict` once the model is loaded):
+                            reading, tokenizing, packing, labelling and writing the file.
+Then one profiled `label_file`: the share of its time in each stage.
 """
+import cProfile
+import csv
 import os
+import pstats
 import tempfile
 import time
 
@@ -20,55 +29,99 @@ import finetune
 import packing
 import partitioning
 import predict
-import preprocessing
 import readers
 
 flags.DEFINE_string('output_dir', None, 'A trained run (train.py --output_dir).', required=True)
 flags.DEFINE_string('input_file', None, 'Rows to label.', required=True)
-flags.DEFINE_integer('rounds', 3, 'Rounds of (a) then (b).')
+flags.DEFINE_integer('rounds', 3, 'Rounds of every path in turn.')
 FLAGS = flags.FLAGS
 
+# (stage, the functions whose cumulative time is that stage's) for the profile of label_file.
+STAGES = (('read the file', ('readers.py', 'stream_file')),
+          ('tokenize', ('preprocessing.py', 'tokenize')),
+          ('pack', ('packing.py', 'pack_examples')),
+          ('eval steps (dispatch and wait)', ('finetune.py', 'infer')),
+          ('output rows', ('predict.py', 'prediction_row')),
+          ('write', ('predict.py', 'write')))
 
-def model_alone(labeler, examples):
-  """() -> rows labelled: the eval steps over `examples` packed beforehand (bench.py's way)."""
+
+def model_alone(labeler, examples, blocks):
+  """(() -> rows labelled, block length): the eval steps over `examples` packed beforehand
+  (bench.py's way), the encoder in the blocks the rows allow, or over whole rows (0)."""
   config, inference = labeler.config, labeler.inference
-  packed = preprocessing.pack_split(inference.task, examples, labeler.vocab,
-                                    config.max_input_length, config.max_target_length)
-  batches = [partitioning.global_batch({k: b[k] for k in finetune._ENCT5_KEYS},
+  packed = finetune.pack_for_inference(config, inference.task, examples, labeler.vocab)
+  block_length = packing.rows_block_length(packed['inputs_segment_ids']) if blocks else 0
+  batches = [partitioning.global_batch({k: b[k] for k in finetune.MODELS['enct5'].eval_keys},
                                        inference.shardings.batch)
              for b in packing.eval_batches(packed, config.batch_size)]
 
   def run():
-    for batch in batches:
-      out = inference.eval_step(labeler.params, batch)
-    jax.block_until_ready(out)
+    outputs = [inference.eval_step(labeler.params, batch, block_length) for batch in batches]
+    jax.block_until_ready(outputs)
     return len(examples)
-  return run
+  return run, block_length
+
+
+def profile(fn):
+  """Seconds of each STAGE in one profiled call of `fn`, and the total."""
+  profiler = cProfile.Profile()
+  start = time.perf_counter()
+  profiler.runcall(fn)
+  total = time.perf_counter() - start
+  stats = pstats.Stats(profiler).stats  # (file, line, name) -> (cc, nc, tt, ct, callers)
+  seconds = {}
+  for stage, (file, name) in STAGES:
+    seconds[stage] = sum(ct for (path, _, function), (_, _, _, ct, _) in stats.items()
+                         if path.endswith(file) and function == name)
+  return seconds, total
 
 
 def main(argv):
   del argv
   labeler = predict.Labeler(FLAGS.output_dir)
-  examples = readers.read_file(labeler.inference.task, FLAGS.input_file, labeled=False)
-  alone = model_alone(labeler, examples)
-  alone()  # compiled
-  rates = {'model alone (bench.py)': [], 'predict_file': []}
+  config, inference = labeler.config, labeler.inference
+  examples = readers.read_file(inference.task, FLAGS.input_file, labeled=False)
+  texts = text_rows(inference.task, FLAGS.input_file)
+  assert len(texts) == len(examples), 'a row the readers skip or split'
+  whole, _ = model_alone(labeler, examples, blocks=False)
+  blocks, block_length = model_alone(labeler, examples, blocks=True)
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'predictions.jsonl')
-    predict.predict_file(labeler.config, FLAGS.input_file, out)  # compiled
+    label_file = lambda: predict.label_file(config, inference, labeler.params, labeler.vocab,
+                                            FLAGS.input_file, out)
+    paths = {'model alone, whole rows': whole, 'model alone, blocks': blocks,
+             'Labeler': lambda: labeler(texts), 'label_file': label_file}
+    for fn in paths.values():
+      fn()  # compiled
+    rates = {name: [] for name in paths}
     for _ in range(FLAGS.rounds):
-      start = time.perf_counter()
-      rows = alone()
-      rates['model alone (bench.py)'].append(rows / (time.perf_counter() - start))
-      start = time.perf_counter()
-      predict.predict_file(labeler.config, FLAGS.input_file, out)
-      rates['predict_file'].append(rows / (time.perf_counter() - start))
+      for name, fn in paths.items():
+        start = time.perf_counter()
+        fn()
+        rates[name].append(len(examples) / (time.perf_counter() - start))
+    seconds, total = profile(label_file)
+  print(f'{len(examples):,} rows, batch {config.batch_size} x {config.max_input_length}, '
+        f'blocks of {block_length}, {config.dtype}; load average {os.getloadavg()[0]:.1f}')
+  print('| path | rows/s (median; min..max) | / model alone, blocks |\n| --- | ---: | ---: |')
+  reference = np.median(rates['model alone, blocks'])
   for name, values in rates.items():
-    print(f'{name}: {np.median(values):,.0f} rows/s ({min(values):,.0f}..{max(values):,.0f})')
-  ratios = [b / a for a, b in zip(*rates.values())]
-  print(f'predict_file / model alone: {np.median(ratios):.2f} ({min(ratios):.2f}..'
-        f'{max(ratios):.2f}), {len(examples):,} rows, batch {labeler.config.batch_size} x '
-        f'{labeler.config.max_input_length}, load average {os.getloadavg()[0]:.1f}')
+    print(f'| {name} | {np.median(values):,.1f} ({min(values):,.1f}..{max(values):,.1f}) | '
+          f'{np.median(values) / reference:.2f} |')
+  print(f'\nprofiled label_file: {total:.2f} s\n| stage | s | share |\n| --- | ---: | ---: |')
+  for stage, s in seconds.items():
+    print(f'| {stage} | {s:.3f} | {s / total:.0%} |')
+
+
+def text_rows(task, path):
+  """{column: text} of every row of a CSV or TSV file with a header, for `Labeler` (a TSV
+  without quoting, as GLUE's)."""
+  columns = [column for _, column in task.features]
+  with open(path, newline='', encoding='utf-8') as f:
+    if readers.file_format(task, path) in ('tsv', 'glue'):
+      reader = csv.DictReader(f, delimiter='\t', quoting=csv.QUOTE_NONE)
+    else:
+      reader = csv.DictReader(f)
+    return [{column: row[column] for column in columns} for row in reader]
 
 
 if __name__ == '__main__':

@@ -45,7 +45,7 @@ def run(cfg, mesh, params0, batches):
     params, opt_state, metrics = step(params, opt_state, batch)
     losses.append(float(metrics['loss']))
   eval_step = finetune.make_eval_step(cfg, shardings)
-  logits = eval_step(params, partitioning.global_batch(batches[0], shardings.batch))
+  logits = eval_step(params, partitioning.global_batch(batches[0], shardings.batch), 0)
   wo_state = opt_state['param_states']['encoder']['layers_0']['mlp']['wo']['kernel']
   specs = {'embedding': str(params['token_embedder']['embedding'].sharding.spec),
            'wo': str(params['encoder']['layers_0']['mlp']['wo']['kernel'].sharding.spec),
