@@ -48,7 +48,8 @@ flags.DEFINE_integer('num_layers', None, 'The encoder layers, instead of the siz
 flags.DEFINE_float('dropout_rate', DEFAULTS.dropout_rate, 'Dropout while training (T5 '
                    'fine-tuning: 0.1; T5.1.1 pre-training: 0).')
 flags.DEFINE_enum('dtype', DEFAULTS.dtype, ['float32', 'bfloat16'], 'Activation dtype; '
-                  'parameters and Adafactor state stay float32.')
+                  'parameters and Adafactor state stay float32. --mode=eval/predict: the run\'s '
+                  'unless given (any run predicts in bfloat16 with --dtype=bfloat16).')
 flags.DEFINE_enum('remat_policy', DEFAULTS.remat_policy, list(t5_layers.REMAT_POLICIES),
                   'T5X\'s rematerialization per layer, to fit larger batches or models: none; '
                   'minimal (keep the matmuls\' outputs, recompute the rest); full (keep only '

@@ -230,16 +230,18 @@ class Labeler:
   A row is a string (a task with one text field) or a dict {text field: string}; the output
   rows are `predict_file`'s, numbered from 1 in input order (as are the rows an error names).
   One row alone (a string or a dict) gives its output row alone; no rows give []. `checkpoint`:
-  another than the run's best; `batch_size`: packed rows per batch (default the run's).
+  another than the run's best; `batch_size`: packed rows per batch (default the run's);
+  `dtype`: the activations' (default the run's; 'bfloat16' for any run).
   """
 
-  def __init__(self, output_dir, checkpoint=None, batch_size=None):
+  def __init__(self, output_dir, checkpoint=None, batch_size=None, dtype=None):
     record = finetune.read_run_record(output_dir)
     if record is None:
       raise FileNotFoundError(f'{output_dir}: no {finetune.RECORD_FILE}, so no run of train.py')
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in record['config'].items()}
     config.update(output_dir=output_dir, checkpoint=checkpoint, vocab=record['vocab_file'],
                   mesh=None, batch_size=batch_size or config['batch_size'],
+                  dtype=dtype or config['dtype'],
                   attention_block_length=None)  # blocks from the rows it labels
     self.config = finetune.Config(**config)
     if self.config.model != 'enct5':

@@ -179,20 +179,19 @@ def test_an_error_in_every_process_is_not_held(tmp_path):
 TRAIN_STEPS = 8  # checkpoints at steps 4 and 8
 
 
-def _train_py(tmp_path, output_dir, kill_at_step=None):
-  """train.py on two processes (a tiny EncT5 on 64 made-up SST-2 rows); with `kill_at_step`,
-  process 1 is killed (SIGKILL) when process 0 logs that step. -> per process (exit status,
-  stderr, time.time() when it ended), and the time of the kill."""
+def _train_py(tmp_path, output_dir, kill_at_step):
+  """train.py on two processes (a tiny EncT5 on 64 made-up SST-2 rows), process 1 killed
+  (SIGKILL) when process 0 logs `kill_at_step`. -> per process (exit status, stderr,
+  time.time() when it ended), and the time of the kill."""
   data = tmp_path / 'SST-2'
-  if not data.exists():
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    words = 'good bad film plot cast dull great slow'.split()
-    for name, rows in (('train.tsv', 64), ('dev.tsv', 16)):
-      lines = ['sentence\tlabel'] + [f'{" ".join(rng.choice(words, 5))}\t{rng.integers(2)}'
-                                     for _ in range(rows)]
-      (data / name).write_text('\n'.join(lines) + '\n')
-    vocabularies.train_vocab(words, str(tmp_path / 'vocab'), 40)
+  data.mkdir()
+  rng = np.random.default_rng(0)
+  words = 'good bad film plot cast dull great slow'.split()
+  for name, rows in (('train.tsv', 64), ('dev.tsv', 16)):
+    lines = ['sentence\tlabel'] + [f'{" ".join(rng.choice(words, 5))}\t{rng.integers(2)}'
+                                   for _ in range(rows)]
+    (data / name).write_text('\n'.join(lines) + '\n')
+  vocabularies.train_vocab(words, str(tmp_path / 'vocab'), 40)
   address = f'127.0.0.1:{testutil.free_port()}'
   env = dict({k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}, JAX_PLATFORMS='cpu')
   procs = [subprocess.Popen(
@@ -208,7 +207,7 @@ def _train_py(tmp_path, output_dir, kill_at_step=None):
   try:
     for line in procs[0].stderr:
       log.append(line)
-      if kill_at_step and killed is None and f'step {kill_at_step}/{TRAIN_STEPS}' in line:
+      if killed is None and f'step {kill_at_step}/{TRAIN_STEPS}' in line:
         killed = time.time()
         procs[1].kill()
     ended = time.time()
@@ -222,13 +221,12 @@ def _train_py(tmp_path, output_dir, kill_at_step=None):
   return results, killed
 
 
-def test_train_py_stops_with_one_line_when_a_host_dies_and_resumes_exactly(tmp_path):
+def test_train_py_stops_with_one_line_when_a_host_dies(tmp_path):
   """train.py on two processes, process 1 killed at step 6 (after the step-4 checkpoint):
   process 0 exits with HOST_LOST within the bound and one line naming process 1, its step,
-  checkpoint_4 and the command; the same two commands then end bit for bit where an
-  uninterrupted run does."""
-  reference, _ = _train_py(tmp_path, tmp_path / 'reference')
-  assert [status for status, _, _ in reference] == [0, 0], reference[0][1][-3000:]
+  checkpoint_4 (complete) and the command. (That the same commands then resume exactly is
+  `test_the_others_stop_with_one_line_and_resume_exactly`'s, and train.py's resume
+  test_train's `test_resume_is_bit_identical`.)"""
   output_dir = tmp_path / 'run'
   results, killed = _train_py(tmp_path, output_dir, kill_at_step=6)
   (status, err, ended), (killed_status, _, _) = results
@@ -241,9 +239,4 @@ def test_train_py_stops_with_one_line_when_a_host_dies_and_resumes_exactly(tmp_p
   assert line.startswith('train.py: process 1 of 2 stopped answering'), line
   assert f'Last complete checkpoint: {checkpoint}; to resume' in line and \
       '--process_id=0' in line, line
-
-  results, _ = _train_py(tmp_path, output_dir)
-  assert [status for status, _, _ in results] == [0, 0], results[0][1][-3000:]
-  _assert_same_checkpoint(
-      os.path.join(output_dir, 'checkpoints', f'checkpoint_{TRAIN_STEPS}'),
-      os.path.join(tmp_path, 'reference', 'checkpoints', f'checkpoint_{TRAIN_STEPS}'))
+  assert load_ckpt.latest_checkpoint(os.path.join(output_dir, 'checkpoints')) == checkpoint

@@ -1,6 +1,7 @@
 """The user's prediction paths against the model alone, side by side, and where their time goes.
 
-  python -m experiments.predict_throughput --output_dir=runs/rte_small --input_file=FILE
+  python -m experiments.predict_throughput --output_dir=runs/rte_small --input_file=FILE \
+      [--dtype=bfloat16]
 
 On the same rows of FILE, the same run and batch size, in alternating rounds (background load
 hits all alike), rows per second of:
@@ -34,6 +35,7 @@ import readers
 flags.DEFINE_string('output_dir', None, 'A trained run (train.py --output_dir).', required=True)
 flags.DEFINE_string('input_file', None, 'Rows to label.', required=True)
 flags.DEFINE_integer('rounds', 3, 'Rounds of every path in turn.')
+flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Activations (default: the run\'s).')
 FLAGS = flags.FLAGS
 
 # (stage, the functions whose cumulative time is that stage's) for the profile of label_file.
@@ -78,7 +80,7 @@ def profile(fn):
 
 def main(argv):
   del argv
-  labeler = predict.Labeler(FLAGS.output_dir)
+  labeler = predict.Labeler(FLAGS.output_dir, dtype=FLAGS.dtype)
   config, inference = labeler.config, labeler.inference
   examples = readers.read_file(inference.task, FLAGS.input_file, labeled=False)
   texts = text_rows(inference.task, FLAGS.input_file)
