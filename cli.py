@@ -115,7 +115,7 @@ class UserError(Exception):
 
 
 USER_ERRORS = (UserError, app.UsageError, finetune.ConfigError, fileio.DataError,
-               load_ckpt.CheckpointError, OSError)
+               load_ckpt.CheckpointError, OSError, loop.StepTooLarge)
 
 
 def check_positive(names=POSITIVE_FLAGS):

@@ -11,6 +11,7 @@ Reads top-down: the step; the state (fresh or restored); the loop; its log and r
 """
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -119,6 +120,58 @@ class NonFiniteLoss(FloatingPointError):
   """The loss of a step is NaN or infinite; the last good checkpoint is left as it is."""
 
 
+class StepTooLarge(MemoryError):
+  """The compiled train step needs more memory than the device has free (before any step)."""
+
+
+def compile_step(train_step, params, opt_state, batch):
+  """The train step compiled for these arguments (the loop calls it with the same shapes), its
+  memory logged, and checked against what a device has free (`free_memory_bytes`): a step
+  that cannot fit stops here, with the largest batch that would, instead of failing to
+  allocate after the data is read and the model built.
+
+  XLA's buffer assignment (`memory_analysis`): the arguments (parameters, optimizer state,
+  batch) are resident already; the step allocates its temporaries and the outputs that do not
+  reuse a donated argument.
+  """
+  compiled = train_step.fn.lower(params, opt_state, batch).compile()
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return compiled
+  gib = lambda n: f'{n / 2**30:.1f} GiB' if n >= 2**30 else f'{n / 2**20:.0f} MiB'
+  allocates = stats.temp_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+  free = free_memory_bytes()
+  logging.info('step memory per device: its arguments (parameters, optimizer state, batch) %s, '
+               'what it allocates %s; free %s', gib(stats.argument_size_in_bytes),
+               gib(allocates), gib(free) if free is not None else 'unknown')
+  if free is not None and allocates > free:
+    rows = batch['inputs'].shape[0]
+    fits = rows * (free - (allocates - stats.temp_size_in_bytes)) / stats.temp_size_in_bytes
+    suggestion = (f'--batch_size={2 ** int(np.log2(fits))} should fit (temporaries grow with '
+                  'the batch)' if fits >= 1 else 'not even --batch_size=1 would fit: a smaller '
+                  'model or --max_input_length')
+    raise StepTooLarge(f'the train step needs {gib(allocates)} per device beyond its '
+                       f'arguments and {gib(free)} are free, at {rows} rows a step: '
+                       f'{suggestion}; --remat_policy=full recomputes activations instead '
+                       'of keeping them')
+  return compiled
+
+
+def free_memory_bytes():
+  """Bytes one device can still allocate: an accelerator's own count, else the host's available
+  memory (/proc/meminfo's MemAvailable) shared by its CPU devices; None where unknown."""
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if device.platform != 'cpu' else None
+  if stats and 'bytes_limit' in stats:
+    return stats['bytes_limit'] - stats.get('bytes_in_use', 0)
+  try:
+    with open('/proc/meminfo') as f:
+      available = [int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:')]
+  except OSError:
+    return None
+  return available[0] // jax.local_device_count() if available else None
+
+
 def train_loop(settings, state, train_step, batches, evaluate, summarize, extra_files=None,
                watchdog=None):
   """Trains from `state.step` to `settings.train_steps`; returns the best record (or None).
@@ -140,11 +193,19 @@ def train_loop(settings, state, train_step, batches, evaluate, summarize, extra_
                               adafactor_step(opt_state), params, opt_state, keep=keep,
                               extra_files=extra_files)
 
+  def device_batch(batch):
+    return partitioning.global_batch({k: batch[k] for k in train_step.keys},
+                                     train_step.batch_sharding)
+
+  if start >= settings.train_steps:
+    return best
+  first = next(batches)
+  batches = itertools.chain([first], batches)
+  step_fn = compile_step(train_step, params, opt_state, device_batch(first))
   with stop_on_signals() as received:
     for step in range(start + 1, settings.train_steps + 1):
       batch = next(batches)
-      params, opt_state, metrics = train_step.fn(params, opt_state, partitioning.global_batch(
-          {k: batch[k] for k in train_step.keys}, train_step.batch_sharding))
+      params, opt_state, metrics = step_fn(params, opt_state, device_batch(batch))
       if watchdog:
         watchdog.step = step
       loss = float(metrics['loss'])

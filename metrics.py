@@ -102,6 +102,38 @@ def micro_f1(labels, predictions):
   return 100.0 * float(2 * np.sum(labels & predictions) / denominator) if denominator else 0.0
 
 
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)  # the candidates: 0.05, 0.10, .., 0.95
+MIN_THRESHOLD_SUPPORT = 10  # a label true this often on validation gets a threshold of its own
+
+
+def choose_thresholds(task, labels, probabilities):
+  """Multi-label decision thresholds chosen on validation -> (global threshold, [n] applied).
+
+  The global threshold is the candidate (`THRESHOLDS`) with the best selection score (the
+  mean of `task.selection_metrics`, micro- or macro-F1). Per label, each label true at least
+  MIN_THRESHOLD_SUPPORT times gets the candidate of its own best F1, the rarer ones the global
+  threshold. Applied are the per-label thresholds where they score higher than the global one
+  alone (they maximize macro-F1; micro-F1 may prefer one for all). Ties go to the lowest
+  candidate, and to the global threshold. labels: multi-hot [N, n]; probabilities: [N, n].
+
+  NOTE: thresholds tuned on a split flatter that split's scores; a held-out estimate tunes on
+  one part and scores another (experiments/goemotions.md).
+  """
+  labels, probabilities = np.asarray(labels, bool), np.asarray(probabilities)
+  functions = {'micro_f1': micro_f1, 'macro_f1': macro_f1}
+
+  def score(thresholds):
+    decisions = probabilities >= thresholds
+    return np.mean([functions[metric](labels, decisions) for metric in task.selection_metrics])
+  global_threshold = float(THRESHOLDS[int(np.argmax([score(t) for t in THRESHOLDS]))])
+  own = THRESHOLDS[np.argmax([label_f1(labels, probabilities >= t) for t in THRESHOLDS], axis=0)]
+  supported = labels.sum(axis=0) >= MIN_THRESHOLD_SUPPORT
+  per_label = np.where(supported, own, global_threshold)
+  if score(per_label) > score(global_threshold):
+    return global_threshold, per_label
+  return global_threshold, np.full(labels.shape[1], global_threshold)
+
+
 def compute_metrics(task, split, labels, predictions):
   """The task's metrics on one split -> {'<eval name>/<metric>': value}.
 

@@ -59,9 +59,10 @@ def write_predictions(config, task, split, ids, predictions):
     predictions = np.maximum(predictions, 1)
   out = os.path.join(config.output_dir, 'predictions', prediction_file(task, split))
   if jax.process_index() == 0:
-    lines = ['index\tprediction\n'] + [f'{i}\t{task.raw_label(p)}\n'
-                                        for i, p in zip(ids, predictions)]
-    fileio.write_atomically(out, ''.join(lines).encode())
+    with fileio.atomic_file(out, 'w') as f:  # quoted where needed, as the readers read it
+      writer = csv.writer(f, delimiter='\t', lineterminator='\n')
+      writer.writerows([('index', 'prediction'), *((i, task.raw_label(p))
+                                                    for i, p in zip(ids, predictions))])
     logging.info('wrote %d predictions to %s', len(ids), out)
   return out
 
@@ -73,22 +74,15 @@ def write_predictions(config, task, split, ids, predictions):
 PREDICT_CHUNK_ROWS = 8192  # rows read, tokenized, packed and labelled at a time
 
 
-def label_outputs(logits, inference):
-  """EncT5's eval-step logits -> every label's probability [B, T, n] (`enct5.probabilities`);
-  regression: the values [B, T]."""
-  if inference.cfg.is_regression:
-    return logits
-  return np.asarray(enct5.probabilities(logits, inference.cfg))
-
-
 def prediction_row(task, row_id, output, *, threshold=0.5, id_key='id'):
   """One output row of labelling a file, as a dict for JSON Lines.
 
   `output`: the row's probabilities over the labels [n] (`enct5.probabilities`), or its
-  value (regression). The row: {id_key: row_id} and 'label' (the most probable name) for
-  classification, 'labels' (the names whose probability is >= threshold, in class order)
-  for multi-label, each with 'probabilities' {name: p} over every label; 'value' for
-  regression. Probabilities are rounded to 6 decimals.
+  value (regression); `threshold`: multi-label, one for all labels or one each [n]. The row:
+  {id_key: row_id} and 'label' (the most probable name) for classification, 'labels' (the
+  names whose probability is >= their threshold, in class order) for multi-label, each with
+  'probabilities' {name: p} over every label; 'value' for regression. Probabilities are
+  rounded to 6 decimals.
   """
   if task.is_regression:
     return {id_key: row_id, 'value': float(np.asarray(output).reshape(()))}
@@ -140,10 +134,10 @@ def label_file(config, inference, params, vocab, input_file, path, id_field=None
                                                  id_field=id_field,
                                                  on_error=finetune.on_bad_rows(config)):
       packed = finetune.pack_for_inference(config, task, examples, vocab, path=input_file)
-      ids, outputs = finetune.infer(config, inference, params, packed, label_outputs)
+      ids, outputs = finetune.infer(config, inference, params, packed, finetune.label_outputs)
       row_id = {example.idx: i for example, i in zip(examples, row_ids)}
       for idx, output in zip(ids, outputs):
-        write(prediction_row(task, row_id[idx], output, threshold=config.threshold,
+        write(prediction_row(task, row_id[idx], output, threshold=inference.thresholds,
                              id_key=id_key))
       progress.update(examples[-1].line, len(examples))
   logging.info('wrote %d predictions to %s', progress.rows, path)
@@ -257,6 +251,7 @@ class Labeler:
     if not examples:
       return []
     packed = finetune.pack_for_inference(config, task, examples, self.vocab)
-    ids, outputs = finetune.infer(config, self.inference, self.params, packed, label_outputs)
-    return [prediction_row(task, int(idx) + 1, output, threshold=config.threshold, id_key='row')
-            for idx, output in zip(ids, outputs)]
+    ids, outputs = finetune.infer(config, self.inference, self.params, packed,
+                                  finetune.label_outputs)
+    return [prediction_row(task, int(idx) + 1, output, threshold=self.inference.thresholds,
+                           id_key='row') for idx, output in zip(ids, outputs)]

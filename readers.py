@@ -447,6 +447,15 @@ def read_label_names(path):
   return tuple(names)
 
 
+def text_rows(task, path):
+  """The text fields {column: value} of every row of a file, as `predict.Labeler` takes rows;
+  read as `read_file` reads the file (a line that is no row is left out)."""
+  columns = [column for _, column in task.features]
+  with open(path, 'rb') as f:
+    _, rows = _rows(task, path, f)
+    return [{column: row[column] for column in columns} for _, row, _ in rows if row]
+
+
 def text_examples(task, rows):
   """Examples of rows held in memory, to label text from Python: strings (for a task with
   one text field) or dicts {text field: string}. Row i gets idx i and line i + 1; errors

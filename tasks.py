@@ -214,6 +214,12 @@ def file_task(train_file, validation_file=None, test_file=None, *, text_fields=(
       raise ValueError('regression takes no labels (labels, labels_by_index)')
     return task
   label_names, raw_labels = _label_set(task, labels, labels_by_index)
+  if kind == 'multi_label':
+    # A row's labels are read and written (predictions) joined by the separator.
+    for label in {*label_names, *raw_labels}:
+      if label_separator in label:
+        raise ValueError(f'label {label!r} holds the label separator {label_separator!r}: a '
+                         'row of labels would not read back; choose another label_separator')
   return dataclasses.replace(task, label_names=label_names, raw_labels=raw_labels)
 
 

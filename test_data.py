@@ -236,6 +236,8 @@ def test_file_task_argument_errors(tmp_path):
     tasks.file_task(train, selection_metric='f1')
   with pytest.raises(ValueError, match='name a label twice'):
     tasks.file_task(train, labels=['a', 'a'])
+  with pytest.raises(ValueError, match="label 'a,b' holds the label separator ','"):
+    tasks.file_task(train, kind='multi_label', labels=['a,b', 'c'])
   with pytest.raises(ValueError, match='labels_by_index needs the label names'):
     tasks.file_task(train, labels_by_index=True)
   with pytest.raises(ValueError, match='regression takes no labels'):
@@ -403,6 +405,44 @@ def test_multi_label_metrics_match_sklearn():
     np.testing.assert_allclose(metrics.label_f1(labels, predictions),
                                100 * sklearn_metrics.f1_score(labels, predictions, average=None,
                                                               zero_division=0))
+
+
+@pytest.mark.parametrize('selection', ['macro_f1', 'micro_f1'])
+def test_thresholds_chosen_are_those_a_search_with_sklearn_finds(tmp_path, selection):
+  """The global threshold is the candidate with sklearn's best selection F1, the lowest on a
+  tie; a label true >= MIN_THRESHOLD_SUPPORT times gets the candidate of its own best F1, a
+  rarer one the global threshold; those apply where their selection F1 beats the global one."""
+  task = tasks.file_task(_write(tmp_path / 'train.tsv', 'text\tlabel\na\t0,1,2,3,4\n'),
+                         kind='multi_label', selection_metric=selection)
+  rng = np.random.default_rng(0)
+  labels = (rng.random((300, 5)) < [0.5, 0.3, 0.1, 0.03, 0.01]).astype(np.int32)
+  probabilities = np.clip(0.35 * labels + 0.65 * rng.random(labels.shape), 0, 1)
+  labels[:, 3] = 0
+  labels[:9, 3] = 1  # 9 times true: one short of a threshold of its own
+  labels[:, 4] = 0
+  labels[:12, 4] = 1
+  probabilities[:, 4] = rng.random(300)  # no signal: its own best F1 labels nearly every row
+  average = selection.split('_')[0]
+  f1 = lambda decisions: sklearn_metrics.f1_score(labels, decisions, average=average,
+                                                  zero_division=0)
+
+  def best(score):  # the first candidate with the highest score
+    values = [score(probabilities >= t) for t in metrics.THRESHOLDS]
+    return metrics.THRESHOLDS[values.index(max(values))]
+  global_threshold = best(f1)
+  per_label = np.full(5, global_threshold)
+  for k in range(5):
+    if labels[:, k].sum() >= metrics.MIN_THRESHOLD_SUPPORT:
+      per_label[k] = best(lambda p: sklearn_metrics.f1_score(labels[:, k], p[:, k],
+                                                             zero_division=0))
+  assert labels[:, 3].sum() == 9 and per_label[3] == global_threshold != per_label[0]
+  better = f1(probabilities >= per_label) > f1(probabilities >= global_threshold)
+  chosen = metrics.choose_thresholds(task, labels, probabilities)
+  assert chosen[0] == global_threshold
+  np.testing.assert_array_equal(chosen[1], per_label if better else global_threshold)
+  assert better == (selection == 'macro_f1')  # this data meets both cases
+  separable = np.where(labels, 0.9, 0.1)  # every candidate in (0.1, 0.9] is perfect
+  assert metrics.choose_thresholds(task, labels, separable)[0] == 0.15
 
 
 def test_classification_macro_f1_matches_sklearn():

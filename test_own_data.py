@@ -4,10 +4,14 @@ and `predict.Labeler` labels text from Python as `--mode=predict` does."""
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
+import enct5
 import finetune
+import load_ckpt
 import packing
 import predict
 import readers
@@ -107,6 +111,114 @@ def test_multi_label_jsonl_and_a_file_larger_than_a_chunk(tmp_path, monkeypatch)
                                list(b['probabilities'].values()), atol=2e-6)
     assert a['labels'] == [k for k, p in a['probabilities'].items() if p >= 0.4]
   assert set(whole[0]['probabilities']) == {'awful', 'broken', 'late'}
+
+
+def test_thresholds_chosen_on_validation_decide_eval_and_predict(tmp_path, monkeypatch):
+  """Without --threshold each evaluation chooses the thresholds on validation and records them
+  in metrics.jsonl: the recorded scores are sklearn's F1 of --mode=predict's probabilities
+  of the validation rows at the best checkpoint's thresholds (and at 0.5 for '@0.5'); the
+  predicted labels, the Labeler's and --mode=eval's scores use them, and --threshold=0.4
+  moves --mode=eval to the scores at 0.4."""
+  tsv_rows = lambda rows: [f'{text}\t{",".join(tags)}' for text, _, tags, _ in rows]
+  dev_rows = _rows(40, 1)
+  train_file = _write(tmp_path / 'train.tsv', 'text\tlabel', tsv_rows(_rows(40, 0)))
+  dev_file = _write(tmp_path / 'dev.tsv', 'text\tlabel', tsv_rows(dev_rows))
+  out = tmp_path / 'run'
+  _main(f'--train_file={train_file}', f'--validation_file={dev_file}', '--multi_label',
+        f'--output_dir={out}', *TINY)
+  best = max(_read_jsonl(out / 'metrics.jsonl'), key=lambda record: record['score'])
+  names = ('awful', 'broken', 'late')
+  thresholds = np.array([best['thresholds'][name] for name in names])
+  _main('--mode=predict', f'--output_dir={out}', f'--input_file={dev_file}',
+        f'--predictions_file={tmp_path}/dev.jsonl')
+  predicted = _read_jsonl(tmp_path / 'dev.jsonl')
+  probabilities = np.array([[row['probabilities'][name] for name in names] for row in predicted])
+  assert [row['labels'] for row in predicted] == [
+      [name for name, p, t in zip(names, row, thresholds) if p >= t] for row in probabilities]
+  assert [row['labels'] for row in predict.Labeler(str(out))(
+      [text for text, _, _, _ in dev_rows])] == [row['labels'] for row in predicted]
+  gold = np.array([[name in tags for name in names] for _, _, tags, _ in dev_rows])
+  for suffix, decided in (('', probabilities >= thresholds), ('@0.5', probabilities >= 0.5)):
+    for average in ('micro', 'macro'):
+      assert best['scores'][f'validation/{average}_f1{suffix}'] == pytest.approx(
+          100 * f1_score(gold, decided, average=average, zero_division=0)), (average, suffix)
+
+  evaluated = []
+  evaluate = finetune.evaluate
+  monkeypatch.setattr(finetune, 'evaluate', lambda config: evaluated.append(evaluate(config)))
+  _main('--mode=eval', f'--output_dir={out}')
+  _main('--mode=eval', f'--output_dir={out}', '--threshold=0.4')
+  for average in ('micro', 'macro'):
+    key = f'validation/{average}_f1'
+    assert evaluated[0][key] == pytest.approx(best['scores'][key], abs=1e-9)
+    assert evaluated[1][key] == pytest.approx(
+        100 * f1_score(gold, probabilities >= 0.4, average=average, zero_division=0))
+
+
+def test_a_fresh_multi_label_head_starts_at_the_label_priors(tmp_path):
+  """The bias of a fresh multi-label head is each label's log prior odds: sigmoid(bias) is its
+  training frequency, smoothed as (count + 1) / (rows + 2); nothing else changes."""
+  task = tasks.file_task(_write(tmp_path / 'train.tsv', 'text\tlabel', ['a\tx,y', 'b\tz']),
+                         kind='multi_label')
+  examples = [readers.Example(i, i + 1, 'text', label)
+              for i, label in enumerate([(1,), (1, 2), (), (1,)])]  # x 3 times, y once, z never
+  cfg = enct5.get_config('tiny', vocab_size=128, num_classes=3, multi_label=True)
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
+  started = finetune.with_prior_bias(params, task, examples)
+  np.testing.assert_allclose(jax.nn.sigmoid(started['decoder']['class_projection']['bias']),
+                             [4 / 6, 2 / 6, 1 / 6], rtol=1e-6)
+  flat, flat_started = load_ckpt.flatten(params), load_ckpt.flatten(started)
+  assert [k for k in flat if not np.array_equal(flat[k], flat_started[k])] == [
+      'decoder/class_projection/bias']
+
+
+def test_a_multi_label_run_resumes_bit_for_bit(tmp_path):
+  """Stopped after its first evaluation and resumed, a multi-label run ends where an
+  uninterrupted one does: the prior bias starts a fresh head only, not a resumed one."""
+  tsv_rows = lambda rows: [f'{text}\t{",".join(tags)}' for text, _, tags, _ in rows]
+  train_file = _write(tmp_path / 'train.tsv', 'text\tlabel', tsv_rows(_rows(40, 0)))
+  dev_file = _write(tmp_path / 'dev.tsv', 'text\tlabel', tsv_rows(_rows(12, 1)))
+  flags = [f'--train_file={train_file}', f'--validation_file={dev_file}', '--multi_label', *TINY]
+  _main(*flags, f'--output_dir={tmp_path}/whole')
+  _main(*flags, f'--output_dir={tmp_path}/resumed', '--train_steps=3')
+  _main(*flags, f'--output_dir={tmp_path}/resumed')
+  whole, resumed = (_read_jsonl(tmp_path / run / 'metrics.jsonl') for run in ('whole', 'resumed'))
+  drop_time = lambda records: [{k: v for k, v in r.items() if not k.endswith('_s')}
+                               for r in records]
+  assert drop_time(resumed) == drop_time(whole) and len(whole) == 2
+
+
+@pytest.mark.parametrize('labels_by_index', [False, True])
+def test_multi_label_rows_read_back_with_another_separator(tmp_path, labels_by_index):
+  """--label_separator='|' and a label name holding a comma: the files read with it, and the
+  predictions file (TSV, each row's labels joined by '|') reads back through the readers to
+  the label sets predicted; with --labels_by_index the files spell indices, the predictions
+  the names."""
+  names = ('late, again', 'broken', 'awful')
+  (tmp_path / 'labels.txt').write_text('\n'.join(names) + '\n')
+  class_index = {'late': 0, 'broken': 1, 'awful': 2}  # tag -> its name's index
+  spell = {tag: str(k) if labels_by_index else names[k] for tag, k in class_index.items()}
+  tsv_rows = lambda rows: [f'{text}\t{"|".join(spell[t] for t in tags)}'
+                           for text, _, tags, _ in rows]
+  train_file = _write(tmp_path / 'train.tsv', 'text\tlabel', tsv_rows(_rows(40, 0)))
+  dev_file = _write(tmp_path / 'dev.tsv', 'text\tlabel', tsv_rows(_rows(12, 1)))
+  out = tmp_path / 'run'
+  _main(f'--train_file={train_file}', f'--validation_file={dev_file}', '--multi_label',
+        f'--labels={tmp_path}/labels.txt', '--label_separator=|', f'--output_dir={out}',
+        *(['--labels_by_index'] if labels_by_index else []), *TINY)
+  task = tasks.task_from_json(json.loads((out / finetune.RECORD_FILE).read_text())['task'])
+  assert [example.label for example in readers.read_file(task, train_file)] == [
+      tuple(sorted(class_index[t] + 1 for t in tags)) for _, _, tags, _ in _rows(40, 0)]
+  for fmt in ('tsv', 'jsonl'):
+    _main('--mode=predict', f'--output_dir={out}', f'--input_file={dev_file}', '--threshold=0.3',
+          f'--predictions_file={tmp_path}/predicted.{fmt}')
+  predicted = [tuple(names.index(name) + 1 for name in row['labels'])
+               for row in _read_jsonl(tmp_path / 'predicted.jsonl')]
+  assert any(len(label_set) > 1 for label_set in predicted)
+  written = str(tmp_path / 'predicted.tsv')
+  back = tasks.file_task(written, text_fields=('line',), label_field='labels',
+                         kind='multi_label', labels=names, label_separator='|')
+  assert [example.label for example in readers.read_file(back, written)] == predicted
 
 
 def test_regression_tsv_and_the_labeler(tmp_path):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from scipy import stats
 
 import adafactor
+import cli
 import enct5
 import finetune
 import load_ckpt
@@ -327,10 +328,10 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, caplog):
-  make_train_step = loop.make_train_step
+  compile_step = loop.compile_step
 
-  def poisoned(*args, **kwargs):
-    step_fn = make_train_step(*args, **kwargs)
+  def poisoned(*args):
+    step_fn = compile_step(*args)
 
     def step(params, opt_state, batch):
       params, opt_state, metrics = step_fn(params, opt_state, batch)
@@ -338,12 +339,30 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
         metrics = dict(metrics, loss=jnp.float32(np.nan))
       return params, opt_state, metrics
     return step
-  monkeypatch.setattr(loop, 'make_train_step', poisoned)
+  monkeypatch.setattr(loop, 'compile_step', poisoned)
   with pytest.raises(loop.NonFiniteLoss) as stopped:  # train.py: logged, exit status 1
     _main('--train_steps=6', '--eval_every=3', f'--output_dir={tmp_path}', *TINY)
   assert 'loss is nan at step 5' in str(stopped.value) and 'checkpoint_3' in str(stopped.value)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['checkpoint_3']
   assert int(_params(tmp_path / 'checkpoints')['state']['step']) == 3
+
+
+def test_a_step_that_cannot_fit_stops_before_it_runs(tmp_path, monkeypatch, capsys, caplog):
+  """The compiled step's memory is logged; when it exceeds what is free, train.py stops before
+  the first step: one line naming --batch_size, exit status 2, no checkpoint."""
+  caplog.set_level('INFO')
+  sizes = []
+  free_memory_bytes = loop.free_memory_bytes
+  monkeypatch.setattr(loop, 'free_memory_bytes', lambda: sizes.append(free_memory_bytes()) or 1)
+  train.FLAGS.unparse_flags()
+  train.FLAGS(['train.py', '--train_steps=2', f'--output_dir={tmp_path}', *TINY])
+  with pytest.raises(SystemExit) as stopped:
+    cli.run('train.py', train.run_command, ['train.py'])
+  assert stopped.value.code == cli.USER_ERROR and sizes
+  [line] = capsys.readouterr().err.splitlines()
+  assert 'the train step needs' in line and '--batch_size=1 would fit' in line, line
+  assert not (tmp_path / 'checkpoints').exists() or not os.listdir(tmp_path / 'checkpoints')
+  assert any('step memory per device' in r.getMessage() for r in caplog.records)
 
 
 def test_run_recorded_resume_checked_and_eval_from_output_dir_alone(tmp_path, caplog):

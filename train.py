@@ -61,6 +61,7 @@ import jax
 import cli
 import finetune
 import loop
+import metrics
 import predict
 import tasks
 
@@ -110,7 +111,10 @@ flags.DEFINE_enum('selection_metric', None, ['accuracy', 'macro_f1', 'micro_f1',
                   'The validation metric that picks the best checkpoint. Unset: accuracy; the '
                   'mean of Pearson and Spearman (--regression); macro-F1 (--multi_label).')
 flags.DEFINE_float('threshold', DEFAULTS.threshold, '--multi_label: a label is predicted when its '
-                   'probability is at least this.')
+                   'probability is at least this. Unset: thresholds chosen on validation at '
+                   'each evaluation, one for all labels and one per label seen there >= '
+                   f'{metrics.MIN_THRESHOLD_SUPPORT} times, recorded in metrics.jsonl and used '
+                   'by --mode=eval/predict.')
 
 # Model.
 flags.DEFINE_enum('model', DEFAULTS.model, list(finetune.MODELS), 'enct5: the T5 encoder, the '
@@ -181,7 +185,7 @@ def check_flags():
   if block is not None and (block < 0 or (block and FLAGS.max_input_length % block)):
     raise UserError(f'--attention_block_length={block}: must be 0 (whole rows) or divide '
                     f'--max_input_length={FLAGS.max_input_length}')
-  if not 0 < FLAGS.threshold < 1:
+  if FLAGS.threshold is not None and not 0 < FLAGS.threshold < 1:
     raise UserError(f'--threshold={FLAGS.threshold}: must be between 0 and 1')
   if FLAGS.multi_label and not FLAGS.label_separator:
     raise UserError('--label_separator is empty: a multi-label field needs a separator between '

@@ -18,7 +18,6 @@ import numpy as np
 import fileio
 import predict
 import readers
-from experiments.predict_throughput import text_rows
 
 flags.DEFINE_string('output_dir', None, 'A run trained in float32 (train.py --output_dir).',
                     required=True)
@@ -42,7 +41,7 @@ def main(argv):
   del argv
   labelers = {dtype: predict.Labeler(FLAGS.output_dir, dtype=dtype) for dtype in DTYPES}
   task = labelers['float32'].inference.task
-  texts = text_rows(task, FLAGS.input_file)
+  texts = readers.text_rows(task, FLAGS.input_file)
   try:
     gold = [e.label for e in readers.read_file(task, FLAGS.input_file)]
   except fileio.DataError:

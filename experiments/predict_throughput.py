@@ -16,7 +16,6 @@ hits all alike), rows per second of:
 Then one profiled `label_file`: the share of its time in each stage.
 """
 import cProfile
-import csv
 import os
 import pstats
 import tempfile
@@ -83,7 +82,7 @@ def main(argv):
   labeler = predict.Labeler(FLAGS.output_dir, dtype=FLAGS.dtype)
   config, inference = labeler.config, labeler.inference
   examples = readers.read_file(inference.task, FLAGS.input_file, labeled=False)
-  texts = text_rows(inference.task, FLAGS.input_file)
+  texts = readers.text_rows(inference.task, FLAGS.input_file)
   assert len(texts) == len(examples), 'a row the readers skip or split'
   whole, _ = model_alone(labeler, examples, blocks=False)
   blocks, block_length = model_alone(labeler, examples, blocks=True)
@@ -112,18 +111,6 @@ def main(argv):
   print(f'\nprofiled label_file: {total:.2f} s\n| stage | s | share |\n| --- | ---: | ---: |')
   for stage, s in seconds.items():
     print(f'| {stage} | {s:.3f} | {s / total:.0%} |')
-
-
-def text_rows(task, path):
-  """{column: text} of every row of a CSV or TSV file with a header, for `Labeler` (a TSV
-  without quoting, as GLUE's)."""
-  columns = [column for _, column in task.features]
-  with open(path, newline='', encoding='utf-8') as f:
-    if readers.file_format(task, path) in ('tsv', 'glue'):
-      reader = csv.DictReader(f, delimiter='\t', quoting=csv.QUOTE_NONE)
-    else:
-      reader = csv.DictReader(f)
-    return [{column: row[column] for column in columns} for row in reader]
 
 
 if __name__ == '__main__':
