@@ -253,6 +253,21 @@ def test_file_task_argument_errors(tmp_path):
   assert tasks.file_task(train, selection_metric='macro_f1').selection_metrics == ('macro_f1',)
 
 
+@pytest.mark.parametrize('labels_by_index', [False, True])
+def test_a_multi_label_submission_line_reads_back(tmp_path, labels_by_index):
+  """`Task.raw_label` of a multi-hot row (a submission's prediction) spells the labels as the
+  files do, joined by the separator: read back, it is the same label set."""
+  train = _write(tmp_path / 'train.tsv', 'text\tlabel\na\t' + ('0|1|2' if labels_by_index
+                                                            else 'late|broken|awful') + '\n')
+  task = tasks.file_task(train, kind='multi_label', labels=['late', 'broken', 'awful'],
+                         labels_by_index=labels_by_index, label_separator='|')
+  line = task.raw_label(np.array([1, 0, 1]))
+  assert line == ('0|2' if labels_by_index else 'late|awful')
+  [example] = readers.read_file(task, _write(tmp_path / 'back.tsv', f'text\tlabel\nx\t{line}\n'))
+  assert example.label == (1, 3)
+  assert task.raw_label(np.array([0, 0, 0])) == ''
+
+
 def test_task_record_round_trip(tmp_path):
   task = tasks.file_task(_write(tmp_path / 'train.tsv', 'text\tlabel\na\t0,2\nb\t1\n'),
                          _write(tmp_path / 'dev.tsv', 'text\tlabel\nc\t2\n'),

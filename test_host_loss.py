@@ -99,6 +99,18 @@ def uninterrupted(tmp_path_factory):
   return _run(output_dir, [[], slow]), output_dir
 
 
+@pytest.mark.parametrize('host_timeout_s', [5, hosts.HOST_TIMEOUT_S, 3600])
+def test_jax_heartbeat_outlasts_the_watchdog(monkeypatch, host_timeout_s):
+  """JAX's coordination service aborts every process when its heartbeat times out: its timeout
+  must exceed the watchdog's bound, 1.5 * --host_timeout, at the default and at large values
+  (where a formula that passes at 5 s may fail)."""
+  given = {}
+  monkeypatch.setattr(hosts.jax.distributed, 'initialize',
+                      lambda *args, **kwargs: given.update(kwargs))
+  hosts.initialize_distributed('localhost:1234', 2, 0, host_timeout_s=host_timeout_s)
+  assert given['heartbeat_timeout_seconds'] > 1.5 * host_timeout_s + 5
+
+
 def test_a_slow_step_is_not_a_lost_host(uninterrupted):
   """Liveness comes from the watchdog's thread, not from the loop's steps."""
   results, _ = uninterrupted

@@ -365,6 +365,18 @@ def test_a_step_that_cannot_fit_stops_before_it_runs(tmp_path, monkeypatch, caps
   assert any('step memory per device' in r.getMessage() for r in caplog.records)
 
 
+def test_on_resume_best_stays_the_highest_score_not_the_last(tmp_path, monkeypatch):
+  """Scores 70 then 50, stopped, resumed, then 60: best/ stays step 2's checkpoint, the
+  highest score of the whole history, not the last one evaluated before the stop."""
+  scores = iter([70.0, 50.0, 60.0])
+  monkeypatch.setattr(metrics, 'task_score', lambda task, _: next(scores))
+  common = ['--eval_every=2', f'--output_dir={tmp_path}', *TINY]
+  _main('--train_steps=4', *common)
+  _main('--train_steps=6', *common)
+  assert [r['score'] for r in loop.read_metrics(str(tmp_path))] == [70.0, 50.0, 60.0]
+  assert os.listdir(tmp_path / 'best') == ['checkpoint_2']
+
+
 def test_run_recorded_resume_checked_and_eval_from_output_dir_alone(tmp_path, caplog):
   """config.json (in OUTPUT_DIR and every checkpoint) records the run: re-running with another
   --size, --vocab or --task stops naming the flag, and --mode=eval needs only --output_dir
