@@ -1,6 +1,7 @@
-"""train.py as a user meets it: each mistake in a flag, a file or the data answered by one line on
-stderr and exit status cli.USER_ERROR, never a traceback; GLUE files as real users have them;
-SIGTERM, the lock on OUTPUT_DIR and a damaged checkpoint, with real child processes."""
+"""Tests of cli.py, through train.py as a user meets it: each mistake in a flag, a file or the data
+answered by one line on stderr and exit status cli.USER_ERROR, never a traceback; GLUE files as real
+users have them; SIGTERM, the lock on OUTPUT_DIR and a damaged checkpoint, with real child
+processes."""
 import concurrent.futures
 import fcntl
 import json
@@ -22,10 +23,8 @@ import load_ckpt
 import readers
 import tasks
 import vocabularies
-from testutil import REPO
+from testutil import ENV, REPO
 
-ENV = {k: v for k, v in os.environ.items() if k != 'ENCT5_TRACEBACK'}
-ENV['JAX_PLATFORMS'] = 'cpu'
 # A model of a few thousand parameters on 32-token rows: compiles and trains in seconds.
 TINY = ['--size=tiny', '--d_model=16', '--num_heads=2', '--head_dim=8', '--d_ff=32',
         '--num_layers=1', '--max_input_length=32', '--max_target_length=4', '--batch_size=4',

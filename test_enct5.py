@@ -1,4 +1,7 @@
-"""Unit tests of the model core (t5_layers.py, enct5.py). Golden values: test_golden.py."""
+"""Tests of enct5.py: `encode` and `apply` on packed rows (padding and other examples unseen),
+dropout, the losses of each kind of label, predictions and probabilities, configs of each family
+(T5.1.1, mT5, ByT5), parameters (T5X's names, shapes, initializers) and their counts, bfloat16,
+and rematerialized or scanned layers. Golden values: test_golden.py."""
 import dataclasses
 import functools
 import math
@@ -10,83 +13,10 @@ import pytest
 
 import enct5
 import t5
-import t5_layers
+from testutil import packed_batch, tiny_config
 
 
-def tiny_config(**overrides):
-  return enct5.get_config('tiny', **{'num_classes': 3, 'vocab_size': 101, 'd_model': 16,
-                                     'num_heads': 2, 'head_dim': 8, 'd_ff': 32,
-                                     'num_layers': 2, **overrides})
-
-
-def packed_batch():
-  """Two rows: three examples + padding, and one example filling the row."""
-  segment_ids = np.array([[1, 1, 1, 2, 2, 2, 2, 3, 3, 0, 0, 0],
-                          [1] * 12], np.int32)
-  positions = np.array([[0, 1, 2, 0, 1, 2, 3, 0, 1, 0, 0, 0], list(range(12))], np.int32)
-  inputs = np.where(segment_ids > 0, np.arange(24).reshape(2, 12) % 97 + 2, 0)
-  return dict(inputs=inputs.astype(np.int32), inputs_segment_ids=segment_ids,
-              inputs_positions=positions, targets=np.array([[1, 2, 3], [2, 0, 0]], np.int32))
-
-
-# ------------------------------------------------------------------------ relative positions
-
-# Hand-worked: 16 buckets per direction, exact below 8, then 8 + floor(log(n / 8) / log(16) * 8).
-@pytest.mark.parametrize('relative_position, bucket', [
-    (0, 0), (-1, 1), (-7, 7), (-8, 8), (-11, 8), (-12, 9), (-16, 10),  # key left of query
-    (-90, 14), (-91, 15), (-128, 15), (-1000, 15),  # the last bucket starts at 91, not 128
-    (1, 17), (7, 23), (8, 24), (16, 26), (90, 30), (91, 31), (500, 31),  # key to the right
-])
-def test_bidirectional_bucket(relative_position, bucket):
-  got = t5_layers.relative_position_bucket(jnp.array(relative_position), bidirectional=True)
-  assert int(got) == bucket
-
-
-# Causal: all 32 buckets for max(-rel, 0); exact below 16, then 16 + floor(log(n/16)/log(8)*16).
-@pytest.mark.parametrize('relative_position, bucket', [
-    (5, 0), (1, 0), (0, 0), (-1, 1), (-15, 15), (-16, 16), (-31, 21), (-32, 21),
-    (-100, 30), (-127, 31), (-128, 31), (-1000, 31),
-])
-def test_causal_bucket(relative_position, bucket):
-  got = t5_layers.relative_position_bucket(jnp.array(relative_position), bidirectional=False)
-  assert int(got) == bucket
-
-
-def test_relative_position_bias_is_shared_table_lookup():
-  cfg = tiny_config()
-  table = jnp.arange(2 * 32, dtype=jnp.float32).reshape(2, 32)
-  bias = t5_layers.relative_position_bias(table, 3, 4, bidirectional=True, cfg=cfg)
-  assert bias.shape == (1, 2, 3, 4)
-  # query 2, key 0: rel = -2 -> bucket 2; query 0, key 3: rel = +3 -> bucket 19.
-  assert bias[0, 1, 2, 0] == table[1, 2]
-  assert bias[0, 0, 0, 3] == table[0, 19]
-
-
-# ---------------------------------------------------------------------------------- RMSNorm
-
-def test_rms_norm_matches_formula_without_mean_subtraction():
-  x = np.random.RandomState(0).randn(3, 5).astype(np.float32) + 3.0
-  scale = np.linspace(0.5, 2.0, 5).astype(np.float32)
-  expected = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6) * scale
-  np.testing.assert_allclose(t5_layers.rms_norm(jnp.array(x), jnp.array(scale)), expected,
-                             rtol=1e-6)  # x has mean ~3: subtracting it would fail here
-
-
-def test_rms_norm_epsilon_is_t5s_by_hand():
-  # [3e-3, -4e-3]: mean square 12.5e-6, so T5's eps 1e-6 moves the result measurably:
-  # x / sqrt(13.5e-6) = [0.81649658, -1.08866211]; eps 1e-5 would give [0.63245553, -0.84327404].
-  out = t5_layers.rms_norm(jnp.array([3e-3, -4e-3], jnp.float32), jnp.ones((2,)))
-  np.testing.assert_allclose(out, [0.81649658, -1.08866211], rtol=1e-6)
-
-
-def test_rms_norm_keeps_activation_dtype():
-  x = jnp.ones((2, 4), jnp.bfloat16) * 300
-  out = t5_layers.rms_norm(x, jnp.full((4,), 2.0))
-  assert out.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(out, np.float32), 2.0)
-
-
-# ------------------------------------------------------------------------- attention, masks
+# ---------------------------------------------------------------------------------- packed rows
 
 def test_padding_never_changes_real_tokens():
   cfg = tiny_config()
@@ -132,7 +62,7 @@ def test_padding_slot_is_finite():
   assert np.isfinite(np.asarray(logits)).all()  # row 1's slots 1, 2 see no token at all
 
 
-# ---------------------------------------------------------------------------------- dropout
+# -------------------------------------------------------------------------------------- dropout
 
 def test_dropout_only_with_rng():
   cfg = tiny_config(dropout_rate=0.3)
@@ -148,45 +78,7 @@ def test_dropout_only_with_rng():
   assert not np.allclose(dropped, other, atol=1e-3)
 
 
-def test_every_dropout_site_draws_its_own_mask_shared_as_t5x(monkeypatch):
-  """One training pass of EncT5: each dropout site (embeddings, attention probabilities, block
-  outputs, FFN activations, final norms; in every layer) draws its own key, and its mask is
-  shared along the axes T5X shares it: length (or slot) for [B, L, D] and [B, L, F], the query
-  axis for attention probabilities [B, H, q, k], none for the encoder's output."""
-  cfg = tiny_config(dropout_rate=0.5)
-  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
-  calls = []  # (key, shape, mask) per dropout call, in call order
-
-  def recording(original):
-    def record(x, rate, rng, *args, **kwargs):
-      if rng is not None:
-        mask = np.asarray(original(jnp.ones_like(x), rate, rng, *args, **kwargs)) != 0
-        calls.append((tuple(np.asarray(rng).ravel()), x.shape, mask))
-      return original(x, rate, rng, *args, **kwargs)
-    return record
-  monkeypatch.setattr(t5_layers, 'dropout', recording(t5_layers.dropout))
-  enct5.apply(params, cfg, packed_batch(), rng=jax.random.PRNGKey(7))
-
-  B, L, T, H, D, F = 2, 12, 3, cfg.num_heads, cfg.d_model, cfg.d_ff
-  layer = [((B, H, L, L), (2,)), ((B, L, D), (1,)), ((B, L, F), (1,)), ((B, L, D), (1,))]
-  expected = ([((B, L, D), (1,))] + layer * cfg.num_layers + [((B, L, D), ())]  # encoder
-              + [((B, T, D), (1,)), ((B, H, T, L), (2,)), ((B, T, D), (1,)),  # pooling block
-                 ((B, T, F), (1,)), ((B, T, D), (1,)), ((B, T, D), (1,))])
-  shared = lambda mask: tuple(axis for axis in range(mask.ndim)
-                              if (mask == mask.take([0], axis=axis)).all())
-  assert [(shape, shared(mask)) for _, shape, mask in calls] == expected
-  keys = [key for key, _, _ in calls]
-  assert len(set(keys)) == len(keys), 'two dropout sites share a key (the same mask)'
-
-
-def test_dropout_mask_is_shared_along_length():
-  x = jnp.ones((2, 50, 8))
-  y = t5_layers.dropout(x, 0.5, jax.random.PRNGKey(0))
-  np.testing.assert_array_equal(y, jnp.broadcast_to(y[:, :1], y.shape))
-  assert set(np.unique(np.asarray(y))) == {0.0, 2.0}
-
-
-# ----------------------------------------------------------------------------------- losses
+# --------------------------------------------------------------------------------------- losses
 
 def test_classification_loss_by_hand():
   cfg = tiny_config()
@@ -319,7 +211,7 @@ def test_probabilities_and_multi_label_predictions():
   assert enct5.EncT5Config(**record) == tiny_config()
 
 
-# ------------------------------------------------------------------ configs, init, counts
+# ------------------------------------------------------------------------ configs, init, counts
 
 def test_get_config_overrides_and_errors():
   cfg = enct5.get_config('tiny', vocab_size=32128, d_model=8, num_heads=4, head_dim=3,
@@ -391,7 +283,45 @@ def test_count_params_matches_released_t5(size, t5_total):
   assert enct5_total == t5_total - removed + d + (d + 1) * 4
 
 
-# ------------------------------------------------------------------------------- dtypes, jit
+# Published totals (ByT5 paper, Xue et al. 2022, Table 1: mT5 and ByT5 alike), to their digits.
+PUBLISHED = {'small': 300e6, 'base': 582e6, 'large': 1.23e9, 'xl': 3.74e9, 'xxl': 12.9e9}
+
+
+@pytest.mark.parametrize('family', ['mt5', 'byt5'])
+@pytest.mark.parametrize('size', list(PUBLISHED))
+def test_count_params_matches_published_totals(family, size):
+  cfg = enct5.get_config(f'{family}-{size}')
+  total = enct5.count_params(cfg, 't5')
+  digits = 3 if size != 'small' else 1  # '300M' has one significant digit
+  assert float(f'{total:.{digits}g}') == float(f'{PUBLISHED[size]:.{digits}g}'), total
+  assert enct5.count_params(cfg) < total
+
+
+@pytest.mark.parametrize('size', ['tiny', 'small', 'base', 'large', 'xl', 'xxl'])
+def test_byt5_encoder_is_three_times_the_decoder(size):
+  cfg = enct5.get_config(f'byt5-{size}')
+  assert cfg.num_layers == 3 * cfg.num_decoder_layers and cfg.vocab_size == 384
+  params = jax.eval_shape(lambda: enct5.init_params(jax.random.PRNGKey(0), cfg, 't5'))
+  assert len([k for k in params['encoder'] if k.startswith('layers_')]) == cfg.num_layers
+  assert len([k for k in params['decoder'] if k.startswith('layers_')]) == cfg.num_decoder_layers
+
+
+@pytest.mark.parametrize('size', ['tiny', 'mt5-tiny', 'byt5-tiny'])
+def test_tiny_config_of_each_family_runs_enct5_and_t5(size):
+  cfg = enct5.get_config(size, num_classes=3, dropout_rate=0.0)
+  inputs = np.array([[5, 6, 7, 1, 0, 0], [8, 9, 1, 10, 11, 1]], np.int32)
+  batch = dict(inputs=inputs, inputs_segment_ids=np.array([[1, 1, 1, 1, 0, 0],
+                                                            [1, 1, 1, 2, 2, 2]], np.int32),
+               targets=np.array([[2, 0], [1, 3]], np.int32))
+  logits = enct5.apply(enct5.init_params(jax.random.PRNGKey(0), cfg), cfg, batch)
+  assert logits.shape == (2, 2, 4) and np.isfinite(logits).all()
+  t5_batch = dict(inputs=inputs, decoder_input_tokens=np.array([[0, 4], [0, 5]], np.int32),
+                  decoder_target_tokens=np.array([[4, 1], [5, 1]], np.int32))
+  logits = t5.apply(enct5.init_params(jax.random.PRNGKey(0), cfg, 't5'), cfg, t5_batch)
+  assert logits.shape == (2, 2, cfg.vocab_size) and np.isfinite(logits).all()
+
+
+# ---------------------------------------------------------------------------------- dtypes, jit
 
 def test_bfloat16_activations_stay_close_to_float32():
   cfg = tiny_config()
@@ -446,25 +376,7 @@ def test_apply_jits_with_static_config():
                              atol=1e-6)
 
 
-@pytest.mark.parametrize('d_in, d_out', [(4, 6), (6, 4)])  # both branches of the weight grad
-def test_dense_gradient_equals_plain_matmul(d_in, d_out):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, d_in))
-  kernel = jax.random.normal(jax.random.PRNGKey(1), (d_in, d_out))
-  loss = lambda x, k: jnp.sum(jnp.sin(t5_layers.dense(x, k)))
-  plain = lambda x, k: jnp.sum(jnp.sin(x @ k))
-  for got, expected in zip(jax.grad(loss, (0, 1))(x, kernel), jax.grad(plain, (0, 1))(x, kernel)):
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_shared_bias_gradient_equals_plain_sum():
-  logits = jax.random.normal(jax.random.PRNGKey(0), (5, 2, 3, 4))
-  bias = jax.random.normal(jax.random.PRNGKey(1), (1, 2, 3, 4))
-  loss = lambda l, b: jnp.sum(jnp.sin(t5_layers._cpu_add_bias(l, b)) * l)
-  plain = lambda l, b: jnp.sum(jnp.sin(l + b) * l)
-  for got, expected in zip(jax.grad(loss, (0, 1))(logits, bias),
-                           jax.grad(plain, (0, 1))(logits, bias)):
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-
+# ---------------------------------------------------------------------------------- remat, scan
 
 @functools.lru_cache
 def _loss_and_grads(model, remat_policy='none', scan_layers=False):

@@ -1,4 +1,5 @@
-"""Golden-value tests: enct5 against Hugging Face transformers (an independent implementation).
+"""Golden-value tests of enct5.py against Hugging Face transformers (an independent
+implementation).
 
 The goldens are made by `python tools/make_golden.py` (torch + transformers, tool-only): see the
 `README` entry of each testdata/*.npz for every key. Float32 here, compared at atol 1e-5 on the

@@ -1,4 +1,5 @@
-"""Tests for the T5.1.1 family (mT5, ByT5) and Hugging Face checkpoints (hf_ckpt.py).
+"""Tests of hf_ckpt.py: Hugging Face checkpoints of the T5.1.1 family (T5.1.1, mT5, ByT5), their
+names, layouts and configs, against transformers' own values, and fine-tuned from by train.py.
 
 Fixtures: ../shared/fixtures/hf_* (transformers' own `save_pretrained`; SOURCES.md there).
 Golden values: testdata/golden_hf_*.npz, from transformers in float64 (tools/make_hf_golden.py).
@@ -20,23 +21,10 @@ import enct5
 import hf_ckpt
 import load_ckpt
 import t5
-import testutil
 import vocabularies
+from testutil import FIXTURES, REPO, config_of, fixture
 
-FIXTURES = os.path.join(testutil.SHARED, 'fixtures')
-REPO = os.path.dirname(os.path.abspath(__file__))
 FAMILIES = ('hf_t5_v1_1_tiny', 'hf_mt5_tiny', 'hf_byt5_tiny')  # T5.1.1, mT5, ByT5
-
-
-def fixture(name):
-  path = os.path.join(FIXTURES, name)
-  if not os.path.exists(path):
-    pytest.skip(f'fixture {name} not found at {path} (set ENCT5_SHARED)')
-  return path
-
-
-def config_of(path, **overrides):
-  return enct5.get_config('tiny', **{**load_ckpt.config_from_checkpoint(path), **overrides})
 
 
 def golden(name):
@@ -63,46 +51,6 @@ def hf_copy(tmp_path, name, **config_changes):
       config[key] = value
   (dst / hf_ckpt.CONFIG_FILE).write_text(json.dumps(config))
   return str(dst)
-
-
-# ---------------------------------------------------------------------------- sizes and counts
-
-# Published totals (ByT5 paper, Xue et al. 2022, Table 1: mT5 and ByT5 alike), to their digits.
-PUBLISHED = {'small': 300e6, 'base': 582e6, 'large': 1.23e9, 'xl': 3.74e9, 'xxl': 12.9e9}
-
-
-@pytest.mark.parametrize('family', ['mt5', 'byt5'])
-@pytest.mark.parametrize('size', list(PUBLISHED))
-def test_count_params_matches_published_totals(family, size):
-  cfg = enct5.get_config(f'{family}-{size}')
-  total = enct5.count_params(cfg, 't5')
-  digits = 3 if size != 'small' else 1  # '300M' has one significant digit
-  assert float(f'{total:.{digits}g}') == float(f'{PUBLISHED[size]:.{digits}g}'), total
-  assert enct5.count_params(cfg) < total
-
-
-@pytest.mark.parametrize('size', ['tiny', 'small', 'base', 'large', 'xl', 'xxl'])
-def test_byt5_encoder_is_three_times_the_decoder(size):
-  cfg = enct5.get_config(f'byt5-{size}')
-  assert cfg.num_layers == 3 * cfg.num_decoder_layers and cfg.vocab_size == 384
-  params = jax.eval_shape(lambda: enct5.init_params(jax.random.PRNGKey(0), cfg, 't5'))
-  assert len([k for k in params['encoder'] if k.startswith('layers_')]) == cfg.num_layers
-  assert len([k for k in params['decoder'] if k.startswith('layers_')]) == cfg.num_decoder_layers
-
-
-@pytest.mark.parametrize('size', ['tiny', 'mt5-tiny', 'byt5-tiny'])
-def test_tiny_config_of_each_family_runs_enct5_and_t5(size):
-  cfg = enct5.get_config(size, num_classes=3, dropout_rate=0.0)
-  inputs = np.array([[5, 6, 7, 1, 0, 0], [8, 9, 1, 10, 11, 1]], np.int32)
-  batch = dict(inputs=inputs, inputs_segment_ids=np.array([[1, 1, 1, 1, 0, 0],
-                                                            [1, 1, 1, 2, 2, 2]], np.int32),
-               targets=np.array([[2, 0], [1, 3]], np.int32))
-  logits = enct5.apply(enct5.init_params(jax.random.PRNGKey(0), cfg), cfg, batch)
-  assert logits.shape == (2, 2, 4) and np.isfinite(logits).all()
-  t5_batch = dict(inputs=inputs, decoder_input_tokens=np.array([[0, 4], [0, 5]], np.int32),
-                  decoder_target_tokens=np.array([[4, 1], [5, 1]], np.int32))
-  logits = t5.apply(enct5.init_params(jax.random.PRNGKey(0), cfg, 't5'), cfg, t5_batch)
-  assert logits.shape == (2, 2, cfg.vocab_size) and np.isfinite(logits).all()
 
 
 # ------------------------------------------------------------------------------- the name map
@@ -285,29 +233,6 @@ def test_sharded_load_reads_each_device_slice():
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result == {'ok': True, 'shards': 4}, result
-
-
-# ------------------------------------------------------------------- ByT5's byte vocabulary
-
-def test_byte_vocabulary_ids():
-  vocab = vocabularies.load_vocab(vocabularies.BYT5_VOCAB)
-  assert vocab.GetPieceSize() == 384 == enct5.SIZES['byt5-small']['vocab_size']
-  assert (vocab.pad_id(), vocab.eos_id(), vocab.unk_id()) == (0, 1, 2)
-  assert vocab.encode('a é') == [ord('a') + 3, ord(' ') + 3, 0xC3 + 3, 0xA9 + 3]
-  assert vocab.encode(['hi', '']) == [[107, 108], []]
-  # Special ids (pad, EOS, unk) and extra ids (259..383) decode to nothing, as seqio.
-  assert vocab.decode([0, 1, 2, 107, 108, 259, 383]) == 'hi'
-  assert vocab.decode(vocab.encode('Grüße, 世界')) == 'Grüße, 世界'
-
-
-def test_byte_vocabulary_needs_a_byt5_embedding():
-  vocab = vocabularies.load_vocab(vocabularies.BYT5_VOCAB)
-  vocabularies.check_vocab_fits(vocab, 384)
-  with pytest.raises(ValueError, match='byte vocabulary has 384 ids but the model embeds 32128'):
-    vocabularies.check_vocab_fits(vocab, 32128)
-  path = fixture('hf_byt5_tiny')
-  assert hf_ckpt.vocabulary(path) == vocabularies.BYT5_VOCAB
-  assert hf_ckpt.vocabulary(fixture('hf_mt5_tiny')) is None  # no spiece.model in the fixture
 
 
 # ------------------------------------------------------------------------ train.py, per family

@@ -1,7 +1,7 @@
-"""When a process of a run dies (SIGKILL) or freezes (SIGSTOP), the others stop by themselves
-within the documented bound with one line and exit status HOST_LOST
-(`hosts.HostWatchdog`), and the same commands resume to the uninterrupted result. Real
-processes on 127.0.0.1 (one CPU device each, gloo collectives) run the small training loop of
+"""Tests of hosts.py: when a process of a run dies (SIGKILL) or freezes (SIGSTOP), the others stop
+by themselves within the documented bound with one line and exit status HOST_LOST
+(`hosts.HostWatchdog`), and the same commands resume to the uninterrupted result. Real processes on
+127.0.0.1 (one CPU device each, gloo collectives) run the small training loop of
 tools/host_loss_check.py.
 """
 import os
@@ -238,7 +238,7 @@ def test_train_py_stops_with_one_line_when_a_host_dies(tmp_path):
   process 0 exits with HOST_LOST within the bound and one line naming process 1, its step,
   checkpoint_4 (complete) and the command. (That the same commands then resume exactly is
   `test_the_others_stop_with_one_line_and_resume_exactly`'s, and train.py's resume
-  test_train's `test_resume_is_bit_identical`.)"""
+  test_loop's `test_resume_is_bit_identical`.)"""
   output_dir = tmp_path / 'run'
   results, killed = _train_py(tmp_path, output_dir, kill_at_step=6)
   (status, err, ended), (killed_status, _, _) = results

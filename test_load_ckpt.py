@@ -1,4 +1,5 @@
-"""Tests for load_ckpt.py against real T5X-written checkpoints (../shared/fixtures/SOURCES.md)."""
+"""Tests of load_ckpt.py: T5X-written checkpoints read (../shared/fixtures/SOURCES.md), loaded
+into each model, written and restored in T5X's layout, and read and written in shards."""
 import http.server
 import json
 import os
@@ -20,27 +21,12 @@ import enct5
 import load_ckpt
 import testutil
 from load_ckpt import CheckpointError
-
-SHARED = testutil.SHARED
-FIXTURES = os.path.join(SHARED, 'fixtures')
-REPO = os.path.dirname(os.path.abspath(__file__))
-
-
-def fixture(name):
-  path = os.path.join(FIXTURES, name)
-  if not os.path.exists(path):
-    pytest.skip(f'fixture {name} not found at {path} (set ENCT5_SHARED)')
-  return path
-
+from testutil import FIXTURES, REPO, config_of, fixture
 
 TINY = 't5x_tiny_t5_1_1/checkpoint_0'  # emb 8, 4 heads x 3, ff 16, 2+2 layers, step 0
 LEGACY = 't5x_tiny_t5_1_1_legacy.msgpack'  # the same values, one msgpack file
 MINI = 't5x_mini_t5_1_1/checkpoint_3'  # emb 128, 2 heads x 64, ff 256, trained 3 steps
 DENSE = 't5x_testdata_tiny_dense/checkpoint_1'  # T5X's test checkpoint: no .zarray, gfile
-
-
-def config_of(path, **overrides):
-  return enct5.get_config('tiny', **{**load_ckpt.config_from_checkpoint(path), **overrides})
 
 
 def writable_copy(tmp_path, name):

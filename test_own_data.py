@@ -1,29 +1,26 @@
-"""Your own files through train.py (issue 27): each kind of label trains from a hand-written
-file, predictions keep the input's order and strings, a file larger than one chunk streams,
-and `predict.Labeler` labels text from Python as `--mode=predict` does."""
+"""Tests of your own files through train.py: each kind of label trains from a hand-written file,
+predictions keep the input's order and strings, a file larger than one chunk streams, and
+`predict.Labeler` labels text from Python as `--mode=predict` does."""
 import dataclasses
 import json
 
-import jax
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-import enct5
 import finetune
-import load_ckpt
 import packing
 import predict
 import readers
 import tasks
 import train
+from testutil import WORDS, write_rows as _write
 
 # A model of a few thousand parameters on 32-token rows: compiles and trains in seconds.
 TINY = ['--size=tiny', '--d_model=16', '--num_heads=2', '--head_dim=8', '--d_ff=32',
         '--num_layers=1', '--max_input_length=32', '--max_target_length=4', '--batch_size=4',
         '--vocab_size=60', '--train_steps=6', '--eval_every=3', '--log_every=3',
         '--learning_rate=0.01', '--compilation_cache=']
-WORDS = 'refund billing card late broken great awful film plot slow fast kind'.split()
 
 
 def _main(*argv):
@@ -44,12 +41,6 @@ def _rows(n, seed):
     tags = sorted({w for w in words if w in ('late', 'broken', 'awful')})
     rows.append((' '.join(words), queue, tags, float(len(words))))
   return rows
-
-
-def _write(path, header, rows):
-  with open(path, 'w', newline='') as f:
-    f.write('\n'.join([header, *rows]) + '\n')
-  return str(path)
 
 
 def _read_jsonl(path):
@@ -153,23 +144,6 @@ def test_thresholds_chosen_on_validation_decide_eval_and_predict(tmp_path, monke
     assert evaluated[0][key] == pytest.approx(best['scores'][key], abs=1e-9)
     assert evaluated[1][key] == pytest.approx(
         100 * f1_score(gold, probabilities >= 0.4, average=average, zero_division=0))
-
-
-def test_a_fresh_multi_label_head_starts_at_the_label_priors(tmp_path):
-  """The bias of a fresh multi-label head is each label's log prior odds: sigmoid(bias) is its
-  training frequency, smoothed as (count + 1) / (rows + 2); nothing else changes."""
-  task = tasks.file_task(_write(tmp_path / 'train.tsv', 'text\tlabel', ['a\tx,y', 'b\tz']),
-                         kind='multi_label')
-  examples = [readers.Example(i, i + 1, 'text', label)
-              for i, label in enumerate([(1,), (1, 2), (), (1,)])]  # x 3 times, y once, z never
-  cfg = enct5.get_config('tiny', vocab_size=128, num_classes=3, multi_label=True)
-  params = enct5.init_params(jax.random.PRNGKey(0), cfg)
-  started = finetune.with_prior_bias(params, task, examples)
-  np.testing.assert_allclose(jax.nn.sigmoid(started['decoder']['class_projection']['bias']),
-                             [4 / 6, 2 / 6, 1 / 6], rtol=1e-6)
-  flat, flat_started = load_ckpt.flatten(params), load_ckpt.flatten(started)
-  assert [k for k in flat if not np.array_equal(flat[k], flat_started[k])] == [
-      'decoder/class_projection/bias']
 
 
 def test_a_multi_label_run_resumes_bit_for_bit(tmp_path):
@@ -284,7 +258,7 @@ def test_attention_blocks_train_and_evaluate_whole_rows(tmp_path):
 
 def test_attention_blocks_are_chosen_from_the_data_and_change_no_output(tmp_path):
   """No --attention_block_length: training, evaluation and Labeler choose blocks smaller than
-  the 64-token rows from the data (issue 34), and give what whole rows give: the score logged in
+  the 64-token rows from the data, and give what whole rows give: the score logged in
   training is --mode=eval's with whole rows on the same checkpoint, Labeler's probabilities are
   whole rows' to float32 rounding."""
   tsv_rows = lambda rows: [f'{text}\t{queue}' for text, queue, _, _ in rows]

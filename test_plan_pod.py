@@ -1,4 +1,5 @@
-"""experiments/plan_pod.py: the sharded train step compiled for simulated devices, unallocated."""
+"""Tests of experiments/plan_pod.py: the sharded train step compiled for simulated devices,
+unallocated."""
 import json
 import os
 import subprocess

@@ -1,52 +1,26 @@
-"""predict.py and train.py --mode=predict at the edges: signals stop with exit status 3 and leave
-no file half-written, the output path is checked before any work, CSV/TSV predictions round-trip
-through readers.py, and Labeler's empty, single and bad rows."""
+"""Tests of predict.py: prediction rows of each kind, and train.py --mode=predict at the edges:
+signals stop with exit status 3 and leave no file half-written, the output path is checked before
+any work, CSV/TSV predictions round-trip through readers.py, a pipe is read once, and Labeler's
+empty, single and bad rows."""
 import json
 import os
 import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import cli
+import enct5
 import fileio
 import finetune
 import predict
 import readers
 import tasks
-import train
-from testutil import REPO
-
-ENV = {k: v for k, v in os.environ.items() if k != 'ENCT5_TRACEBACK'}
-ENV['JAX_PLATFORMS'] = 'cpu'
-TINY = ['--size=tiny', '--d_model=16', '--num_heads=2', '--head_dim=8', '--d_ff=32',
-        '--num_layers=1', '--max_input_length=32', '--max_target_length=4', '--batch_size=4',
-        '--vocab_size=60', '--train_steps=4', '--eval_every=2', '--log_every=2',
-        '--compilation_cache=']
-WORDS = 'refund billing card late broken great awful film plot slow fast kind'.split()
-
-
-def _main(*argv):
-  """train.py in this process, ending as the command does: -> its exit status."""
-  train.FLAGS.unparse_flags()
-  train.FLAGS(['train.py', *argv])
-  try:
-    cli.run('train.py', train.run_command, ['train.py'])
-  except SystemExit as e:
-    return e.code
-  return 0
-
-
-def _csv(path, rows):
-  with open(path, 'w', newline='') as f:
-    f.write('id,text,queue\n' + ''.join(f'{i},{text},{queue}\n' for i, text, queue in rows))
-  return str(path)
-
-
-def _tickets(n, offset=0):
-  return [(offset + i, ' '.join(WORDS[(offset + i + k) % len(WORDS)] for k in range(4)),
-           'billing' if (offset + i) % 3 else 'refund') for i in range(n)]
+from testutil import ENV, REPO, WORDS, write
+from testutil import TICKET_FLAGS as TINY, tickets as _tickets, tickets_csv as _csv
+from testutil import train_status as _main
 
 
 @pytest.fixture(scope='module')
@@ -168,7 +142,7 @@ def test_labeler_edges(run):
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading edges: a pipe, long fields, lone surrogates, a stray quote, JSON label types, flags.
+# Reading edges: a pipe.
 # ----------------------------------------------------------------------------------------------
 
 def test_a_pipe_is_read_once(run, tmp_path):
@@ -185,71 +159,25 @@ def test_a_pipe_is_read_once(run, tmp_path):
   assert len(path.read_text().splitlines()) == 30
 
 
-def _task(path, **kwargs):
-  return tasks.file_task(path, path, **kwargs)
+# ----------------------------------------------------------------------------------------------
+# Prediction rows.
+# ----------------------------------------------------------------------------------------------
 
-
-def test_a_long_csv_field_is_text(tmp_path):
-  path = tmp_path / 'long.csv'
-  path.write_text(f'text,label\n"{"word " * 40000}",a\nshort,b\n')
-  examples = readers.read_file(_task(str(path)), str(path))
-  assert [len(example.text) for example in examples] == [len('text: ') + 200000, 11]
-
-
-@pytest.mark.parametrize('row, line, column', [
-    ('{"text": "ok \\ud800", "label": "a"}', 2, 'text'),
-    ('{"text": "ok", "label": "a", "key": "\\udfff"}', 2, 'key')])
-def test_a_lone_surrogate_is_one_line_naming_file_and_line(tmp_path, row, line, column):
-  path = tmp_path / 'bad.jsonl'
-  path.write_text('{"text": "fine", "label": "b", "key": "k1"}\n' + row + '\n')
-  task = tasks.file_task(str(path), str(path))
-  with pytest.raises(fileio.DataError, match=f'bad.jsonl:{line}: {column!r} holds a lone '):
-    list(readers.stream_file(task, str(path), 10, id_field='key' if column == 'key' else None))
-
-
-def test_a_stray_quote_in_a_tsv_is_warned(tmp_path, caplog):
-  """A quote opening a TSV field joins the lines up to the next quote into one row: warned,
-  naming the lines."""
-  path = tmp_path / 'stray.tsv'
-  path.write_text('text\tlabel\nfine\ta\n"oops\tb\nswallowed\ta\nto here"\tb\nlast\ta\n')
-  examples = readers.read_file(_task(str(path)), str(path))
-  assert len(examples) == 3
-  assert 'stray.tsv:3: a quoted field runs over lines 3-5 and holds tabs' in caplog.text
-
-
-def test_a_json_label_of_another_type_is_warned(tmp_path, caplog):
-  path = tmp_path / 'types.jsonl'
-  path.write_text('{"text": "a", "label": "1"}\n{"text": "b", "label": 2}\n'
-                  '{"text": "c", "label": 1}\n')
-  task = _task(str(path))
-  assert task.label_names == ('1', '2')
-  readers.read_file(task, str(path))
-  assert 'types.jsonl:2: label 2 is a JSON number where the rows before spell labels as JSON ' \
-         'strings' in caplog.text
-
-
-def test_a_missing_label_column_names_it(tmp_path):
-  path = tmp_path / 'unlabelled.csv'
-  path.write_text('text\nhello\n')
-  task = tasks.Task('', (('text', 'text'),), 'label', {}, raw_labels=('a',), label_names=('a',))
-  with pytest.raises(fileio.DataError) as e:
-    readers.read_file(task, str(path))
-  assert str(e.value) == f"{path}: columns ['label'] missing from the header ['text']"
-
-
-@pytest.mark.parametrize('flags, message', [
-    (['--labels=label_names.txt'], '--labels=label_names.txt: no such file'),
-    (['--labels=conf/labels'], '--labels=conf/labels: no such file'),
-    (['--multi_label', '--label_separator='], '--label_separator is empty')])
-def test_label_flags_checked_before_reading(tmp_path, capsys, flags, message):
-  train_file = _csv(tmp_path / 'train.csv', _tickets(8))
-  assert _main(f'--train_file={train_file}', f'--validation_file={train_file}',
-               '--text_fields=text', '--label_field=queue', f'--output_dir={tmp_path}/run',
-               *flags, *TINY) == cli.USER_ERROR
-  assert capsys.readouterr().err.strip() == f'train.py: error: {message}' + {
-      '--labels=label_names.txt: no such file': ' (a label set is a file of one name a line, '
-                                                'or names separated by commas)',
-      '--labels=conf/labels: no such file': ' (a label set is a file of one name a line, or '
-                                            'names separated by commas)',
-      '--label_separator is empty': ': a multi-label field needs a separator between its '
-                                    'labels (default ",")'}[message]
+def test_prediction_rows_per_kind(tmp_path):
+  train = write(tmp_path / 'train.csv', 'text,label\na,refund\nb,billing\nc,"billing,other"\n')
+  classes = tasks.file_task(train, labels=('billing', 'refund', 'other'))
+  logits = np.array([0.0, 1.0, 3.0, -1.0])  # class 0 (padding) ignored
+  cfg = enct5.get_config('tiny', num_classes=3)
+  probs = np.asarray(enct5.probabilities(logits, cfg))
+  row = predict.prediction_row(classes, 7, probs)
+  assert list(row) == ['id', 'label', 'probabilities'] and row['id'] == 7
+  assert row['label'] == 'refund' == classes.label_names[int(enct5.predict(logits, cfg)) - 1]
+  assert sum(row['probabilities'].values()) == pytest.approx(1.0, abs=1e-5)
+  assert row['probabilities']['refund'] == pytest.approx(
+      np.exp(3) / (np.exp(1) + np.exp(3) + np.exp(-1)), abs=1e-6)
+  tags = tasks.file_task(train, kind='multi_label')
+  row = predict.prediction_row(tags, 'k1', [0.9, 0.3, 0.29], threshold=0.3, id_key='line')
+  assert row == {'line': 'k1', 'labels': ['billing', 'other'],
+                 'probabilities': {'billing': 0.9, 'other': 0.3, 'refund': 0.29}}
+  scores = tasks.file_task(write(tmp_path / 'scores.csv', 'text,label\na,1\n'), kind='regression')
+  assert predict.prediction_row(scores, 3, np.float32(2.5)) == {'id': 3, 'value': 2.5}

@@ -1,5 +1,5 @@
-"""experiments/probe.py: the per-example features against each example encoded on its own, and the
-ridge probe against an independent least-squares formulation."""
+"""Tests of experiments/probe.py: the per-example features against each example encoded on its own,
+and the ridge probe against an independent least-squares formulation."""
 import jax
 import numpy as np
 

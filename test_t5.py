@@ -1,4 +1,5 @@
-"""Tests of the T5 and 1decT5 baselines (enct5.py, paper §4.3).
+"""Tests of t5.py: the T5 and 1decT5 baselines (paper §4.3): teacher-forced logits, the loss,
+greedy decoding, and the labels as T5's text (decoded strings mapped back to labels).
 
 Golden values: testdata/golden_tiny.npz (short targets) and testdata/golden_baselines.npz
 (targets up to 136 tokens, unpacked and packed), made by tools/make_golden.py from Hugging
@@ -13,8 +14,10 @@ import numpy as np
 import pytest
 
 import enct5
+import metrics
 import t5
 import t5_layers
+import tasks
 import vocabularies
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata', 'golden_tiny.npz')
@@ -179,25 +182,6 @@ def test_decoder_is_causal(golden, model):
   assert np.all(np.abs(before[:, k:] - after[:, k:]).max(axis=-1) > 1e-4)
 
 
-def test_decoder_masks_by_hand():
-  targets = np.array([[5, 6, 7, 8, 0]])
-  segments = np.array([[1, 1, 2, 2, 0]])
-  self_mask = np.asarray(t5_layers.decoder_self_attention_mask(targets, segments))[0, 0]
-  np.testing.assert_array_equal(self_mask, [[1, 0, 0, 0, 0],
-                                            [1, 1, 0, 0, 0],
-                                            [0, 0, 1, 0, 0],
-                                            [0, 0, 1, 1, 0],
-                                            [0, 0, 0, 0, 0]])
-  input_segments = np.array([[1, 2, 2, 0]])
-  cross_mask = np.asarray(t5_layers.decoder_cross_attention_mask(targets, input_segments,
-                                                                 segments))[0, 0]
-  np.testing.assert_array_equal(cross_mask, [[1, 0, 0, 0],
-                                             [1, 0, 0, 0],
-                                             [0, 1, 1, 0],
-                                             [0, 1, 1, 0],
-                                             [0, 0, 0, 0]])
-
-
 # ----------------------------------------------------------------------------------- the loss
 
 def test_loss_by_hand():
@@ -281,3 +265,70 @@ def test_greedy_decode_stops_at_eos(golden):
   params['decoder']['logits_dense']['kernel'] = jnp.asarray(kernel)
   tokens = t5.greedy_decode(params, cfg, inputs, max_length=4, model='1dect5')
   np.testing.assert_array_equal(tokens, [[t0, vocabularies.EOS_ID, 0, 0]])
+
+
+# ------------------------------------------------------------------------------- labels as text
+
+def test_label_text_as_t5():
+  """T5's target strings (`preprocessors.glue` with `glue_utils` label names; STS-B:
+  `preprocessors.stsb`, round(5x) / 5 half to even, one decimal)."""
+  names = {'cola': ['unacceptable', 'acceptable'], 'sst2': ['negative', 'positive'],
+           'mrpc': ['not_equivalent', 'equivalent'], 'qqp': ['not_duplicate', 'duplicate'],
+           'mnli': ['entailment', 'neutral', 'contradiction'],
+           'qnli': ['entailment', 'not_entailment'], 'rte': ['entailment', 'not_entailment']}
+  for name, texts in names.items():
+    task = tasks.get_task(name)
+    assert [t5.label_text(task, i + 1) for i in range(len(texts))] == texts
+    assert t5.label_texts(task) == texts
+  stsb = tasks.get_task('stsb')
+  for score, text in [(0.0, '0.0'), (1.8, '1.8'), (2.5, '2.4'), (3.5, '3.6'), (3.13, '3.2'),
+                      (4.9, '4.8'), (5.0, '5.0')]:
+    assert t5.label_text(stsb, score) == text, score
+  assert t5.label_texts(stsb) == [f'{i / 5:.1f}' for i in range(26)]
+
+
+@pytest.fixture(scope='module')
+def label_vocab(tmp_path_factory):
+  """A small SentencePiece model that spells SST-2's and STS-B's labels (and has no '_')."""
+  texts = (['a good movie', 'not a bad film', 'negative positive', 'the end'] * 50 +
+           [f'{i / 5:.1f}' for i in range(26)] * 10)
+  return vocabularies.train_vocab(texts, str(tmp_path_factory.mktemp('vocab') / 'labels'), 80)
+
+
+def _rows(rows):
+  """Token lists as one [B, width] array, zero-padded as greedy decoding leaves them."""
+  width = max(map(len, rows))
+  return np.array([row + [0] * (width - len(row)) for row in rows])
+
+
+def test_decoded_strings_map_back_to_labels(label_vocab):
+  """T5's postprocessors: the text before EOS is a label's class id, else -1 (counted wrong);
+  STS-B: a float, else -1.0."""
+  sst2 = tasks.get_task('sst2')
+  labels = t5.LabelText(sst2, label_vocab)
+  encode = lambda text: label_vocab.encode(text) + [vocabularies.EOS_ID]
+  assert labels.tokens([2, 1]) == [encode('positive'), encode('negative')]
+  assert labels.decode_length == max(len(encode('positive')), len(encode('negative')))
+  rows = [encode('positive'), encode('negative'), encode('neutral'), encode('positive positive'),
+          encode('positive')[:-1] + [label_vocab.GetPieceSize() + 3],  # id past the vocab
+          encode('negative') + encode('bad')]  # after EOS: ignored
+  predictions = labels.parse(_rows(rows))
+  np.testing.assert_array_equal(predictions, [2, 1, -1, -1, -1, 1])
+
+  # Unknown strings count as wrong: accuracy, and F1 as T5's `f1_score_with_invalid`.
+  gold = [2, 1, 1, 2, 2, 1]
+  assert metrics.compute_metrics(sst2, 'validation', gold,
+                                 predictions)['sst2/accuracy'] == pytest.approx(300 / 6)
+  mrpc = tasks.get_task('mrpc')
+  scores = metrics.compute_metrics(mrpc, 'validation', gold, predictions)
+  # Positives (class 2): gold at 0, 3, 4; predicted 2 at 0 and, as the opposite of gold 1, at 2.
+  assert scores['mrpc/f1'] == pytest.approx(100 * 2 * 1 / (3 + 2))
+  assert scores['mrpc/accuracy'] == pytest.approx(300 / 6)
+
+  stsb = tasks.get_task('stsb')
+  scores = t5.LabelText(stsb, label_vocab)
+  assert scores.tokens([2.5]) == [encode('2.4')]
+  values = scores.parse(_rows([encode('3.4'), encode('5.0'), encode('end')]))
+  np.testing.assert_allclose(values, [3.4, 5.0, -1.0], rtol=1e-6)
+  with pytest.raises(ValueError, match="cannot spell the rte label 'not_entailment'"):
+    t5.LabelText(tasks.get_task('rte'), label_vocab)

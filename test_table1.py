@@ -1,5 +1,5 @@
-"""experiments/table1.py end to end in a tiny setting: a tiny T5.1.1 checkpoint written by train.py,
-then two rows of the grid (EncT5 from it, EncT5-rand of its shape) on 64 RTE examples, the
+"""Tests of experiments/table1.py, end to end in a tiny setting: a tiny T5.1.1 checkpoint written by
+train.py, then two rows of the grid (EncT5 from it, EncT5-rand of its shape) on 64 RTE examples, the
 table, and a re-run that redoes nothing."""
 import json
 import os
