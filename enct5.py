@@ -14,6 +14,11 @@ nested dict of arrays whose names are those of a T5X T5.1.1 checkpoint (`t5_laye
 building blocks; the paper's T5 and 1decT5 baselines are `t5`, with parameters from the same
 table here).
 
+Multi-task EncT5 (`EncT5Config.heads`): one encoder and pooling block, and per task its own
+learned query, the paper's "task embedding" (§4.2), and its own class projection; each slot of
+a packed row reads with its task's query and is projected by its task's head (`mixtures` trains
+such a model on a mixture of tasks).
+
 Reads in the paper's order: the config; the parameter table and init; the forward pass
 (`encode`, `pool`, `apply`); losses and predictions. Then the sizes of the T5.1.1 family
 (`get_config`), parameter counts and model FLOPs, and the baselines' decoder parameters.
@@ -26,6 +31,15 @@ import jax.numpy as jnp
 
 import partitioning
 import t5_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  """One task of a multi-task EncT5: its name and its labels, as EncT5Config's num_classes and
+  multi_label say them for one task."""
+  name: str
+  num_classes: int
+  multi_label: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +63,9 @@ class EncT5Config:
   # Encoder self-attention in blocks of this many tokens, 0 = whole rows. The same outputs
   # when packing keeps each example within one block (`t5_layers.attention_blocks`).
   attention_block_length: int = 0
+  # Multi-task: a task embedding and a class projection per Head, in task-id order; the batch's
+  # task_ids say each slot's. (): one task, of num_classes and multi_label.
+  heads: tuple = ()
 
   @property
   def is_regression(self):
@@ -138,7 +155,8 @@ def param_specs(cfg, model='enct5'):
   """The parameter tree of `model` as ParamSpecs, named as in a T5X checkpoint.
 
   'enct5': embedding, encoder, the first decoder layer without self-attention, the decoder's
-  final norm, and the new `decoder/bos_embedding` and `decoder/class_projection`.
+  final norm, and the new `decoder/bos_embedding` and `decoder/class_projection`; multi-task,
+  those two for each task under `decoder/heads/<task name>/`.
   't5', '1dect5': the baselines, the same encoder with a T5.1.1 decoder
   (`_baseline_decoder_specs`).
   """
@@ -152,16 +170,13 @@ def param_specs(cfg, model='enct5'):
   encoder['relpos_bias'] = _relpos_spec(cfg)
   encoder['encoder_norm'] = _norm_spec(cfg)
   if model == 'enct5':
-    decoder = {
-        'layers_0': _decoder_layer_specs(cfg, with_self_attention=False),
-        'decoder_norm': _norm_spec(cfg),
-        # The learned query: "randomly initialized" (§3), like a token embedding.
-        'bos_embedding': ParamSpec((cfg.d_model,), ('embed',), _EMBEDDING_INIT),
-        'class_projection': {
-            'kernel': ParamSpec((cfg.d_model, cfg.num_outputs), ('embed', 'classes'),
-                                _MLP_INIT),
-            'bias': ParamSpec((cfg.num_outputs,), ('classes',), _INIT.zeros)},
-    }
+    decoder = {'layers_0': _decoder_layer_specs(cfg, with_self_attention=False),
+               'decoder_norm': _norm_spec(cfg)}
+    if cfg.heads:
+      decoder['heads'] = {head.name: _head_specs(task_config(cfg, head.name))
+                          for head in cfg.heads}
+    else:
+      decoder.update(_head_specs(cfg))
   else:
     decoder = _baseline_decoder_specs(cfg, model)
   return {
@@ -170,6 +185,30 @@ def param_specs(cfg, model='enct5'):
       'encoder': encoder,
       'decoder': decoder,
   }
+
+
+def _head_specs(cfg):
+  """A task's own parameters: its learned query, "randomly initialized" (§3) like a token
+  embedding, and its projection with bias to the task's outputs."""
+  return {'bos_embedding': ParamSpec((cfg.d_model,), ('embed',), _EMBEDDING_INIT),
+          'class_projection': {
+              'kernel': ParamSpec((cfg.d_model, cfg.num_outputs), ('embed', 'classes'),
+                                  _MLP_INIT),
+              'bias': ParamSpec((cfg.num_outputs,), ('classes',), _INIT.zeros)}}
+
+
+def task_config(cfg, name):
+  """A multi-task config's one task, as a one-task config (its labels, no heads)."""
+  head = {head.name: head for head in cfg.heads}[name]
+  return dataclasses.replace(cfg, num_classes=head.num_classes, multi_label=head.multi_label,
+                             heads=())
+
+
+def task_params(params, name):
+  """A multi-task model's parameters for one task, as a one-task tree: the shared encoder and
+  pooling block, and the task's query and class projection (the same arrays, not copies)."""
+  decoder = {k: v for k, v in params['decoder'].items() if k != 'heads'}
+  return {**params, 'decoder': {**decoder, **params['decoder']['heads'][name]}}
 
 
 def _is_spec(x):
@@ -201,10 +240,22 @@ def encode(params, cfg, inputs, segment_ids=None, *, rng=None):
   return t5_layers.encoder(params, cfg, inputs, segment_ids, rng).astype(jnp.float32)
 
 
-def pool(params, cfg, encoded, segment_ids, num_slots, rng=None):
+def slot_queries(params, cfg, batch):
+  """The learned query of every slot [B, T, D]: the one query, or multi-task each slot's task
+  embedding (its task id in `batch['task_ids']` [B, T])."""
+  decoder = params['decoder']
+  if cfg.heads:
+    embeddings = jnp.stack([decoder['heads'][head.name]['bos_embedding'] for head in cfg.heads])
+    return embeddings[batch['task_ids']]
+  batch_size, num_slots = batch['targets'].shape[:2]
+  return jnp.broadcast_to(decoder['bos_embedding'], (batch_size, num_slots, cfg.d_model))
+
+
+def pool(params, cfg, encoded, segment_ids, queries, rng=None):
   """EncT5's pooling block: one learned query per slot; slot j reads example j+1.
 
-  encoded [B, L, D], segment_ids [B, L] -> [B, T, D] after the decoder's final norm.
+  encoded [B, L, D], segment_ids [B, L], queries [B, T, D] (`slot_queries`) -> [B, T, D] after
+  the decoder's final norm.
 
   NOTE (§3): the paper keeps the first decoder layer but calls its self-attention an
   identity. Precisely, a single query that sees only itself gets y += o(v(RMSNorm(y))), a
@@ -214,11 +265,9 @@ def pool(params, cfg, encoded, segment_ids, num_slots, rng=None):
   decoder = params['decoder']
   layer = decoder['layers_0']
   embed_rng, cross_rng, mlp_rng, final_rng = t5_layers.split_rng(rng, 4)
-  batch, _, d_model = encoded.shape
-  y = jnp.broadcast_to(decoder['bos_embedding'].astype(cfg.activation_dtype),
-                       (batch, num_slots, d_model))  # [B, T, D]
+  y = queries.astype(cfg.activation_dtype)  # [B, T, D]
   y = t5_layers.dropout(y, cfg.dropout_rate, embed_rng)  # as T5X drops decoder embeddings
-  mask = t5_layers.pooling_mask(segment_ids, num_slots)  # [B, 1, T, L]
+  mask = t5_layers.pooling_mask(segment_ids, queries.shape[1])  # [B, 1, T, L]
   # No position bias in cross-attention (T5).
   y = t5_layers.attention_block(cfg, layer['pre_cross_attention_layer_norm']['scale'],
                                 layer['encoder_decoder_attention'], y, mask,
@@ -231,18 +280,27 @@ def pool(params, cfg, encoded, segment_ids, num_slots, rng=None):
 
 def apply(params, cfg, batch, *, rng=None):
   """Logits of every target slot: [B, T, n+1] (class 0 = padding), regression [B, T],
-  multi-label [B, T, n].
+  multi-label [B, T, n]. Multi-task: {task name: that task's head on every slot}.
 
   `batch` is a packed batch (see `packing`): inputs, inputs_segment_ids [B, L] and targets
-  [B, T] ([B, T, n] multi-hot for multi-label), whose width T is the number of query slots.
-  An unpacked batch is a packed one with one example per row and T = 1. rng=None: no dropout.
+  [B, T] ([B, T, n] multi-hot for multi-label), whose width T is the number of query slots;
+  multi-task, task_ids [B, T] (`mixtures`). An unpacked batch is a packed one with one example
+  per row and T = 1. rng=None: no dropout.
   """
   encoder_rng, pool_rng = t5_layers.split_rng(rng, 2)
   segment_ids = batch['inputs_segment_ids']
   encoded = encode(params, cfg, batch['inputs'], segment_ids, rng=encoder_rng)
-  pooled = pool(params, cfg, encoded, segment_ids, batch['targets'].shape[1], pool_rng)
-  # NOTE: the projection runs in float32 whatever the activation dtype.
-  projection = params['decoder']['class_projection']
+  pooled = pool(params, cfg, encoded, segment_ids, slot_queries(params, cfg, batch), pool_rng)
+  if cfg.heads:  # every head on every slot: a [D, n+1] matmul each, cheap beside the encoder
+    return {head.name: project(params['decoder']['heads'][head.name]['class_projection'],
+                               task_config(cfg, head.name), pooled) for head in cfg.heads}
+  return project(params['decoder']['class_projection'], cfg, pooled)
+
+
+def project(projection, cfg, pooled):
+  """The class projection with bias: pooled [B, T, D] -> logits (regression: [B, T]).
+
+  NOTE: in float32 whatever the activation dtype."""
   logits = pooled.astype(jnp.float32) @ projection['kernel'] + projection['bias']
   return logits[..., 0] if cfg.is_regression else logits
 
@@ -292,9 +350,28 @@ def loss_fn(params, cfg, batch, rng=None):
   EncT5 does not have.
   """
   logits = apply(params, cfg, batch, rng=rng)
+  if cfg.heads:
+    return _multi_task_loss(cfg, logits, batch)
   losses, weights = example_losses(cfg, logits, batch)
   loss_sum = jnp.sum(jnp.where(weights, losses, 0.0))
   return loss_sum, {'loss_sum': loss_sum, 'num_examples': jnp.sum(weights)}
+
+
+def _multi_task_loss(cfg, logits, batch):
+  """Multi-task: each slot's loss is its task's (`example_losses` of its head, on its task's
+  targets `targets/<name>`), summed over all slots as one task's are; aux adds each task's
+  loss_sum/<name> and num_examples/<name>. A head's gradient comes from its task's slots only.
+  """
+  loss_sum, aux = 0.0, {}
+  for task_id, head in enumerate(cfg.heads):
+    task_batch = dict(batch, targets=batch[f'targets/{head.name}'])
+    losses, weights = example_losses(task_config(cfg, head.name), logits[head.name], task_batch)
+    weights = weights & (batch['task_ids'] == task_id)
+    aux[f'loss_sum/{head.name}'] = jnp.sum(jnp.where(weights, losses, 0.0))
+    aux[f'num_examples/{head.name}'] = jnp.sum(weights)
+    loss_sum += aux[f'loss_sum/{head.name}']
+  num_examples = sum(aux[f'num_examples/{head.name}'] for head in cfg.heads)
+  return loss_sum, {'loss_sum': loss_sum, 'num_examples': num_examples, **aux}
 
 
 def probabilities(logits, cfg):

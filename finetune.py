@@ -95,6 +95,10 @@ class Config:
   log_every: int = 100
   keep_checkpoints: int = 2  # ours: one to fall back on if the newest is damaged
   seed: int = 0
+  # Multi-task (`mixtures`): `task` names several GLUE tasks, 'rte,mrpc,stsb'.
+  mixing_cap: int = None  # K of examples-proportional mixing (Raffel et al. §3.5.2); None: none
+  mixing_temperature: float = 1.0  # T of temperature-scaled mixing; 1: examples-proportional
+  selection_task: str = None  # the task whose score picks the best checkpoint; None: the mean
   # Devices and the run.
   mesh: str = None  # DATAxMODEL; None: every device on 'data'
   output_dir: str = None
@@ -103,7 +107,8 @@ class Config:
 SHAPE_FIELDS = ('d_model', 'num_heads', 'head_dim', 'd_ff', 'num_layers')
 # What a resumed run must keep: a change of one of these is another run.
 RUN_FIELDS = ('task', 'train_file', 'text_fields', 'label_field', 'regression', 'multi_label',
-              'labels', 'labels_by_index', 'model', 'size', 'vocab') + SHAPE_FIELDS
+              'labels', 'labels_by_index', 'model', 'size', 'vocab', 'mixing_cap',
+              'mixing_temperature') + SHAPE_FIELDS
 RECORD_FILE = 'run_config.json'  # the run's record (not Hugging Face's config.json)
 CHECKPOINT_VOCAB = 'sentencepiece.model'  # a checkpoint's own vocabulary, if it has one
 
@@ -470,7 +475,8 @@ def initial_state(config, cfg, shardings, ckpt_dir):
     loaded = load_ckpt.load_params(
         config.checkpoint, cfg, jax.random.PRNGKey(config.seed), model=config.model,
         with_optimizer_state=config.load_optimizer_state, shardings=shardings.params,
-        opt_shardings=shardings.opt_state, fresh_pooling_block=config.fresh_pooling_block)
+        opt_shardings=shardings.opt_state, fresh_pooling_block=config.fresh_pooling_block,
+        task=config.task)
     params, opt_state = loaded if config.load_optimizer_state else (
         loaded, jax.jit(adafactor.init, out_shardings=shardings.opt_state)(loaded))
     logging.info('fine-tuning %s from Adafactor step %d', config.checkpoint,
@@ -490,8 +496,9 @@ def restored_head(config, ckpt_dir):
 
 
 def has_head(path):
-  """Whether a checkpoint holds EncT5's class projection (a run of ours), not only T5.1.1's."""
-  return 'target/decoder/class_projection/kernel' in load_ckpt.flatten(load_ckpt.read_index(path))
+  """Whether a checkpoint holds EncT5's class projection (a run of ours, one task or several),
+  not only T5.1.1's."""
+  return load_ckpt.has_heads(load_ckpt.flatten(load_ckpt.read_index(path)))
 
 
 def with_prior_bias(params, task, train_examples):
@@ -662,7 +669,7 @@ def load_for_inference(config):
     logging.warning('%s is a T5.1.1 checkpoint: the EncT5 head is untrained', path)
   params = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(config.seed),
                                  model=config.model, shardings=shardings.params,
-                                 fresh_pooling_block=config.fresh_pooling_block)
+                                 fresh_pooling_block=config.fresh_pooling_block, task=task.name)
   eval_step = make_eval_step(cfg, shardings, config.model,
                              decode_length=labels.decode_length if labels else None)
   logging.info('inference with %s', path)

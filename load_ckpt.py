@@ -49,9 +49,36 @@ _CHUNK_BYTES = 64 * 2**20  # T5X `_DESIRED_CHUNK_SIZE_BYTES`
 _STEP_DIR = re.compile(r'checkpoint_(\d+)')
 
 # EncT5 parameters that a T5.1.1 checkpoint does not have (§3): the learned query and the
-# classification head start random. Everything else in `enct5.param_specs` is loaded (§4.2).
+# classification head start random (a multi-task model's, each task's under decoder/heads/).
+# Everything else in `enct5.param_specs` is loaded (§4.2).
 FRESH_PARAMS = ('decoder/bos_embedding', 'decoder/class_projection/kernel',
                 'decoder/class_projection/bias')
+HEADS = 'decoder/heads/'
+
+
+def is_head_param(name):
+  """Whether a parameter is a task's own (query or class projection), not T5.1.1's."""
+  return name in FRESH_PARAMS or name.startswith(HEADS)
+
+
+def has_heads(flat):
+  """Whether a checkpoint's flat index holds trained EncT5 heads: a run of ours."""
+  return any(is_head_param(name[len('target/'):]) for name in flat if name.startswith('target/'))
+
+
+def select_head(flat, task):
+  """A multi-task checkpoint's flat index as a one-task one: task `task`'s query and class
+  projection (and their Adafactor slots) renamed to decoder/bos_embedding and
+  decoder/class_projection, the other tasks' left out; T5's recipe fine-tunes each task from
+  the multi-task model so (Raffel et al. §3.5.3)."""
+  prefix = HEADS + task + '/'
+  if not any(prefix in name for name in flat):
+    tasks = sorted({name.split(HEADS)[1].split('/')[0] for name in flat if HEADS in name})
+    raise CheckpointError(f'a multi-task checkpoint, of tasks {", ".join(tasks)}: '
+                          + (f'it has no task {task!r}' if task else 'name the task to use '
+                             '(train.py --task)'))
+  return {name.replace(prefix, 'decoder/'): leaf for name, leaf in flat.items()
+          if HEADS not in name or prefix in name}
 
 
 class CheckpointError(ValueError):
@@ -366,7 +393,7 @@ def _read_as(flat, names, placement):
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _init_fresh(rng, cfg, names):
-  """EncT5 parameters `names` (FRESH_PARAMS, and the pooling block of an encoder-only
+  """EncT5 parameters `names` (the heads, and the pooling block of an encoder-only
   checkpoint), exactly as `init_params(rng, cfg)` makes them; under jit, XLA drops the
   initializers of all the others."""
   params = flatten(enct5.init_params(rng, cfg))
@@ -374,7 +401,7 @@ def _init_fresh(rng, cfg, names):
 
 
 def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, shardings=None,
-                opt_shardings=None, fresh_pooling_block=False):
+                opt_shardings=None, fresh_pooling_block=False, task=None):
   """Parameters of `model` ('enct5', 't5' or '1dect5') from a pre-trained checkpoint (a
   T5.1.1 of T5X's or Hugging Face's, or an EncT5 of ours), optionally with Adafactor state.
 
@@ -385,7 +412,9 @@ def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, sh
   `decoder/bos_embedding` and `decoder/class_projection` are those of
   `enct5.init_params(rng, cfg)`. An encoder-only checkpoint (T5EncoderModel, Sentence-T5) has
   no pooling block: an error, unless `fresh_pooling_block` asks for a random one. An EncT5
-  checkpoint of ours (one with `decoder/class_projection`) loads whole, its head included.
+  checkpoint of ours (one with `decoder/class_projection`, or multi-task `decoder/heads/`)
+  loads whole, its heads included; a one-task model from a multi-task checkpoint takes the head
+  of `task` (`select_head`).
   't5': the whole tree (`enct5.param_specs(cfg, 't5')`), nothing fresh. '1dect5' (§4.3): the
   same with only decoder layer 0 (self-attention included), the decoder's relative-position
   table, final norm and `logits_dense`; the other decoder layers are never read.
@@ -400,6 +429,8 @@ def load_params(path, cfg, rng, *, model='enct5', with_optimizer_state=False, sh
   the state. Shardings must be NamedShardings when the optimizer state is loaded.
   """
   flat = flatten(read_index(path))
+  if model == 'enct5' and not cfg.heads and any(HEADS in name for name in flat):
+    flat = select_head(flat, task)
   _check_config(flat, cfg, path)
   shapes = {name: spec.shape for name, spec in flatten(enct5.param_specs(cfg, model)).items()}
   fresh = _fresh_params(flat, shapes, model, fresh_pooling_block, path)
@@ -429,12 +460,13 @@ def _fresh_params(flat, shapes, model, fresh_pooling_block, path):
   """The parameter names of `model` that the checkpoint does not give (§3): EncT5's learned
   query and head from a T5.1.1 checkpoint, and its pooling block too from an encoder-only one
   when `fresh_pooling_block`; none for the baselines and for an EncT5 checkpoint of ours."""
-  if model != 'enct5' or 'target/decoder/class_projection/kernel' in flat:
+  if model != 'enct5' or has_heads(flat):
     return ()
+  heads = tuple(name for name in shapes if is_head_param(name))
   if any(name.startswith('target/decoder/') for name in flat):
-    return FRESH_PARAMS
+    return heads
   pooling_block = tuple(name for name in shapes
-                        if name.startswith('decoder/') and name not in FRESH_PARAMS)
+                        if name.startswith('decoder/') and not is_head_param(name))
   if not fresh_pooling_block:
     raise CheckpointError(
         f'{path} is an encoder-only checkpoint: it has no decoder, so EncT5\'s pooling block '
@@ -442,7 +474,7 @@ def _fresh_params(flat, shapes, model, fresh_pooling_block, path):
         f'decoder\'s final norm: {", ".join(pooling_block)}) is missing. To start the '
         f'pooling block from random init, pass fresh_pooling_block=True '
         f'(train.py --fresh_pooling_block).')
-  return FRESH_PARAMS + pooling_block
+  return heads + pooling_block
 
 
 def _leaves_to_read(flat, shapes, fresh, with_state, path):

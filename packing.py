@@ -162,8 +162,7 @@ def pack_examples(examples, max_input_length, max_target_length, *, method='best
   if regression and num_labels is not None:
     raise ValueError('regression and multi-label (num_labels) exclude each other')
   lengths = [len(tokens) for tokens, _ in examples]
-  labels = (_labels(examples, ids, regression) if num_labels is None
-            else _multi_hot_labels(examples, ids, num_labels))
+  labels = label_array(examples, ids, regression=regression, num_labels=num_labels)
   _check_lengths(lengths, max_input_length, ids, 'tokens', 'max_input_length')
   _check_blocks(lengths, max_input_length, block_length, ids)
 
@@ -289,6 +288,16 @@ def rows_block_length(segment_ids):
       if not np.any((before == after) & (after != 0)):
         return b
   return length
+
+
+def label_array(examples, ids=None, *, regression=False, num_labels=None):
+  """Examples' labels as `pack_examples` stores them, one per example: class ids [N] int32,
+  scores [N] float32 (`regression`), or multi-hot [N, num_labels] int32; checked, an error
+  naming the example's id (default its index)."""
+  ids = np.arange(len(examples)) if ids is None else ids
+  if num_labels is None:
+    return _labels(examples, ids, regression)
+  return _multi_hot_labels(examples, ids, num_labels)
 
 
 def _labels(examples, ids, regression):

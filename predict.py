@@ -225,10 +225,11 @@ class Labeler:
   rows are `predict_file`'s, numbered from 1 in input order (as are the rows an error names).
   One row alone (a string or a dict) gives its output row alone; no rows give []. `checkpoint`:
   another than the run's best; `batch_size`: packed rows per batch (default the run's);
-  `dtype`: the activations' (default the run's; 'bfloat16' for any run).
+  `dtype`: the activations' (default the run's; 'bfloat16' for any run). `task`: a multi-task
+  run's task whose head labels (`mixtures`).
   """
 
-  def __init__(self, output_dir, checkpoint=None, batch_size=None, dtype=None):
+  def __init__(self, output_dir, checkpoint=None, batch_size=None, dtype=None, task=None):
     record = finetune.read_run_record(output_dir)
     if record is None:
       raise FileNotFoundError(f'{output_dir}: no {finetune.RECORD_FILE}, so no run of train.py')
@@ -237,6 +238,14 @@ class Labeler:
                   mesh=None, batch_size=batch_size or config['batch_size'],
                   dtype=dtype or config['dtype'],
                   attention_block_length=None)  # blocks from the rows it labels
+    names = config['task'].split(',') if config['task'] else []
+    if task and task not in names:
+      raise finetune.ConfigError(f'{output_dir}: task={task!r} is not a task of the run '
+                                 f'({", ".join(names) or "it has its own files"})')
+    if len(names) > 1 and not task:
+      raise finetune.ConfigError(f'{output_dir} is a multi-task run: say which task labels, '
+                                 f'task= one of {", ".join(names)}')
+    config.update(task=task or config['task'])
     self.config = finetune.Config(**config)
     if self.config.model != 'enct5':
       raise finetune.ConfigError(f'{output_dir}: Labeler takes an EncT5 run (its probabilities); '

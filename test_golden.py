@@ -8,9 +8,13 @@ positions that carry meaning (real tokens, real slots).
   relative-position tables, L=160 > 128). Unpacked encoder outputs; a packed batch whose
   reference ran every example alone through HF's encoder and HF's own cross-attention / FFN /
   RMSNorm modules (paper §3's pooling block), so packing is checked against no packing.
+- golden_two_task.npz: a two-task EncT5 (a task embedding and a projection per task) on those
+  weights; a packed batch mixing the tasks, each slot's reference HF's modules with its own
+  task's query and head, run alone.
 - golden_fixture_tiny.npz: HF's encoder on the real T5X checkpoint
   fixtures/t5x_tiny_t5_1_1_legacy.msgpack, which this test reads itself (skips if absent).
 """
+import dataclasses
 import hashlib
 import json
 import os
@@ -91,6 +95,32 @@ def test_apply_packed_matches_hf_per_example(golden):
   _assert_close(logits, g['packed_logits'], g['packed_slot_valid'], 'packed EncT5 logits')
   jitted = jax.jit(enct5.apply, static_argnums=1)(params, cfg, batch)
   _assert_close(jitted, g['packed_logits'], g['packed_slot_valid'], 'jitted EncT5 logits')
+
+
+def test_two_task_packed_matches_hf_per_example(golden):
+  """Multi-task EncT5 (`EncT5Config.heads`): each slot reads with its own task's embedding and
+  is projected by its own task's head, whatever the other slots of its row are."""
+  g, cfg, params = golden
+  with np.load(os.path.join(HERE, 'testdata', 'golden_two_task.npz')) as z:
+    t = {k: z[k] for k in z.files}
+  cfg = dataclasses.replace(cfg, heads=(enct5.Head('nli', 3), enct5.Head('score', 1)))
+  shared = {k: v for k, v in params['decoder'].items()
+            if k not in ('bos_embedding', 'class_projection')}
+  heads = load_ckpt.unflatten({k[len('head/'):]: v for k, v in t.items()
+                               if k.startswith('head/')})
+  params = {**params, 'decoder': {**shared, 'heads': heads}}
+  specs = enct5.param_specs(cfg)
+  assert jax.tree.map(np.shape, params) == jax.tree.map(
+      lambda spec: spec.shape, specs, is_leaf=lambda x: isinstance(x, enct5.ParamSpec))
+  batch = dict(inputs=t['packed_inputs'], inputs_segment_ids=t['packed_segment_ids'],
+               inputs_positions=t['packed_positions'], task_ids=t['packed_task_ids'])
+  logits = jax.jit(enct5.apply, static_argnums=1)(params, cfg, batch)
+  for task_id, name in enumerate(('nli', 'score')):
+    mine = t['packed_slot_valid'] & (t['packed_task_ids'] == task_id)
+    got, expected = logits[name], t[f'logits_{name}']
+    if name == 'score':  # regression: one output a slot
+      got, expected = got[..., None], expected[..., None]
+    _assert_close(got, expected, mine, f'{name} logits')
 
 
 # ------------------------------------------------------------------------------------------

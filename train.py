@@ -62,6 +62,7 @@ import cli
 import finetune
 import loop
 import metrics
+import mixtures
 import predict
 import tasks
 
@@ -69,7 +70,10 @@ DEFAULTS = cli.DEFAULTS
 
 # Task and data.
 flags.DEFINE_string('task', None, 'GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli or rte. '
-                    'Unset: the built-in demo task, generated into OUTPUT_DIR (no data needed).')
+                    'Several, comma-separated (rte,mrpc,stsb): one multi-task EncT5 on their '
+                    'mixture, a task embedding and head each (--mixing_*). With --mode=eval/'
+                    'predict on a multi-task run: the one task to use (unset: all). Unset: the '
+                    'built-in demo task, generated into OUTPUT_DIR (no data needed).')
 flags.DEFINE_string('data_dir', None, 'GLUE data as download_glue_data.py lays it out: the root '
                     '(holding SST-2/, MNLI/, ...) or one task folder such as glue_data/SST-2.')
 flags.DEFINE_integer('max_target_length', DEFAULTS.max_target_length, 'Two meanings, by '
@@ -79,6 +83,17 @@ flags.DEFINE_integer('max_target_length', DEFAULTS.max_target_length, 'Two meani
                      'and EOS.')
 flags.DEFINE_bool('pack', DEFAULTS.pack, 'Pack several examples per row (paper §3); --nopack: '
                   'one example per row.')
+
+# Multi-task (--task=a,b,c).
+flags.DEFINE_integer('mixing_cap', None, 'Multi-task: K of examples-proportional mixing (Raffel '
+                     'et al. §3.5.2), each task\'s rate proportional to min(its examples, K). '
+                     'Unset: no cap.')
+flags.DEFINE_float('mixing_temperature', DEFAULTS.mixing_temperature, 'Multi-task: T of '
+                   'temperature-scaled mixing, rates proportional to min(n, K)^(1/T); 1: '
+                   'examples-proportional, larger: closer to equal.')
+flags.DEFINE_string('selection_task', None, 'Multi-task: the task whose validation score picks '
+                    'the best checkpoint. Unset: the mean of the tasks\' scores (as GLUE\'s '
+                    'average).')
 
 # Your own files (instead of --task): the text fields become the input as GLUE's do.
 flags.DEFINE_string('train_file', None, 'Training rows: CSV, TSV or JSON Lines (by extension, '
@@ -173,8 +188,20 @@ NOT_RECORDED = ('output_dir', 'checkpoint', 'mesh', 'attention_block_length')
 
 def check_flags():
   """Flags that cannot work stop here, before anything is read or compiled."""
-  if FLAGS.task and FLAGS.task not in tasks.TASKS:
-    raise UserError(f'--task={FLAGS.task}: no such GLUE task; one of {sorted(tasks.TASKS)}')
+  names = FLAGS.task.split(',') if FLAGS.task else []
+  unknown = [name for name in names if name not in tasks.TASKS]
+  if unknown:
+    raise UserError(f'--task={FLAGS.task}: no GLUE task {", ".join(map(repr, unknown))}; one of '
+                    f'{sorted(tasks.TASKS)}')
+  repeated = sorted({name for name in names if names.count(name) > 1})
+  if repeated:
+    raise UserError(f'--task={FLAGS.task}: {", ".join(repeated)} given twice')
+  if FLAGS.selection_task and FLAGS.selection_task not in names:
+    raise UserError(f'--selection_task={FLAGS.selection_task} is not one of --task={FLAGS.task}')
+  if not FLAGS.mixing_temperature > 0:
+    raise UserError(f'--mixing_temperature={FLAGS.mixing_temperature}: must be positive')
+  if FLAGS.mixing_cap is not None and FLAGS.mixing_cap < 1:
+    raise UserError(f'--mixing_cap={FLAGS.mixing_cap}: must be >= 1')
   if FLAGS.task and FLAGS.train_file:
     raise UserError(f'--task={FLAGS.task} and --train_file: one or the other')
   if FLAGS.train_file and not FLAGS.validation_file:
@@ -216,8 +243,8 @@ def config_from_flags():
 
 def check_same_run(record):
   """A run resumed in OUTPUT_DIR must be the same model, size, task and vocabulary."""
-  for name in finetune.RUN_FIELDS:
-    was, now = record['config'].get(name), FLAGS[name].value
+  for name in finetune.RUN_FIELDS:  # a field added since the run was made: its default then
+    was, now = record['config'].get(name, getattr(DEFAULTS, name)), FLAGS[name].value
     if (list(now) if name == 'text_fields' else now) != was:
       raise app.UsageError(
           f'--{name}={FLAGS[name].value} but the run in {FLAGS.output_dir} was trained with '
@@ -290,7 +317,7 @@ def run_command(argv):
 def run_mode(watchdog):
   """The flags checked and completed (the run's record, the demo), then --mode's work."""
   if FLAGS.output_dir is None and FLAGS.task:
-    FLAGS.output_dir = os.path.join('runs', FLAGS.task)
+    FLAGS.output_dir = os.path.join('runs', FLAGS.task.replace(',', '+'))
   record = finetune.read_run_record(FLAGS.output_dir) if FLAGS.output_dir else None
   if FLAGS.mode != 'train' and record is None and not FLAGS.checkpoint:
     raise app.UsageError(f'--mode={FLAGS.mode}: no run in --output_dir={FLAGS.output_dir} (no '
@@ -311,8 +338,11 @@ def run_mode(watchdog):
   config = config_from_flags()
   if FLAGS.mode == 'eval':
     with cli.stop_at_once_on_signals('evaluating'):
-      finetune.evaluate(config)
+      (mixtures.evaluate if mixtures.is_mixture(config) else finetune.evaluate)(config)
   elif FLAGS.mode == 'predict' and (FLAGS.input_file or FLAGS.train_file):
+    if mixtures.is_mixture(config):
+      raise UserError(f'--input_file: {config.output_dir} is a multi-task run; say which task '
+                      f'labels the file, --task= one of {config.task}')
     input_file = FLAGS.input_file or FLAGS.test_file
     if not input_file:
       raise app.UsageError('--mode=predict needs --input_file (or the run\'s --test_file)')
@@ -320,7 +350,8 @@ def run_mode(watchdog):
       predict.predict_file(config, input_file, FLAGS.predictions_file, FLAGS.id_field)
   elif FLAGS.mode == 'predict':
     with cli.stop_at_once_on_signals('predicting'):
-      predict.glue_submission(config, FLAGS.predict_split)
+      for task_config in mixtures.task_configs(config):
+        predict.glue_submission(task_config, FLAGS.predict_split)
   else:
     with (cli.lock_output_dir(config.output_dir) if jax.process_index() == 0
           else contextlib.nullcontext()):
@@ -328,12 +359,15 @@ def run_mode(watchdog):
 
 
 def fine_tune(config, demo, watchdog):
-  """--mode=train: `finetune.train`, then the learning curve logged."""
-  best = finetune.train(config, watchdog)
+  """--mode=train: `finetune.train` (a mixture: `mixtures.train`), then the learning curve
+  logged."""
+  mixture = mixtures.is_mixture(config)
+  best = (mixtures.train if mixture else finetune.train)(config, watchdog)
   curve = loop.read_metrics(config.output_dir)
   if curve:
-    task = finetune.get_task(config)
-    logging.info('learning curve (validation %s): %s', ', '.join(task.selection_keys),
+    selection = (config.selection_task or 'mean of the tasks' if mixture
+                 else ', '.join(finetune.get_task(config).selection_keys))
+    logging.info('learning curve (validation %s): %s', selection,
                  ', '.join(f'step {r["step"]}: {r["score"]:.1f}' for r in curve))
     logging.info('best %.2f at step %d: %s/best', best['score'], best['step'], config.output_dir)
   if demo and curve:

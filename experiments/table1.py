@@ -36,12 +36,12 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import time
 
 from absl import app, flags
 
+from experiments import cells
 import enct5
 import fileio
 import finetune
@@ -205,33 +205,6 @@ def counted_params(row, task, shape):
     return None
 
 
-def _duration(seconds):
-  seconds = int(round(seconds))
-  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else \
-      f'{seconds // 60}m{seconds % 60:02d}s'
-
-
-def run_logged(argv, log_path, header):
-  """Runs train.py's `argv` (python first), its output appended to `log_path` after a dated
-  `header`; -> its exit status. Interrupted (Ctrl-C, or SIGTERM: see main), it never leaves
-  train.py running on its own."""
-  os.makedirs(os.path.dirname(log_path), exist_ok=True)
-  with open(log_path, 'a') as log:
-    log.write(f'# {datetime.datetime.now().isoformat(timespec="seconds")} {header}\n')
-    log.flush()
-    proc = subprocess.Popen([sys.executable] + argv[1:], stdout=log, stderr=subprocess.STDOUT)
-    try:
-      return proc.wait()
-    finally:
-      if proc.poll() is None:
-        proc.terminate()
-        try:
-          proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-          proc.kill()
-          proc.wait()
-
-
 def run_cell(row, task, steps, shape, index, total):
   """Runs (or resumes, or skips) one cell; returns True unless train.py failed."""
   key, directory = f'{row}/{task}', cell_dir(row, task)
@@ -245,7 +218,7 @@ def run_cell(row, task, steps, shape, index, total):
           flush=True)
   if done and previous.get('status') == 'done' and previous.get('steps') == steps:
     print(f'[{index}/{total}] {key}: done earlier: {done["score"]:.2f} '
-          f'({_duration(previous["wall_s"]) if previous.get("wall_s") is not None else "?"})',
+          f'({cells.duration(previous["wall_s"]) if previous.get("wall_s") is not None else "?"})',
           flush=True)
     return True
   wall = previous.get('wall_s') or 0.0
@@ -257,7 +230,7 @@ def run_cell(row, task, steps, shape, index, total):
     start = time.time()
     returncode = None
     try:
-      returncode = run_logged(argv, log_path, f'table1 cell {key}:\n{command}')
+      returncode = cells.run_logged(argv, log_path, f'table1 cell {key}:\n{command}')
     finally:
       # Also when interrupted: the time spent so far counts towards the cell's wall time.
       wall += time.time() - start
@@ -268,7 +241,7 @@ def run_cell(row, task, steps, shape, index, total):
     if done is None:
       with open(log_path, errors='replace') as f:
         tail = ''.join(f.readlines()[-15:])
-      print(f'[{index}/{total}] {key}: FAILED (exit {returncode}) after {_duration(wall)}; '
+      print(f'[{index}/{total}] {key}: FAILED (exit {returncode}) after {cells.duration(wall)}; '
             f'{log_path} ends:\n{tail}', flush=True)
       return False
   else:
@@ -279,7 +252,7 @@ def run_cell(row, task, steps, shape, index, total):
                 finished=datetime.datetime.now().isoformat(timespec='seconds'), **done)
   update_cell(key, record)
   print(f'[{index}/{total}] {key}: done: {format_cell(task, record)} (score {done["score"]:.2f}, '
-        f'best at step {done["best_step"]} of {steps}), {_duration(wall)}', flush=True)
+        f'best at step {done["best_step"]} of {steps}), {cells.duration(wall)}', flush=True)
   return True
 
 
@@ -323,9 +296,9 @@ def table(results, rows, task_names):
     average = '-' if average is None else f'{average:.1f}'
     walls = [r['wall_s'] for r in done if r.get('wall_s') is not None]
     complete = len(walls) == len(task_names)
-    wall = _duration(sum(walls)) + ('' if complete else '*') if walls else '-'
-    cells = [format_cell(t, r) if r else '-' for t, r in zip(task_names, records)]
-    lines.append('| ' + ' | '.join([row, _params(params), *cells, average, wall]) + ' |')
+    wall = cells.duration(sum(walls)) + ('' if complete else '*') if walls else '-'
+    columns = [format_cell(t, r) if r else '-' for t, r in zip(task_names, records)]
+    lines.append('| ' + ' | '.join([row, _params(params), *columns, average, wall]) + ' |')
   return '\n'.join(lines)
 
 

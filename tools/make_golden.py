@@ -11,6 +11,10 @@ Produces
                                     (causal and bidirectional buckets differ from distance 8 on,
                                     and the last causal bucket needs distance >= 112), unpacked
                                     and packed (HF run per example).
+  testdata/golden_two_task.npz      a two-task EncT5 on the weights of golden_tiny.npz: per task
+                                    its own task embedding and projection (3 classes;
+                                    regression), a packed batch mixing both tasks, and each
+                                    slot's logits from HF's modules with its own task's head.
   testdata/golden_fixture_tiny.npz  HF encoder outputs for the real T5X checkpoint
                                     ../shared/fixtures/t5x_tiny_t5_1_1_legacy.msgpack (the weights
                                     themselves are not copied; the test reads the fixture).
@@ -22,7 +26,7 @@ float32 is ~2e-6 from float64 here (~5e-6 with sharper attention; see random_t5x
 HF's T5LayerNorm still takes its RMS statistic in float32 (~1e-7 relative).
 
 Rerun (from the repo root): python tools/make_golden.py [--goldens=tiny --goldens=fixture]
-(all three by default: tiny, baselines, fixture)
+(all four by default: tiny, baselines, two_task, fixture)
 Needs torch and transformers (test/tool-only, never runtime deps) and msgpack; the fixture is
 found through $ENCT5_SHARED (default ../shared). Seeds are fixed, so reruns reproduce the files
 up to float32 rounding of the torch build. No enct5 code is imported: the mapping T5X -> HF is
@@ -45,6 +49,7 @@ FIXTURE = os.path.join(SHARED, 'fixtures', 't5x_tiny_t5_1_1_legacy.msgpack')
 OUT_TINY = os.path.join(REPO, 'testdata', 'golden_tiny.npz')
 OUT_FIXTURE = os.path.join(REPO, 'testdata', 'golden_fixture_tiny.npz')
 OUT_BASELINES = os.path.join(REPO, 'testdata', 'golden_baselines.npz')
+OUT_TWO_TASK = os.path.join(REPO, 'testdata', 'golden_two_task.npz')
 
 # T5X-style sizes of the random tiny model (stored as `config_json`).
 TINY = dict(vocab_size=300, d_model=16, num_heads=4, head_dim=8, d_ff=24, num_layers=2,
@@ -317,6 +322,63 @@ dec1_decoder_output, dec1_logits: the same with num_decoder_layers=1 (1decT5 bas
   layers_0 weights with self-attention, decoder relpos table, decoder_norm, logits_dense).
 """
 
+README_TWO_TASK = """golden_two_task.npz: a multi-task EncT5 (one encoder and pooling block; per task
+its own task embedding and class projection), HF transformers' modules (torch, eager, computed
+in float64, stored as float32) on the shared weights param/* of golden_tiny.npz (not repeated
+here; made from the same seed) and the two heads below. Made by tools/make_golden.py; rerun
+with `python tools/make_golden.py --goldens=two_task`.
+Tasks, in task-id order: 'nli' (3 classes: C=4 outputs, class 0 = padding), 'score'
+  (regression: 1 output).
+head/<task>/bos_embedding [D], head/<task>/class_projection/kernel [D, C], .../bias [C]
+  (non-zero): each task's query and projection, drawn apart from golden_tiny.npz's own.
+packed_inputs, packed_segment_ids, packed_positions [2, L] int32: row 0 holds examples of 30,
+  45, 50, 35 tokens, row 1 of 20, 1, 61 tokens (slot 3 empty); T=4 slots.
+packed_task_ids [2, T] int32: the task of slot j's example (segment j+1): row 0 nli, score,
+  score, nli; row 1 score, nli, score; 0 on the empty slot.
+packed_slot_valid [2, T] bool: slot j's segment j+1 exists in the row.
+logits_nli [2, T, 4], logits_score [2, T]: each example run ALONE through HF's T5EncoderModel,
+  then golden_tiny.npz's pooling block (see its packed_logits) with its own task's
+  bos_embedding, then its own task's class_projection. Meaningful only where the slot is valid
+  and of that task; 0 elsewhere.
+"""
+
+
+def make_two_task():
+  s = TINY
+  p = random_t5x_params(np.random.default_rng(20211015), s)  # golden_tiny.npz's weights
+  rng = np.random.default_rng(5678)
+  V, D = s['vocab_size'], s['d_model']
+  heads = {}
+  for name, outputs in (('nli', s['num_classes'] + 1), ('score', 1)):
+    heads[name] = {'bos_embedding': rng.normal(0.0, 1.0, (D,)).astype(np.float32),
+                   'class_projection/kernel': rng.normal(0.0, D ** -0.5,
+                                                         (D, outputs)).astype(np.float32),
+                   'class_projection/bias': rng.uniform(-1.0, 1.0, (outputs,)).astype(
+                       np.float32)}
+  T = 4
+  rows = [[30, 45, 50, 35], [20, 1, 61]]
+  task_of = [['nli', 'score', 'score', 'nli'], ['score', 'nli', 'score']]
+  p_inputs, p_seg, p_pos, _, examples = packed_batch(rng, rows, V, L, T, s['num_classes'])
+  enc_model = load_hf(T5EncoderModel(hf_config(s)),
+                      hf_state_dict(p, s['num_layers'], 0, with_decoder=False))
+  task_ids = np.zeros((len(rows), T), np.int32)
+  valid = np.zeros((len(rows), T), bool)
+  logits = {'nli': np.zeros((len(rows), T, s['num_classes'] + 1), np.float32),
+            'score': np.zeros((len(rows), T), np.float32)}
+  for b, j, _, toks in examples:
+    name = task_of[b][j]
+    head = {f'decoder/{k}': v for k, v in heads[name].items()}
+    out = hf_pool({**p, **head}, s, hf_encode(enc_model, toks[None, :]))
+    logits[name][b, j] = out if name == 'nli' else out[0]
+    task_ids[b, j] = list(heads).index(name)
+    valid[b, j] = True
+  out = {f'head/{name}/{k}': v for name, head in heads.items() for k, v in head.items()}
+  out.update(README=np.array(README_TWO_TASK), packed_inputs=p_inputs, packed_segment_ids=p_seg,
+             packed_positions=p_pos, packed_task_ids=task_ids, packed_slot_valid=valid,
+             logits_nli=logits['nli'], logits_score=logits['score'])
+  np.savez_compressed(OUT_TWO_TASK, **out)
+
+
 README_FIXTURE = """golden_fixture_tiny.npz: HF transformers T5EncoderModel (torch, eager, computed
 in float64, stored as float32)
 loaded with the real T5X checkpoint fixtures/t5x_tiny_t5_1_1_legacy.msgpack (sha256 in
@@ -532,12 +594,16 @@ def main(argv):
   if 'baselines' in which:
     make_baselines()
     print(f'wrote {OUT_BASELINES} ({os.path.getsize(OUT_BASELINES)} bytes)')
+  if 'two_task' in which:
+    make_two_task()
+    print(f'wrote {OUT_TWO_TASK} ({os.path.getsize(OUT_TWO_TASK)} bytes)')
   if 'fixture' in which:
     make_fixture()
     print(f'wrote {OUT_FIXTURE} ({os.path.getsize(OUT_FIXTURE)} bytes)')
 
 
 if __name__ == '__main__':
-  flags.DEFINE_multi_enum('goldens', ['tiny', 'baselines', 'fixture'],
-                          ['tiny', 'baselines', 'fixture'], 'The golden files to write.')
+  flags.DEFINE_multi_enum('goldens', ['tiny', 'baselines', 'two_task', 'fixture'],
+                          ['tiny', 'baselines', 'two_task', 'fixture'],
+                          'The golden files to write.')
   app.run(main)
