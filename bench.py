@@ -14,9 +14,13 @@ Sections: params, train (EncT5 vs T5 vs 1decT5 step, tokens/s, FLOP/s vs matmul 
 infer (packed vs unpacked), pack (packing an SST-2-sized train set), ckpt (load time and bytes),
 hf (--compare_hf: the train step at 8 x 128 and 4 x 512 tokens against EncT5 built from HF's
 modules, float32 and bfloat16, tokens/s and the share of the matmul peak; prediction on SST-2
-and RTE dev lengths in 512-token rows against that and HF's T5ForSequenceClassification).
+and RTE dev lengths in 512-token rows against that and HF's T5ForSequenceClassification), user
+(the path users take: a run made by train.py, SST-2 and RTE dev rows labelled by
+`predict.Labeler` and `--mode=predict`'s `label_file`, against the model alone and HF's EncT5,
+float32 and bfloat16).
 
   python bench.py --quick --sections= --compare_hf   # the 512-token table alone, ~4 minutes
+  python bench.py --sections=user                    # the user's path against HF's
 """
 import dataclasses
 import math
@@ -24,6 +28,8 @@ import multiprocessing
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import types
@@ -41,10 +47,14 @@ import load_ckpt
 import loop
 import packing
 import partitioning
+import predict
+import preprocessing
+import readers
 import tasks
 import vocabularies
 
-SECTIONS = ('params', 'train', 'infer', 'pack', 'ckpt', 'hf')
+REPO = os.path.dirname(os.path.abspath(__file__))
+SECTIONS = ('params', 'train', 'infer', 'pack', 'ckpt', 'hf', 'user')
 LEARNING_RATE = 1e-3  # the paper's constant rate (§4.1)
 LABEL_TOKENS = 2  # T5 writes a GLUE label as text: ~2 SentencePiece tokens, then EOS
 
@@ -669,6 +679,9 @@ class HFPredictor:
     self.torch, self.batch_size = torch, batch_size
     self.enct5 = hf_enct5_modules(cfg).eval()
     load_hf_enct5(self.enct5, enct5_params)
+    self.num_outputs = {'enct5': cfg.num_classes, 'seqcls': cfg.num_classes}
+    if t5_params is None:  # EncT5 alone
+      return
     self.seqcls = T5ForSequenceClassification(hf_config(cfg, num_labels=cfg.num_classes)).eval()
     tensors = {f'transformer.{name}': t for name, t in hf_tensors(t5_params).items()
                if name != 'lm_head.weight'}
@@ -679,12 +692,14 @@ class HFPredictor:
       raise RuntimeError(f'T5ForSequenceClassification: missing {missing}, unexpected '
                          f'{unexpected}')
 
-  def __call__(self, variant, examples):
+  def __call__(self, variant, examples, dtype='float32'):
+    """dtype 'bfloat16': under `torch.autocast`, as Hugging Face users run bfloat16 on CPU."""
     torch = self.torch
     lengths = np.array([len(x) for x in examples])
     order = np.argsort(lengths, kind='stable')
-    logits = np.zeros((len(examples), self.seqcls.config.num_labels), np.float32)
-    with torch.inference_mode():
+    logits = np.zeros((len(examples), self.num_outputs[variant]), np.float32)
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16,
+                                                enabled=dtype == 'bfloat16'):
       for begin in range(0, len(order), self.batch_size):
         chosen = order[begin:begin + self.batch_size]
         ids = np.zeros((len(chosen), lengths[chosen].max()), np.int64)
@@ -696,24 +711,24 @@ class HFPredictor:
           no_dropout = lambda x: x
           # [:, 1:]: class 0, the padding class, dropped.
           logits[chosen] = hf_enct5_logits(self.enct5, ids, mask, 1,
-                                           no_dropout)[:, 0, 1:].numpy()
+                                           no_dropout)[:, 0, 1:].float().numpy()
         else:
-          logits[chosen] = self.seqcls(input_ids=ids, attention_mask=mask).logits.numpy()
+          logits[chosen] = self.seqcls(input_ids=ids, attention_mask=mask).logits.float().numpy()
     return logits
 
 
 def _hf_predict_worker(conn, cfg, enct5_params, t5_params, batch_size, datasets):
-  """Child process: one HFPredictor; each request (variant, task) answers (wall seconds,
-  logits) for all of that task's examples."""
+  """Child process: one HFPredictor; each request (variant, task, dtype) answers (wall
+  seconds, logits) for all of that task's examples."""
   import torch
   import transformers
   predictor = HFPredictor(cfg, enct5_params, t5_params, batch_size)
   conn.send(f'torch {torch.__version__} ({torch.get_num_threads()} threads), transformers '
             f'{transformers.__version__}')
   while (request := conn.recv()) is not None:
-    variant, task = request
+    variant, task, dtype = request
     start = time.perf_counter()
-    logits = predictor(variant, datasets[task])
+    logits = predictor(variant, datasets[task], dtype)
     conn.send((time.perf_counter() - start, logits))
 
 
@@ -786,7 +801,7 @@ def bench_hf_predict(table, args):
 
   def hf(variant, task):
     def run():
-      conn.send((variant, task))
+      conn.send((variant, task, 'float32'))
       return conn.recv()[1]
     return run
 
@@ -820,6 +835,135 @@ def bench_hf_predict(table, args):
   worker.join()
 
 
+def model_alone(labeler, examples, blocks=True):
+  """(() -> rows labelled, block length): `labeler`'s eval steps over `examples` packed
+  beforehand, the encoder in the blocks the rows allow, or over whole rows (`blocks` False)."""
+  config, inference = labeler.config, labeler.inference
+  packed = finetune.pack_for_inference(config, inference.task, examples, labeler.vocab)
+  block_length = packing.rows_block_length(packed['inputs_segment_ids']) if blocks else 0
+  batches = [partitioning.global_batch({k: b[k] for k in finetune.MODELS['enct5'].eval_keys},
+                                       inference.shardings.batch)
+             for b in packing.eval_batches(packed, config.batch_size)]
+
+  def run():
+    outputs = [inference.eval_step(labeler.params, batch, block_length) for batch in batches]
+    jax.block_until_ready(outputs)
+    return len(examples)
+  return run, block_length
+
+
+def make_user_run(task, glue_dir, output_dir, batch_size):
+  """A run as a user makes it: `train.py` on the task's GLUE files, EncT5-small with rows of
+  512 tokens, one step (speed does not depend on the weights)."""
+  argv = [sys.executable, os.path.join(REPO, 'train.py'), f'--task={task}',
+          f'--data_dir={glue_dir}', '--size=small', '--max_input_length=512',
+          f'--batch_size={batch_size}', '--train_steps=1', '--eval_every=1',
+          '--compilation_cache=', f'--output_dir={output_dir}']
+  done = subprocess.run(argv, capture_output=True, text=True)
+  if done.returncode:
+    raise RuntimeError(f'{" ".join(argv)} failed:\n{done.stderr[-2000:]}')
+
+
+def bench_user(table, args):
+  """The path users take: a run made by `train.py` (`make_user_run`), the first dev rows of
+  SST-2 and RTE labelled by `predict.Labeler` (texts in Python) and `predict.label_file`
+  (`--mode=predict --input_file` once loaded: reading, tokenizing, packing, labelling,
+  writing), against the model alone on the same rows packed beforehand (`model_alone`) and
+  Hugging Face's EncT5 from its own modules (its own process, sorted batches, dynamic padding)
+  on the same tokens and weights; float32, and bfloat16 where the CPU has bfloat16 dot units
+  (ours its activations, a float32 run predicted in bfloat16; HF under `torch.autocast`)."""
+  glue_dir = os.path.join(tasks.SHARED, 'glue')
+  try:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    with_hf = True
+  except ImportError as e:
+    with_hf = False
+    table.add('user', 'HF skipped', '-', note=f'torch/transformers not importable: {e}')
+  dtypes = ('float32', 'bfloat16') if cpu_flags() & set(BF16_FLAGS) else ('float32',)
+  with tempfile.TemporaryDirectory() as tmp:
+    for name in ('sst2', 'rte'):
+      task = tasks.get_task(name)
+      try:
+        dev = readers.split_path(task, glue_dir, 'validation')
+      except FileNotFoundError as e:
+        table.add('user', f'{name} skipped', '-', note=str(e))
+        continue
+      run_dir, input_file = os.path.join(tmp, name), os.path.join(tmp, f'{name}.tsv')
+      start = time.perf_counter()
+      make_user_run(name, glue_dir, run_dir, args.user_batch_size)
+      made = time.perf_counter() - start
+      with open(dev) as f, open(input_file, 'w') as out:
+        out.writelines(f.readlines()[:args.predict_examples[name] + 1])  # header + rows
+      labelers = {dtype: predict.Labeler(run_dir, dtype=dtype) for dtype in dtypes}
+      float32 = labelers['float32']
+      examples = readers.read_file(float32.inference.task, input_file, labeled=False)
+      texts = readers.text_rows(float32.inference.task, input_file)
+      fns = {}
+      for dtype, labeler in labelers.items():
+        out = os.path.join(tmp, f'{name}.{dtype}.jsonl')
+        fns[f'model alone {dtype}'] = model_alone(labeler, examples)[0]
+        fns[f'Labeler {dtype}'] = lambda labeler=labeler: labeler(texts)
+        fns[f'label_file {dtype}'] = lambda labeler=labeler, out=out: predict.label_file(
+            labeler.config, labeler.inference, labeler.params, labeler.vocab, input_file, out)
+      if with_hf:
+        tokens = [ids for ids, _ in preprocessing.tokenize(
+            float32.vocab, examples, float32.config.max_input_length)[0]]
+        context = multiprocessing.get_context('spawn')
+        conn, child_conn = context.Pipe()
+        worker = context.Process(target=_hf_predict_worker, daemon=True, args=(
+            child_conn, float32.inference.cfg, jax.device_get(float32.params), None,
+            args.hf_batch_size, {name: tokens}))
+        worker.start()
+        child_conn.close()
+        versions = conn.recv()
+
+        def hf(dtype):
+          def run():
+            conn.send(('enct5', name, dtype))
+            return conn.recv()[1]
+          return run
+        for dtype in dtypes:
+          fns[f'HF EncT5 {dtype}'] = hf(dtype)
+        ours = np.array([list(row['probabilities'].values()) for row in float32(texts)])
+        logits = hf('float32')()
+        theirs = np.exp(logits - logits.max(-1, keepdims=True))
+        theirs /= theirs.sum(-1, keepdims=True)
+      times, _ = round_robin(fns, args.rounds)
+      if with_hf:
+        conn.send(None)
+        worker.join()
+      rates = {key: [len(examples) / t for t in ts] for key, ts in times.items()}
+      lengths = [len(x) for x in tokens] if with_hf else []
+      table.add('user', f'{name} dev: the run', f'{made:.0f}s', note=(
+          f'train.py --size=small --max_input_length=512 --batch_size={args.user_batch_size} '
+          f'--train_steps=1; {len(examples)} rows labelled'
+          + (f', {np.mean(lengths):.0f} tokens a row on average' if lengths else '')))
+      for key in fns:
+        table.add('user', f'{name} dev: {key} rows/s', f'{med(rates[key]):,.1f}',
+                  spread(rates[key], '{:,.1f}'),
+                  versions if key.startswith('HF') else '')
+      for dtype in dtypes:
+        for path in ('Labeler', 'label_file'):
+          others = ['model alone'] + (['HF EncT5'] if with_hf else [])
+          for other in others:
+            ratios = [a / b for a, b in zip(rates[f'{path} {dtype}'],
+                                            rates[f'{other} {dtype}'])]
+            table.add('user', f'{name} dev: {path} / {other}, {dtype}',
+                      f'{med(rates[f"{path} {dtype}"]) / med(rates[f"{other} {dtype}"]):.2f}x',
+                      spread(ratios, '{:.2f}'),
+                      'target >= 0.90x' if other == 'model alone' else 'target >= 1.0x')
+      if len(dtypes) > 1:
+        ratios = [b / f for f, b in zip(rates['Labeler float32'], rates['Labeler bfloat16'])]
+        table.add('user', f'{name} dev: Labeler bfloat16 / float32',
+                  f'{med(rates["Labeler bfloat16"]) / med(rates["Labeler float32"]):.2f}x',
+                  spread(ratios, '{:.2f}'), 'a float32 run predicted in bfloat16')
+      if with_hf:
+        table.add('user', f'{name} dev: Labeler vs HF EncT5 probabilities, float32',
+                  f'{np.abs(ours - theirs).max():.1e}',
+                  note='max |difference| over the rows (same weights and tokens)')
+
+
 def cpu_model():
   try:
     with open('/proc/cpuinfo') as f:
@@ -842,7 +986,8 @@ def main(argv):
       infer_examples=128 if quick else 872, infer_rows=8,
       predict_examples={'sst2': 256, 'rte': 96} if quick else {'sst2': 872, 'rte': 277},
       predict_tokens=4096,  # tokens per packed prediction batch
-      hf_batch_size=32)
+      hf_batch_size=32,
+      user_batch_size=16)  # packed rows of 512 tokens per eval step of the user's run
 
   start = time.perf_counter()
   load_start = os.getloadavg()
@@ -864,6 +1009,8 @@ def main(argv):
   if 'hf' in sections:
     bench_hf(table, args)
     bench_hf_predict(table, args)
+  if 'user' in sections:
+    bench_user(table, args)
   load_end = os.getloadavg()
   table.add('machine', 'host', f'{cpu_model()}, {os.cpu_count()} CPUs',
             note=f'jax {jax.__version__}; 1-min load average {load_start[0]:.1f} at start, '

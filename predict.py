@@ -15,7 +15,6 @@ import time
 import jax
 import numpy as np
 
-import enct5
 import fileio
 import finetune
 import loop

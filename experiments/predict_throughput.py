@@ -22,18 +22,14 @@ import tempfile
 import time
 
 from absl import app, flags
-import jax
 import numpy as np
 
-import finetune
-import packing
-import partitioning
+import bench  # its flags too: --rounds (default 3 here)
 import predict
 import readers
 
 flags.DEFINE_string('output_dir', None, 'A trained run (train.py --output_dir).', required=True)
 flags.DEFINE_string('input_file', None, 'Rows to label.', required=True)
-flags.DEFINE_integer('rounds', 3, 'Rounds of every path in turn.')
 flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Activations (default: the run\'s).')
 FLAGS = flags.FLAGS
 
@@ -44,23 +40,6 @@ STAGES = (('read the file', ('readers.py', 'stream_file')),
           ('eval steps (dispatch and wait)', ('finetune.py', 'infer')),
           ('output rows', ('predict.py', 'prediction_row')),
           ('write', ('predict.py', 'write')))
-
-
-def model_alone(labeler, examples, blocks):
-  """(() -> rows labelled, block length): the eval steps over `examples` packed beforehand
-  (bench.py's way), the encoder in the blocks the rows allow, or over whole rows (0)."""
-  config, inference = labeler.config, labeler.inference
-  packed = finetune.pack_for_inference(config, inference.task, examples, labeler.vocab)
-  block_length = packing.rows_block_length(packed['inputs_segment_ids']) if blocks else 0
-  batches = [partitioning.global_batch({k: b[k] for k in finetune.MODELS['enct5'].eval_keys},
-                                       inference.shardings.batch)
-             for b in packing.eval_batches(packed, config.batch_size)]
-
-  def run():
-    outputs = [inference.eval_step(labeler.params, batch, block_length) for batch in batches]
-    jax.block_until_ready(outputs)
-    return len(examples)
-  return run, block_length
 
 
 def profile(fn):
@@ -84,8 +63,8 @@ def main(argv):
   examples = readers.read_file(inference.task, FLAGS.input_file, labeled=False)
   texts = readers.text_rows(inference.task, FLAGS.input_file)
   assert len(texts) == len(examples), 'a row the readers skip or split'
-  whole, _ = model_alone(labeler, examples, blocks=False)
-  blocks, block_length = model_alone(labeler, examples, blocks=True)
+  whole, _ = bench.model_alone(labeler, examples, blocks=False)
+  blocks, block_length = bench.model_alone(labeler, examples, blocks=True)
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'predictions.jsonl')
     label_file = lambda: predict.label_file(config, inference, labeler.params, labeler.vocab,
@@ -95,7 +74,7 @@ def main(argv):
     for fn in paths.values():
       fn()  # compiled
     rates = {name: [] for name in paths}
-    for _ in range(FLAGS.rounds):
+    for _ in range(FLAGS.rounds or 3):
       for name, fn in paths.items():
         start = time.perf_counter()
         fn()
