@@ -41,7 +41,7 @@ import numpy as np
 
 import adafactor
 import enct5
-import finetune
+import evaluation
 import hf_ckpt
 import load_ckpt
 import loop
@@ -207,7 +207,7 @@ class Trainer:
     self.params, self.opt_state = loop.init_train_state(cfg, model, shardings,
                                                         jax.random.PRNGKey(0))
     self.batch = partitioning.global_batch(batch, shardings.batch)
-    step = loop.make_train_step(cfg, shardings, finetune.MODELS[model].loss, LEARNING_RATE, seed=0)
+    step = loop.make_train_step(cfg, shardings, evaluation.MODELS[model].loss, LEARNING_RATE, seed=0)
     self.compiled = step.lower(self.params, self.opt_state, self.batch).compile()
 
   def __call__(self):
@@ -839,9 +839,9 @@ def model_alone(labeler, examples, blocks=True):
   """(() -> rows labelled, block length): `labeler`'s eval steps over `examples` packed
   beforehand, the encoder in the blocks the rows allow, or over whole rows (`blocks` False)."""
   config, inference = labeler.config, labeler.inference
-  packed = finetune.pack_for_inference(config, inference.task, examples, labeler.vocab)
+  packed = evaluation.pack_for_inference(config, inference.task, examples, labeler.vocab)
   block_length = packing.rows_block_length(packed['inputs_segment_ids']) if blocks else 0
-  batches = [partitioning.global_batch({k: b[k] for k in finetune.MODELS['enct5'].eval_keys},
+  batches = [partitioning.global_batch({k: b[k] for k in evaluation.MODELS['enct5'].eval_keys},
                                        inference.shardings.batch)
              for b in packing.eval_batches(packed, config.batch_size)]
 

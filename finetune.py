@@ -1,22 +1,22 @@
 """Fine-tuning EncT5 (paper §4), or the paper's T5 and 1decT5 baselines (§4.3): the library
 under `train.py`, which reads no flag. A frozen `Config` comes in; `train` fine-tunes (resuming
-from OUTPUT_DIR) and `evaluate` scores a checkpoint; `load_for_inference` and `infer` are what
-`predict` (submission files, a file of any size, `Labeler`) builds on.
+from OUTPUT_DIR) and `evaluate` scores a checkpoint; `load_for_inference` is what `predict`
+(submission files, a file of any size, `Labeler`) builds on.
 
 OUTPUT_DIR/run_config.json (copied into every checkpoint) is the run's record: its `Config`,
 its vocabulary file and its model config. A resumed run must keep RUN_FIELDS (train.py checks);
 evaluation and prediction need no more than the record's config.
 
-Reads top-down: the config and the record; the models (all that differs between EncT5, T5 and
-1decT5); the vocabulary and the model's shape; training (`prepare`, then `loop.train_loop`);
-inference and evaluation. The data road: `tasks`, `readers`, `preprocessing` (read, tokenize,
-pack), `metrics`.
+Reads top-down: the config and the record; the vocabulary and the model's shape; training
+(`prepare`, then `loop.train_loop`); evaluation and inference from a finished run. What differs
+between EncT5, T5 and 1decT5, and how packed rows are labelled and scored, is `evaluation`'s.
+The data road: `tasks`, `readers`, `preprocessing` (read, tokenize, pack), `metrics`.
 """
 import dataclasses
 import json
 import logging
 import os
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 
 import adafactor
 import enct5
+import evaluation
 import fileio
 import hf_ckpt
 import load_ckpt
@@ -142,66 +143,6 @@ def read_run_record(output_dir):
 
 
 # ----------------------------------------------------------------------------------------------
-# The models: EncT5 and the paper's baselines T5 and 1decT5 (§4.3). All that differs between
-# them is in `MODELS`; the rest of this file is shared.
-# ----------------------------------------------------------------------------------------------
-
-class Model(NamedTuple):
-  name: str
-  labels_as_text: bool  # targets are the labels as T5 text (LabelText), decoded at evaluation
-  train_keys: tuple     # the batch arrays the train step reads
-  eval_keys: tuple      # ... and the eval step
-  loss: Callable        # (params, cfg, batch, rng) -> (loss, {'loss_sum', 'num_examples', ..})
-  outputs: Callable     # (params, cfg, batch, decode_length) -> the eval step's outputs
-  predictions: Callable  # (outputs, Inference) -> per-slot predictions, numpy [B, slots, ..]
-
-
-def _seq2seq_model(name, model):
-  """T5 or 1decT5: teacher-forced training on packed rows, greedy decoding of one example per
-  row, the decoded text mapped back to a label."""
-  def loss(params, cfg, batch, rng):
-    return t5.loss_fn(params, cfg, batch, rng, model=model)
-
-  def outputs(params, cfg, batch, decode_length):
-    return t5.greedy_decode(params, cfg, batch['inputs'], batch['inputs_segment_ids'],
-                            max_length=decode_length, model=model)  # [B, decode_length]
-
-  return Model(name=name, labels_as_text=True,
-               train_keys=('inputs', 'inputs_segment_ids', 'decoder_input_tokens',
-                           'decoder_target_tokens', 'decoder_segment_ids'),
-               eval_keys=('inputs', 'inputs_segment_ids'), loss=loss, outputs=outputs,
-               predictions=lambda tokens, inference: inference.labels.parse(tokens)[:, None])
-
-
-_ENCT5_KEYS = ('inputs', 'inputs_segment_ids', 'targets')
-MODELS = {
-    'enct5': Model(
-        name='EncT5', labels_as_text=False, train_keys=_ENCT5_KEYS, eval_keys=_ENCT5_KEYS,
-        loss=enct5.loss_fn,
-        outputs=lambda params, cfg, batch, _: enct5.apply(params, cfg, batch),  # [B, T, n+1]
-        predictions=lambda logits, inference: np.asarray(  # [B, T] (multi-label [B, T, n])
-            enct5.predict(logits, inference.cfg, threshold=inference.thresholds))),
-    't5': _seq2seq_model('T5', 't5'),
-    '1dect5': _seq2seq_model('1decT5', '1dect5'),
-}
-
-
-def make_eval_step(cfg, shardings, model='enct5', decode_length=None):
-  """jit((params, batch, block_length) -> outputs), replicated on every host: EncT5's logits
-  [B, T, n+1] (regression [B, T]); T5's and 1decT5's greedily decoded tokens [B,
-  decode_length]. The encoder's self-attention runs in blocks of `block_length` tokens, which
-  the rows must allow (`packing.rows_block_length`): whole rows' outputs, faster."""
-  outputs = MODELS[model].outputs
-
-  def eval_step(params, batch, block_length):
-    block_cfg = dataclasses.replace(cfg, attention_block_length=block_length)
-    with partitioning.activation_mesh(shardings.mesh):
-      return outputs(params, block_cfg, batch, decode_length)
-  return jax.jit(eval_step, static_argnums=2, in_shardings=(shardings.params, shardings.batch),
-                 out_shardings=shardings.replicated)
-
-
-# ----------------------------------------------------------------------------------------------
 # The vocabulary and the model's shape: from the checkpoint when there is one, else from the
 # size (+ overrides).
 # ----------------------------------------------------------------------------------------------
@@ -248,7 +189,7 @@ def _train_vocab(config, task, train_examples, path):
   """A SentencePiece model trained on the training texts (and, for T5 and 1decT5, which read
   the targets' text too, the label texts) into `path`."""
   texts = [example.text for example in train_examples]
-  if MODELS[config.model].labels_as_text:
+  if evaluation.MODELS[config.model].labels_as_text:
     texts += [t5.label_text(task, example.label) for example in train_examples]
   logging.info('no --vocab: training a SentencePiece model (up to %d pieces) on %d training '
                'texts into %s', config.vocab_size, len(texts), path)
@@ -374,20 +315,21 @@ def train(config, watchdog=None):
     logging.info('already trained %d of --train_steps=%d steps; nothing to do', run.state.step,
                  config.train_steps)
     return max(loop.read_metrics(config.output_dir), key=lambda r: r['score'], default=None)
-  model = MODELS[config.model]
+  model = evaluation.MODELS[config.model]
   step = loop.TrainStep(
       fn=loop.make_train_step(run.cfg, run.shardings, model.loss, config.learning_rate,
                               config.seed),
       keys=model.train_keys, batch_sharding=run.shardings.batch, dtype=run.cfg.activation_dtype,
       flops=enct5.train_step_flops(run.cfg, config.model, config.batch_size,
                                    config.max_input_length, _target_length(run)))
-  inference = Inference(run.task, run.cfg, run.shardings, labels=run.labels,
-                        thresholds=config.threshold, eval_step=make_eval_step(
-                            run.cfg, run.shardings, config.model,
-                            decode_length=run.labels.decode_length if run.labels else None))
+  inference = evaluation.Inference(
+      run.task, run.cfg, run.shardings, labels=run.labels, thresholds=config.threshold,
+      eval_step=evaluation.make_eval_step(
+          run.cfg, run.shardings, config.model,
+          decode_length=run.labels.decode_length if run.labels else None))
 
   def evaluate_now(params):
-    scores, thresholds = evaluate_sets(config, inference, params, run.eval_sets)
+    scores, thresholds = evaluation.evaluate_sets(config, inference, params, run.eval_sets)
     logging.info('eval | %s', score_line(run.task, scores))
     record = dict(scores=scores, score=metrics.task_score(run.task, scores))
     if thresholds is not None:  # the record of the checkpoint they decide for
@@ -415,8 +357,9 @@ def _target_length(run):
 def prepare(config, task, mesh):
   """Reads and packs the data, fixes the vocabulary and the model, writes run_config.json, and
   restores the state: the latest checkpoint in OUTPUT_DIR, else `checkpoint`, else random."""
-  model = MODELS[config.model]
-  train_examples = readers.read_split(task, config.data_dir, 'train', on_error=on_bad_rows(config))
+  model = evaluation.MODELS[config.model]
+  train_examples = readers.read_split(task, config.data_dir, 'train',
+                                      on_error=evaluation.on_bad_rows(config))
   vocab_path = vocab_file(config, task, train_examples)
   vocab = vocabularies.load_vocab(vocab_path)
   labels = t5.LabelText(task, vocab) if model.labels_as_text else None
@@ -431,7 +374,7 @@ def prepare(config, task, mesh):
         task, train_examples, vocab, config.max_input_length, targets,
         method='best_fit' if config.pack else 'unpacked', labels=labels,
         path=readers.split_path(task, config.data_dir, 'train'),
-        block_length=packing_block_length(config))
+        block_length=evaluation.packing_block_length(config))
   except ValueError as e:
     if not config.attention_block_length or isinstance(e, fileio.DataError):
       raise
@@ -441,7 +384,8 @@ def prepare(config, task, mesh):
   logging.info('train: %d examples in %d rows of %d tokens (packing efficiency %.3f); '
                '%.1f steps per epoch', info['examples'], info['rows'], config.max_input_length,
                info['efficiency'], info['rows'] / config.batch_size)
-  eval_sets = {split: load_eval_split(config, task, split, vocab) for split in task.eval_names}
+  eval_sets = {split: evaluation.load_eval_split(config, task, split, vocab)
+               for split in task.eval_names}
 
   ckpt_dir = os.path.join(config.output_dir, 'checkpoints')
   cfg = model_config(config, task, vocab, load_ckpt.latest_checkpoint(ckpt_dir)
@@ -524,126 +468,8 @@ def with_prior_bias(params, task, train_examples):
 
 
 # ----------------------------------------------------------------------------------------------
-# Inference and evaluation: EncT5's packed inference, the padding class ignored
-# (enct5.predict); T5's and 1decT5's greedy decoding, the text mapped back to a label.
+# Evaluation and inference from a finished run (`evaluation` labels the rows).
 # ----------------------------------------------------------------------------------------------
-
-def on_bad_rows(config):
-  return 'skip' if config.skip_bad_rows else 'raise'
-
-
-def packing_block_length(config):
-  """`preprocessing.pack_split`'s block_length for --attention_block_length: unset, 'fit' (the
-  smallest block that holds the longest example); 0, None (whole rows); else that block."""
-  if config.attention_block_length is None:
-    return 'fit'
-  return config.attention_block_length or None
-
-
-def pack_for_inference(config, task, examples, vocab, path='<examples>'):
-  """The rows that evaluation and prediction label: EncT5's packed rows, up to
-  max_target_length examples each; one example a row unpacked, and for T5 and 1decT5, which
-  decode greedily. Each example within one attention block (`packing_block_length`): `infer`
-  runs the encoder in the blocks the rows allow, with the outputs of whole rows."""
-  target_length, method = 1, 'unpacked'
-  if config.pack and not MODELS[config.model].labels_as_text:
-    target_length, method = config.max_target_length, 'best_fit'
-  return preprocessing.pack_split(task, examples, vocab, config.max_input_length, target_length,
-                                  method=method, path=path,
-                                  block_length=packing_block_length(config))
-
-
-def load_eval_split(config, task, split, vocab):
-  """(examples, rows) of a split as the eval step reads them (`pack_for_inference`)."""
-  examples = readers.read_split(task, config.data_dir, split, on_error=on_bad_rows(config))
-  return examples, pack_for_inference(config, task, examples, vocab,
-                                      readers.split_path(task, config.data_dir, split))
-
-
-class Inference(NamedTuple):
-  """What labels packed rows with given parameters."""
-  task: tasks.Task
-  cfg: enct5.EncT5Config
-  shardings: partitioning.Shardings
-  eval_step: Callable  # make_eval_step's
-  labels: object  # the t5.LabelText that T5 and 1decT5 decode with, else None
-  thresholds: object  # multi-label: a label is predicted when its probability >= its
-  # threshold (one for all, or [n]); None: chosen on validation (`evaluate_sets`)
-
-
-def infer(config, inference, params, packed, outputs=None):
-  """Per-example results of a split's rows -> (example ids ascending, results): the model's
-  predictions (`Model.predictions`), or `outputs(eval step outputs, inference)`.
-
-  The encoder attends within the blocks the rows allow (`packing.rows_block_length`), or in
-  --attention_block_length's when given. Every batch is dispatched before the first result is
-  read: the device computes while the host prepares the next batch (JAX dispatches
-  asynchronously).
-  """
-  model = MODELS[config.model]
-  outputs = outputs or model.predictions
-  block_length = config.attention_block_length
-  if block_length is None:
-    block_length = packing.rows_block_length(packed['inputs_segment_ids'])
-  dispatched = [inference.eval_step(params, partitioning.global_batch(
-      {k: batch[k] for k in model.eval_keys}, inference.shardings.batch), block_length)
-                for batch in packing.eval_batches(packed, config.batch_size)]
-  results = [outputs(np.asarray(out), inference) for out in dispatched]
-  return packing.per_example(packed['example_ids'], np.concatenate(results))
-
-
-def label_outputs(logits, inference):
-  """EncT5's eval-step logits -> every label's probability [B, T, n] (`enct5.probabilities`);
-  regression: the values [B, T]."""
-  if inference.cfg.is_regression:
-    return logits
-  return np.asarray(enct5.probabilities(logits, inference.cfg))
-
-
-def evaluate_sets(config, inference, params, eval_sets):
-  """The task's metrics on its validation split(s) -> (scores {'<eval name>/<metric>': value},
-  the multi-label thresholds applied or None). `eval_sets`: split -> (examples, rows), as
-  `load_eval_split`.
-
-  Multi-label: each label is decided at `inference.thresholds`; when they are None (training
-  without --threshold) they are chosen on the first split (`metrics.choose_thresholds`), and
-  the split's micro- and macro-F1 at 0.5 are added as '<metric>@0.5'.
-
-  NOTE: every model is scored against the file's labels; for STS-B that is the raw score, where
-  T5 compares with its rounded target strings.
-  """
-  task, scores, thresholds = inference.task, {}, inference.thresholds
-  for split, (examples, packed) in eval_sets.items():
-    gold = {example.idx: example.label for example in examples}
-    if task.is_multi_label:
-      ids, probabilities = infer(config, inference, params, packed, label_outputs)
-      gold = metrics.multi_hot([gold[i] for i in ids], task.num_classes)
-      if thresholds is None:
-        global_threshold, thresholds = metrics.choose_thresholds(task, gold, probabilities)
-        logging.info('%s: thresholds chosen for %s: %.2f for all, per label %.2f..%.2f (%d of %d '
-                     'labels true >= %d times)', split, '+'.join(task.selection_metrics),
-                     global_threshold, thresholds.min(), thresholds.max(),
-                     np.sum(gold.sum(axis=0) >= metrics.MIN_THRESHOLD_SUPPORT),
-                     task.num_classes, metrics.MIN_THRESHOLD_SUPPORT)
-      scores.update(metrics.compute_metrics(task, split, gold, decide(probabilities, thresholds)))
-      at_half = metrics.compute_metrics(task, split, gold, decide(probabilities, 0.5))
-      scores.update({f'{key}@0.5': at_half[key] for key in task.metric_keys if key in at_half})
-      continue
-    ids, predictions = infer(config, inference, params, packed)
-    gold = [gold[i] for i in ids]
-    invalid = predictions == metrics.INVALID_PREDICTION
-    if inference.labels and invalid.any():
-      logging.info('%s: %d of %d decoded strings are no label; counted wrong', split,
-                   invalid.sum(), len(predictions))
-    scores.update(metrics.compute_metrics(task, split, gold, predictions))
-  return scores, thresholds
-
-
-def decide(probabilities, thresholds):
-  """Multi-label decisions: multi-hot [..., n], 1 where a probability is >= its threshold
-  (as `enct5.predict`)."""
-  return (np.asarray(probabilities) >= thresholds).astype(np.int32)
-
 
 def inference_checkpoint(config):
   """`checkpoint`, else the best, else the latest checkpoint in OUTPUT_DIR."""
@@ -657,12 +483,12 @@ def inference_checkpoint(config):
 
 
 def load_for_inference(config):
-  """(Inference, params, vocab, checkpoint path) of `inference_checkpoint`; its shape fixes
-  the model's."""
+  """(`evaluation.Inference`, params, vocab, checkpoint path) of `inference_checkpoint`; its
+  shape fixes the model's."""
   task = get_task(config)
   path = inference_checkpoint(config)
   vocab = vocabularies.load_vocab(vocab_file(config, task))
-  labels = t5.LabelText(task, vocab) if MODELS[config.model].labels_as_text else None
+  labels = t5.LabelText(task, vocab) if evaluation.MODELS[config.model].labels_as_text else None
   cfg = model_config(config, task, vocab, path)
   shardings = partitioning.Shardings(enct5.param_specs(cfg, config.model), make_mesh(config))
   if config.model == 'enct5' and not has_head(path):
@@ -670,11 +496,11 @@ def load_for_inference(config):
   params = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(config.seed),
                                  model=config.model, shardings=shardings.params,
                                  fresh_pooling_block=config.fresh_pooling_block, task=task.name)
-  eval_step = make_eval_step(cfg, shardings, config.model,
-                             decode_length=labels.decode_length if labels else None)
+  eval_step = evaluation.make_eval_step(cfg, shardings, config.model,
+                                        decode_length=labels.decode_length if labels else None)
   logging.info('inference with %s', path)
-  inference = Inference(task, cfg, shardings, eval_step, labels,
-                        inference_thresholds(config, task, path))
+  inference = evaluation.Inference(task, cfg, shardings, eval_step, labels,
+                                   inference_thresholds(config, task, path))
   return inference, params, vocab, path
 
 
@@ -700,9 +526,9 @@ def inference_thresholds(config, task, checkpoint):
 def evaluate(config):
   """The task's metrics of `inference_checkpoint` on its validation split(s)."""
   inference, params, vocab, path = load_for_inference(config)
-  eval_sets = {split: load_eval_split(config, inference.task, split, vocab)
+  eval_sets = {split: evaluation.load_eval_split(config, inference.task, split, vocab)
                for split in inference.task.eval_names}
-  scores, _ = evaluate_sets(config, inference, params, eval_sets)
+  scores, _ = evaluation.evaluate_sets(config, inference, params, eval_sets)
   logging.info('eval %s | %s | score %.2f', path, score_line(inference.task, scores),
                metrics.task_score(inference.task, scores))
   return scores

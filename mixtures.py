@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 import enct5
+import evaluation
 import fileio
 import finetune
 import load_ckpt
@@ -172,7 +173,7 @@ def train(config, watchdog=None):
   mixture = get_tasks(config)
   heads = heads_of(mixture)
   mesh = finetune.make_mesh(config)
-  on_error = finetune.on_bad_rows(config)
+  on_error = evaluation.on_bad_rows(config)
   train_examples = [readers.read_split(task, config.data_dir, 'train', on_error=on_error)
                     for task in mixture]
   # The vocabulary file is named for the mixture; trained on all its texts when there is none.
@@ -200,7 +201,7 @@ def train(config, watchdog=None):
   logging.info('train: %d examples in %d rows of %d tokens (packing efficiency %.3f); '
                '%.1f steps per epoch', info['examples'], info['rows'], config.max_input_length,
                info['efficiency'], info['rows'] / config.batch_size)
-  eval_sets = {task.name: {split: finetune.load_eval_split(task_config(config, task), task,
+  eval_sets = {task.name: {split: evaluation.load_eval_split(task_config(config, task), task,
                                                            split, vocab)
                            for split in task.eval_names} for task in mixture}
 
@@ -235,7 +236,7 @@ def train(config, watchdog=None):
     scores = {}
     for task in mixture:
       inference = inferences[task.name]
-      task_scores, _ = finetune.evaluate_sets(
+      task_scores, _ = evaluation.evaluate_sets(
           task_config(config, task), inference, enct5.task_params(params, task.name),
           eval_sets[task.name])
       logging.info('eval %s | %s', task.name, finetune.score_line(task, task_scores))
@@ -261,7 +262,7 @@ def _task_inference(task, cfg, mesh, config):
   parameters `enct5.task_params` takes from the multi-task ones."""
   task_cfg = enct5.task_config(cfg, task.name)
   shardings = partitioning.Shardings(enct5.param_specs(task_cfg), mesh)
-  return finetune.Inference(task, task_cfg, shardings, finetune.make_eval_step(task_cfg, shardings),
+  return evaluation.Inference(task, task_cfg, shardings, evaluation.make_eval_step(task_cfg, shardings),
                             labels=None, thresholds=config.threshold)
 
 

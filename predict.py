@@ -2,7 +2,7 @@
 labelled row by row (`predict_file`), and text labelled from Python (`Labeler`).
 
 Every path loads the run's best checkpoint (`finetune.load_for_inference`) and labels packed
-rows with the eval step (`finetune.infer`); one prediction row per input row, in input order,
+rows with the eval step (`evaluation.infer`); one prediction row per input row, in input order,
 with every label's probability (`prediction_row`).
 """
 import csv
@@ -15,6 +15,7 @@ import time
 import jax
 import numpy as np
 
+import evaluation
 import fileio
 import finetune
 import loop
@@ -34,8 +35,8 @@ def glue_submission(config, split='test'):
   splits = [s for s in task.files if s.startswith('test')] if split == 'test' else [split]
   written = []
   for name in splits:
-    _, packed = finetune.load_eval_split(config, task, name, vocab)
-    ids, predictions = finetune.infer(config, inference, params, packed)
+    _, packed = evaluation.load_eval_split(config, task, name, vocab)
+    ids, predictions = evaluation.infer(config, inference, params, packed)
     written.append(write_predictions(config, task, name, ids, predictions))
   return written
 
@@ -131,9 +132,9 @@ def label_file(config, inference, params, vocab, input_file, path, id_field=None
     write = _row_writer(out, task, readers.path_format(path), id_key)
     for row_ids, examples in readers.stream_file(task, input_file, PREDICT_CHUNK_ROWS,
                                                  id_field=id_field,
-                                                 on_error=finetune.on_bad_rows(config)):
-      packed = finetune.pack_for_inference(config, task, examples, vocab, path=input_file)
-      ids, outputs = finetune.infer(config, inference, params, packed, finetune.label_outputs)
+                                                 on_error=evaluation.on_bad_rows(config)):
+      packed = evaluation.pack_for_inference(config, task, examples, vocab, path=input_file)
+      ids, outputs = evaluation.infer(config, inference, params, packed, evaluation.label_outputs)
       row_id = {example.idx: i for example, i in zip(examples, row_ids)}
       for idx, output in zip(ids, outputs):
         write(prediction_row(task, row_id[idx], output, threshold=inference.thresholds,
@@ -258,8 +259,8 @@ class Labeler:
     examples = readers.text_examples(task, rows)
     if not examples:
       return []
-    packed = finetune.pack_for_inference(config, task, examples, self.vocab)
-    ids, outputs = finetune.infer(config, self.inference, self.params, packed,
-                                  finetune.label_outputs)
+    packed = evaluation.pack_for_inference(config, task, examples, self.vocab)
+    ids, outputs = evaluation.infer(config, self.inference, self.params, packed,
+                                  evaluation.label_outputs)
     return [prediction_row(task, int(idx) + 1, output, threshold=self.inference.thresholds,
                            id_key='row') for idx, output in zip(ids, outputs)]

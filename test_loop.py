@@ -11,7 +11,7 @@ import pytest
 
 import cli
 import enct5
-import finetune
+import evaluation
 import load_ckpt
 import loop
 import metrics
@@ -40,7 +40,7 @@ def test_each_step_draws_new_dropout_masks_and_a_resumed_step_the_same():
   batch = partitioning.global_batch(batch, shardings.batch)
 
   host_params = jax.device_get(params)
-  train_step = loop.make_train_step(cfg, shardings, finetune.MODELS['enct5'].loss, 0.0, seed=0)
+  train_step = loop.make_train_step(cfg, shardings, evaluation.MODELS['enct5'].loss, 0.0, seed=0)
 
   def losses(opt_state, num_steps):
     p = jax.device_put(host_params, shardings.params)  # donated: a fresh copy each time

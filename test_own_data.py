@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
+import evaluation
 import finetune
 import packing
 import predict
@@ -278,7 +279,7 @@ def test_attention_blocks_are_chosen_from_the_data_and_change_no_output(tmp_path
   assert finetune.evaluate(whole_rows) == logged['scores']
   texts = [text for text, _, _, _ in _rows(30, 1)]
   examples = readers.text_examples(labeler.inference.task, texts)
-  packed = finetune.pack_for_inference(labeler.config, labeler.inference.task, examples,
+  packed = evaluation.pack_for_inference(labeler.config, labeler.inference.task, examples,
                                        labeler.vocab)
   assert packing.rows_block_length(packed['inputs_segment_ids']) < 64
   blocks = labeler(texts)

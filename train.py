@@ -59,6 +59,7 @@ from absl import app, flags, logging
 import jax
 
 import cli
+import evaluation
 import finetune
 import loop
 import metrics
@@ -132,7 +133,7 @@ flags.DEFINE_float('threshold', DEFAULTS.threshold, '--multi_label: a label is p
                    'by --mode=eval/predict.')
 
 # Model.
-flags.DEFINE_enum('model', DEFAULTS.model, list(finetune.MODELS), 'enct5: the T5 encoder, the '
+flags.DEFINE_enum('model', DEFAULTS.model, list(evaluation.MODELS), 'enct5: the T5 encoder, the '
                   'pooling block and a class head (paper §3). t5: the full T5.1.1 '
                   'encoder-decoder, labels as T5 text, predictions decoded greedily and mapped '
                   'back to labels (§4.3 baseline). 1dect5: the same with only the first decoder '
@@ -285,7 +286,7 @@ def demo_setup(with_demo_flags):
     FLAGS.output_dir = tempfile.mkdtemp(prefix='enct5_demo_')
   logging.info('no --task: the demo. A generated task (sentences of made-up words; is there more '
                '"good" than "bad" cue words?), a SentencePiece model trained on it, a tiny '
-               '%s trained from scratch, in %s', finetune.MODELS[FLAGS.model].name,
+               '%s trained from scratch, in %s', evaluation.MODELS[FLAGS.model].name,
                FLAGS.output_dir)
   for place in GLUE_PLACES:
     if os.path.isdir(place):

@@ -35,7 +35,7 @@ import jax
 
 import adafactor
 import enct5
-import finetune
+import evaluation
 import loop
 import partitioning
 
@@ -92,14 +92,14 @@ def compile_step(cfg, mesh, model, batch_size, input_length):
   """`model`'s train step for config `cfg`, lowered from abstract inputs laid out on `mesh` and
   compiled. Returns (compiled, compile seconds, the abstract params, opt_state and batch)."""
   shardings = partitioning.Shardings(enct5.param_specs(cfg, model), mesh)
-  step = loop.make_train_step(cfg, shardings, finetune.MODELS[model].loss, 1e-3, seed=0)
+  step = loop.make_train_step(cfg, shardings, evaluation.MODELS[model].loss, 1e-3, seed=0)
   shapes = jax.tree.map(lambda spec: jax.ShapeDtypeStruct(spec.shape, np.float32),
                         enct5.param_specs(cfg, model),
                         is_leaf=lambda x: isinstance(x, enct5.ParamSpec))
   params = abstract(shapes, shardings.params)
   opt_state = abstract(jax.eval_shape(adafactor.init, params), shardings.opt_state)
   lengths = {key: input_length if key.startswith('inputs') else TARGET_LENGTH[model]
-             for key in finetune.MODELS[model].train_keys}
+             for key in evaluation.MODELS[model].train_keys}
   batch = {key: jax.ShapeDtypeStruct((batch_size, length), np.int32, sharding=shardings.batch)
            for key, length in lengths.items()}
   start = time.time()

@@ -37,7 +37,7 @@ FLAGS = flags.FLAGS
 STAGES = (('read the file', ('readers.py', 'stream_file')),
           ('tokenize', ('preprocessing.py', 'tokenize')),
           ('pack', ('packing.py', 'pack_examples')),
-          ('eval steps (dispatch and wait)', ('finetune.py', 'infer')),
+          ('eval steps (dispatch and wait)', ('evaluation.py', 'infer')),
           ('output rows', ('predict.py', 'prediction_row')),
           ('write', ('predict.py', 'write')))
 

@@ -15,7 +15,7 @@ from jax.experimental import multihost_utils
 
 import cli  # the device flags: --coordinator_address, --num_processes, --process_id, --mesh
 import enct5
-import finetune
+import evaluation
 import hosts
 import loop
 import partitioning
@@ -32,7 +32,7 @@ def main(argv):
   mesh = partitioning.make_mesh(FLAGS.mesh)
   shardings = partitioning.Shardings(enct5.param_specs(cfg), mesh)
   params, opt_state = loop.init_train_state(cfg, 'enct5', shardings, jax.random.PRNGKey(0))
-  step = loop.make_train_step(cfg, shardings, finetune.MODELS['enct5'].loss, 1e-3, seed=0)
+  step = loop.make_train_step(cfg, shardings, evaluation.MODELS['enct5'].loss, 1e-3, seed=0)
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(2):

@@ -14,7 +14,7 @@ import jax
 
 import adafactor
 import enct5
-import finetune
+import evaluation
 import loop
 import partitioning
 
@@ -38,13 +38,13 @@ def run(cfg, mesh, params0, batches):
   shardings = partitioning.Shardings(enct5.param_specs(cfg), mesh)
   params = jax.device_put(params0, shardings.params)
   opt_state = jax.jit(adafactor.init, out_shardings=shardings.opt_state)(params)
-  step = loop.make_train_step(cfg, shardings, finetune.MODELS['enct5'].loss, 1e-3, seed=0)
+  step = loop.make_train_step(cfg, shardings, evaluation.MODELS['enct5'].loss, 1e-3, seed=0)
   losses = []
   for batch in batches:
     batch = partitioning.global_batch(batch, shardings.batch)
     params, opt_state, metrics = step(params, opt_state, batch)
     losses.append(float(metrics['loss']))
-  eval_step = finetune.make_eval_step(cfg, shardings)
+  eval_step = evaluation.make_eval_step(cfg, shardings)
   logits = eval_step(params, partitioning.global_batch(batches[0], shardings.batch), 0)
   wo_state = opt_state['param_states']['encoder']['layers_0']['mlp']['wo']['kernel']
   specs = {'embedding': str(params['token_embedder']['embedding'].sharding.spec),

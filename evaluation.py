@@ -1,0 +1,204 @@
+"""What differs between EncT5 and the paper's baselines T5 and 1decT5 (§4.3), and how packed
+rows are labelled and scored: the models table (`MODELS`: the batch each step reads, the loss,
+the eval step's outputs and their predictions), the eval step, a split's rows for inference,
+`infer` (per-example results of packed rows) and `evaluate_sets` (a task's metrics).
+Fine-tuning (`finetune`), multi-task training (`mixtures`) and prediction (`predict`) build on
+it; it reads no config class, only a config's fields.
+"""
+import dataclasses
+import logging
+from typing import Callable, NamedTuple
+
+import jax
+import numpy as np
+
+import enct5
+import metrics
+import packing
+import partitioning
+import preprocessing
+import readers
+import t5
+import tasks
+
+
+# ----------------------------------------------------------------------------------------------
+# The models: EncT5 and the paper's baselines T5 and 1decT5 (§4.3). All that differs between
+# them is in `MODELS`; the rest is shared.
+# ----------------------------------------------------------------------------------------------
+
+class Model(NamedTuple):
+  name: str
+  labels_as_text: bool  # targets are the labels as T5 text (LabelText), decoded at evaluation
+  train_keys: tuple     # the batch arrays the train step reads
+  eval_keys: tuple      # ... and the eval step
+  loss: Callable        # (params, cfg, batch, rng) -> (loss, {'loss_sum', 'num_examples', ..})
+  outputs: Callable     # (params, cfg, batch, decode_length) -> the eval step's outputs
+  predictions: Callable  # (outputs, Inference) -> per-slot predictions, numpy [B, slots, ..]
+
+
+def _seq2seq_model(name, model):
+  """T5 or 1decT5: teacher-forced training on packed rows, greedy decoding of one example per
+  row, the decoded text mapped back to a label."""
+  def loss(params, cfg, batch, rng):
+    return t5.loss_fn(params, cfg, batch, rng, model=model)
+
+  def outputs(params, cfg, batch, decode_length):
+    return t5.greedy_decode(params, cfg, batch['inputs'], batch['inputs_segment_ids'],
+                            max_length=decode_length, model=model)  # [B, decode_length]
+
+  return Model(name=name, labels_as_text=True,
+               train_keys=('inputs', 'inputs_segment_ids', 'decoder_input_tokens',
+                           'decoder_target_tokens', 'decoder_segment_ids'),
+               eval_keys=('inputs', 'inputs_segment_ids'), loss=loss, outputs=outputs,
+               predictions=lambda tokens, inference: inference.labels.parse(tokens)[:, None])
+
+
+_ENCT5_KEYS = ('inputs', 'inputs_segment_ids', 'targets')
+MODELS = {
+    'enct5': Model(
+        name='EncT5', labels_as_text=False, train_keys=_ENCT5_KEYS, eval_keys=_ENCT5_KEYS,
+        loss=enct5.loss_fn,
+        outputs=lambda params, cfg, batch, _: enct5.apply(params, cfg, batch),  # [B, T, n+1]
+        predictions=lambda logits, inference: np.asarray(  # [B, T] (multi-label [B, T, n])
+            enct5.predict(logits, inference.cfg, threshold=inference.thresholds))),
+    't5': _seq2seq_model('T5', 't5'),
+    '1dect5': _seq2seq_model('1decT5', '1dect5'),
+}
+
+
+def make_eval_step(cfg, shardings, model='enct5', decode_length=None):
+  """jit((params, batch, block_length) -> outputs), replicated on every host: EncT5's logits
+  [B, T, n+1] (regression [B, T]); T5's and 1decT5's greedily decoded tokens [B,
+  decode_length]. The encoder's self-attention runs in blocks of `block_length` tokens, which
+  the rows must allow (`packing.rows_block_length`): whole rows' outputs, faster."""
+  outputs = MODELS[model].outputs
+
+  def eval_step(params, batch, block_length):
+    block_cfg = dataclasses.replace(cfg, attention_block_length=block_length)
+    with partitioning.activation_mesh(shardings.mesh):
+      return outputs(params, block_cfg, batch, decode_length)
+  return jax.jit(eval_step, static_argnums=2, in_shardings=(shardings.params, shardings.batch),
+                 out_shardings=shardings.replicated)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference and evaluation: EncT5's packed inference, the padding class ignored
+# (enct5.predict); T5's and 1decT5's greedy decoding, the text mapped back to a label.
+# ----------------------------------------------------------------------------------------------
+
+def on_bad_rows(config):
+  return 'skip' if config.skip_bad_rows else 'raise'
+
+
+def packing_block_length(config):
+  """`preprocessing.pack_split`'s block_length for --attention_block_length: unset, 'fit' (the
+  smallest block that holds the longest example); 0, None (whole rows); else that block."""
+  if config.attention_block_length is None:
+    return 'fit'
+  return config.attention_block_length or None
+
+
+def pack_for_inference(config, task, examples, vocab, path='<examples>'):
+  """The rows that evaluation and prediction label: EncT5's packed rows, up to
+  max_target_length examples each; one example a row unpacked, and for T5 and 1decT5, which
+  decode greedily. Each example within one attention block (`packing_block_length`): `infer`
+  runs the encoder in the blocks the rows allow, with the outputs of whole rows."""
+  target_length, method = 1, 'unpacked'
+  if config.pack and not MODELS[config.model].labels_as_text:
+    target_length, method = config.max_target_length, 'best_fit'
+  return preprocessing.pack_split(task, examples, vocab, config.max_input_length, target_length,
+                                  method=method, path=path,
+                                  block_length=packing_block_length(config))
+
+
+def load_eval_split(config, task, split, vocab):
+  """(examples, rows) of a split as the eval step reads them (`pack_for_inference`)."""
+  examples = readers.read_split(task, config.data_dir, split, on_error=on_bad_rows(config))
+  return examples, pack_for_inference(config, task, examples, vocab,
+                                      readers.split_path(task, config.data_dir, split))
+
+
+class Inference(NamedTuple):
+  """What labels packed rows with given parameters."""
+  task: tasks.Task
+  cfg: enct5.EncT5Config
+  shardings: partitioning.Shardings
+  eval_step: Callable  # make_eval_step's
+  labels: object  # the t5.LabelText that T5 and 1decT5 decode with, else None
+  thresholds: object  # multi-label: a label is predicted when its probability >= its
+  # threshold (one for all, or [n]); None: chosen on validation (`evaluate_sets`)
+
+
+def infer(config, inference, params, packed, outputs=None):
+  """Per-example results of a split's rows -> (example ids ascending, results): the model's
+  predictions (`Model.predictions`), or `outputs(eval step outputs, inference)`.
+
+  The encoder attends within the blocks the rows allow (`packing.rows_block_length`), or in
+  --attention_block_length's when given. Every batch is dispatched before the first result is
+  read: the device computes while the host prepares the next batch (JAX dispatches
+  asynchronously).
+  """
+  model = MODELS[config.model]
+  outputs = outputs or model.predictions
+  block_length = config.attention_block_length
+  if block_length is None:
+    block_length = packing.rows_block_length(packed['inputs_segment_ids'])
+  dispatched = [inference.eval_step(params, partitioning.global_batch(
+      {k: batch[k] for k in model.eval_keys}, inference.shardings.batch), block_length)
+                for batch in packing.eval_batches(packed, config.batch_size)]
+  results = [outputs(np.asarray(out), inference) for out in dispatched]
+  return packing.per_example(packed['example_ids'], np.concatenate(results))
+
+
+def label_outputs(logits, inference):
+  """EncT5's eval-step logits -> every label's probability [B, T, n] (`enct5.probabilities`);
+  regression: the values [B, T]."""
+  if inference.cfg.is_regression:
+    return logits
+  return np.asarray(enct5.probabilities(logits, inference.cfg))
+
+
+def evaluate_sets(config, inference, params, eval_sets):
+  """The task's metrics on its validation split(s) -> (scores {'<eval name>/<metric>': value},
+  the multi-label thresholds applied or None). `eval_sets`: split -> (examples, rows), as
+  `load_eval_split`.
+
+  Multi-label: each label is decided at `inference.thresholds`; when they are None (training
+  without --threshold) they are chosen on the first split (`metrics.choose_thresholds`), and
+  the split's micro- and macro-F1 at 0.5 are added as '<metric>@0.5'.
+
+  NOTE: every model is scored against the file's labels; for STS-B that is the raw score, where
+  T5 compares with its rounded target strings.
+  """
+  task, scores, thresholds = inference.task, {}, inference.thresholds
+  for split, (examples, packed) in eval_sets.items():
+    gold = {example.idx: example.label for example in examples}
+    if task.is_multi_label:
+      ids, probabilities = infer(config, inference, params, packed, label_outputs)
+      gold = metrics.multi_hot([gold[i] for i in ids], task.num_classes)
+      if thresholds is None:
+        global_threshold, thresholds = metrics.choose_thresholds(task, gold, probabilities)
+        logging.info('%s: thresholds chosen for %s: %.2f for all, per label %.2f..%.2f (%d of %d '
+                     'labels true >= %d times)', split, '+'.join(task.selection_metrics),
+                     global_threshold, thresholds.min(), thresholds.max(),
+                     np.sum(gold.sum(axis=0) >= metrics.MIN_THRESHOLD_SUPPORT),
+                     task.num_classes, metrics.MIN_THRESHOLD_SUPPORT)
+      scores.update(metrics.compute_metrics(task, split, gold, decide(probabilities, thresholds)))
+      at_half = metrics.compute_metrics(task, split, gold, decide(probabilities, 0.5))
+      scores.update({f'{key}@0.5': at_half[key] for key in task.metric_keys if key in at_half})
+      continue
+    ids, predictions = infer(config, inference, params, packed)
+    gold = [gold[i] for i in ids]
+    invalid = predictions == metrics.INVALID_PREDICTION
+    if inference.labels and invalid.any():
+      logging.info('%s: %d of %d decoded strings are no label; counted wrong', split,
+                   invalid.sum(), len(predictions))
+    scores.update(metrics.compute_metrics(task, split, gold, predictions))
+  return scores, thresholds
+
+
+def decide(probabilities, thresholds):
+  """Multi-label decisions: multi-hot [..., n], 1 where a probability is >= its threshold
+  (as `enct5.predict`)."""
+  return (np.asarray(probabilities) >= thresholds).astype(np.int32)
