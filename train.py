@@ -194,9 +194,6 @@ def check_flags():
   if unknown:
     raise UserError(f'--task={FLAGS.task}: no GLUE task {", ".join(map(repr, unknown))}; one of '
                     f'{sorted(tasks.TASKS)}')
-  repeated = sorted({name for name in names if names.count(name) > 1})
-  if repeated:
-    raise UserError(f'--task={FLAGS.task}: {", ".join(repeated)} given twice')
   if FLAGS.selection_task and FLAGS.selection_task not in names:
     raise UserError(f'--selection_task={FLAGS.selection_task} is not one of --task={FLAGS.task}')
   if not FLAGS.mixing_temperature > 0:

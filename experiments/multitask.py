@@ -32,6 +32,7 @@ from absl import app, flags
 import numpy as np
 
 from experiments import cells
+import load_ckpt
 import loop
 import metrics
 import tasks
@@ -92,10 +93,8 @@ def cell_command(seed, row, task):
 
 
 def last_checkpoint(seed):
-  directory = os.path.join(cell_dir(seed, 'mixture', mixture_name()), 'checkpoints')
-  steps = [int(name.rsplit('_', 1)[1]) for name in os.listdir(directory)
-           if name.startswith('checkpoint_')]
-  return os.path.join(directory, f'checkpoint_{max(steps)}')
+  return load_ckpt.latest_checkpoint(
+      os.path.join(cell_dir(seed, 'mixture', mixture_name()), 'checkpoints'))
 
 
 def finished(directory, steps):
