@@ -50,6 +50,7 @@ import partitioning
 import predict
 import preprocessing
 import readers
+import save_ckpt
 import tasks
 import vocabularies
 
@@ -394,7 +395,7 @@ def bench_checkpoint(table, args):
   opt_state = adafactor.init(params)
   with tempfile.TemporaryDirectory(prefix='enct5_bench_') as directory:
     start = time.perf_counter()
-    path = load_ckpt.save_checkpoint(directory, 0, params, opt_state)
+    path = save_ckpt.save_checkpoint(directory, 0, params, opt_state)
     write_s = time.perf_counter() - start
     del params, opt_state
     disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)

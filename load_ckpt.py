@@ -1,4 +1,4 @@
-"""T5X checkpoints, read and written with TensorStore; T5.1.1 mapped onto EncT5 (paper §4.2).
+"""T5X checkpoints read with TensorStore; T5.1.1 mapped onto EncT5 (paper §4.2). Writing: save_ckpt.py.
 
 A T5X checkpoint (`t5x/checkpoints.py`, VERSION 3) is a directory `checkpoint_<step>/`:
 
@@ -25,12 +25,8 @@ import logging
 import os
 import posixpath
 import re
-import secrets
-import shutil
-import tempfile
 
 import jax
-from jax.experimental import multihost_utils
 import ml_dtypes  # noqa: F401  (registers numpy's 'bfloat16' dtype name)
 import msgpack
 import numpy as np
@@ -44,8 +40,7 @@ import partitioning
 
 INDEX_FILE = 'checkpoint'  # T5X's name for the msgpack index inside `checkpoint_<step>/`
 VERSION = 3  # T5X checkpoint VERSION: bfloat16 arrays are stored natively, not as uint16
-_EXT_NDARRAY, _EXT_NPSCALAR = 1, 3  # flax `_MsgpackExtType`
-_CHUNK_BYTES = 64 * 2**20  # T5X `_DESIRED_CHUNK_SIZE_BYTES`
+EXT_NDARRAY, EXT_NPSCALAR = 1, 3  # flax `_MsgpackExtType`
 _STEP_DIR = re.compile(r'checkpoint_(\d+)')
 
 # EncT5 parameters that a T5.1.1 checkpoint does not have (§3): the learned query and the
@@ -135,7 +130,7 @@ def _ext_hook(code, data):
 
   Both come back as numpy arrays (a scalar as a rank-0 array), so every leaf is an ndarray.
   """
-  if code not in (_EXT_NDARRAY, _EXT_NPSCALAR):
+  if code not in (EXT_NDARRAY, EXT_NPSCALAR):
     raise CheckpointError(f'unsupported msgpack extension type {code}')
   shape, dtype, buffer = msgpack.unpackb(data, raw=False)
   return np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape).copy()
@@ -496,174 +491,6 @@ def _leaves_to_read(flat, shapes, fresh, with_state, path):
   return expected
 
 
-# ---------------------------------------------------------------------------------------------
-# Writing checkpoints in T5X's layout.
-# ---------------------------------------------------------------------------------------------
-
-def _chunk_shape(shape, itemsize):
-  """Chunks that divide `shape` with at most 64 MiB each: shrink the largest dim to its next
-  smaller divisor until the chunk fits (as T5X `_choose_chunk_shape`)."""
-  chunks = list(shape)
-  while np.prod(chunks, dtype=np.int64) * itemsize > _CHUNK_BYTES:
-    dim = int(np.argmax(chunks))
-    chunks[dim] = max(d for d in range(1, chunks[dim]) if shape[dim] % d == 0)
-  return chunks
-
-
-def _inline(array):
-  """flax's msgpack ndarray extension (type 1): [shape, dtype name, C-order bytes]."""
-  payload = msgpack.packb([list(array.shape), array.dtype.name, array.tobytes('C')],
-                          use_bin_type=True)
-  return msgpack.ExtType(_EXT_NDARRAY, payload)
-
-
-def _host(x):
-  """A numpy copy of a small array that goes inline into the index: a replicated one from this
-  process's own copy, a sharded global jax.Array gathered (a collective: every process calls
-  this)."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    if x.is_fully_replicated:
-      return np.asarray(x.addressable_data(0))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
-
-
-def _own_slices(x):
-  """[(index, numpy array)]: the slices of `x` this process writes. Of a jax.Array, the shards
-  of its devices with replica_id 0 (every slice of the global array has exactly one such
-  shard, on one device of one process); a host array is written whole by process 0."""
-  if isinstance(x, jax.Array):
-    return [(shard.index, np.asarray(shard.data)) for shard in x.addressable_shards
-            if shard.replica_id == 0]
-  return [(..., np.asarray(x))] if jax.process_index() == 0 else []
-
-
-def _barrier(name):
-  """Every process waits here for all the others (nothing to wait for with one process)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
-def _fsync(path):
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
-def _fsync_tree(root):
-  for directory, _, files in os.walk(root):
-    for name in files:
-      _fsync(os.path.join(directory, name))
-    _fsync(directory)
-
-
-def _tensorstore_specs(leaves):
-  """{name: zarr spec, its path relative to the checkpoint} of the leaves written through
-  TensorStore (gzip): the parameters, and each unfactored `v` (`v` of its parameter's shape).
-  The others go inline into the index: factored `v_row`/`v_col`, placeholders, `m`, the step.
-  This is where T5X puts them: it writes through TensorStore the arrays it partitions.
-
-  NOTE: chunks divide each array's shard (T5X `_write_array` chooses them from the local
-  shape), so every chunk file is written by one process only.
-  """
-  def via_tensorstore(name):
-    if name.startswith('target/'):
-      return True
-    if name.startswith('state/param_states/') and name.endswith('/v'):
-      param = 'target/' + name[len('state/param_states/'):-len('/v')]
-      return param in leaves and np.shape(leaves[name]) == np.shape(leaves[param])
-    return False
-
-  specs = {}
-  for name, x in leaves.items():
-    if via_tensorstore(name):
-      dtype = np.dtype(x.dtype)
-      shard_shape = x.sharding.shard_shape(x.shape) if isinstance(x, jax.Array) else x.shape
-      specs[name] = {'driver': 'zarr', 'dtype': dtype.name,
-                     'kvstore': {'driver': 'file', 'path': name.replace('/', '.') + '/'},
-                     'metadata': {'chunks': _chunk_shape(shard_shape, dtype.itemsize),
-                                  'compressor': {'id': 'gzip', 'level': 1},
-                                  'shape': list(x.shape)}}
-  return specs
-
-
-def _write_checkpoint(checkpoint_dir, params, opt_state):
-  """Every process writes its own slices of the TensorStore arrays into `checkpoint_dir`, an
-  existing empty directory; then process 0 writes the index. Returns after a barrier: every
-  process's arrays are written, the index too when this is process 0."""
-  leaves = {f'target/{name}': x for name, x in flatten(params).items()}
-  leaves.update({f'state/{name}': x for name, x in flatten(opt_state).items()})
-  specs = _tensorstore_specs(leaves)
-  if jax.process_index() == 0:  # one process creates each array (its .zarray)
-    for store in [ts.open(absolute_spec(spec, checkpoint_dir), create=True)
-                  for spec in specs.values()]:
-      store.result()
-  _barrier(f'created {checkpoint_dir}')
-  writes = []
-  for name, spec in sorted(specs.items()):
-    store = ts.open(absolute_spec(spec, checkpoint_dir), open=True).result()
-    writes += [store[index].write(part) for index, part in _own_slices(leaves[name])]
-  inline = {name: _host(x) for name, x in sorted(leaves.items()) if name not in specs}
-  for write in writes:
-    write.result()
-  _barrier(f'written {checkpoint_dir}')
-  if jax.process_index() == 0:
-    # The index goes last: without it nothing here is a checkpoint.
-    index = {**specs, **{name: _inline(array) for name, array in inline.items()}}
-    data = msgpack.packb({'version': VERSION, 'optimizer': unflatten(dict(sorted(index.items())))},
-                         use_bin_type=True)
-    with open(os.path.join(checkpoint_dir, INDEX_FILE), 'wb') as f:
-      f.write(data)
-
-
-def save_checkpoint(directory, step, params, opt_state, *, keep=3, extra_files=None):
-  """Write `directory/checkpoint_<step>/` in T5X's layout, atomically; keep the last `keep`.
-
-  `extra_files` ({file name: bytes}, e.g. the run's `config.json`) are written into the
-  checkpoint's directory with it. Local paths only.
-
-  Every process calls this with the same global arrays and writes only the slices its own
-  devices hold, through TensorStore, into one checkpoint (as T5X); no parameter is gathered
-  onto one host. Only what T5X keeps inline in the index (factored `v_row`/`v_col`: vectors;
-  placeholders; the step) is gathered, for process 0 to write the index after all processes
-  have written their slices.
-
-  Atomicity (T5X `Checkpointer.save`): everything is written into a temporary sibling
-  directory `checkpoint_<step>.tmp-<token>` (the token drawn by process 0 and broadcast, so
-  that all processes write into the same one); after a barrier process 0 alone writes the
-  index, fsyncs the tree and renames it to `checkpoint_<step>`. That rename is the only
-  commit: a crash of any process before it leaves a `.tmp-` directory that
-  `latest_checkpoint` ignores, never a partial `checkpoint_<step>`. With several hosts this
-  needs `directory` on one filesystem that all of them share, where the files one host has
-  written are visible to the others once it has closed them (a local disk, NFS's
-  close-to-open consistency): the barrier orders every host's writes before the rename. If
-  that checkpoint exists already it is kept as it is (as T5X).
-  """
-  if directory.startswith('gs://'):
-    raise ValueError(f'save_checkpoint writes local directories only, got {directory}')
-  final_dir = os.path.join(directory, f'checkpoint_{int(step)}')
-  if os.path.exists(final_dir):
-    logging.warning('checkpoint %s exists already; not overwritten', final_dir)
-    return final_dir
-  token = int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31))))
-  tmp_dir = os.path.join(directory, f'checkpoint_{int(step)}.tmp-{token:08x}')
-  if jax.process_index() == 0:
-    os.makedirs(tmp_dir)
-  _write_checkpoint(tmp_dir, params, opt_state)
-  if jax.process_index() == 0:
-    for name, data in (extra_files or {}).items():
-      with open(os.path.join(tmp_dir, name), 'wb') as f:
-        f.write(data)
-    _fsync_tree(tmp_dir)
-    os.rename(tmp_dir, final_dir)
-    _fsync(directory)
-    _remove_old_checkpoints(directory, keep)
-  _barrier(f'saved {final_dir}')
-  return final_dir
-
-
 def complete_checkpoints(directory):
   """[(step, path)] of the complete checkpoints in `directory`, oldest first."""
   if not os.path.isdir(directory):
@@ -675,17 +502,6 @@ def complete_checkpoints(directory):
     if match and os.path.isfile(os.path.join(path, INDEX_FILE)):
       found.append((int(match[1]), path))
   return sorted(found)
-
-
-def _remove_old_checkpoints(directory, keep):
-  """Delete all but the newest `keep` (None: keep all). Each is renamed away first, so a
-  crash mid-delete never leaves a partial `checkpoint_<step>`."""
-  if not keep:
-    return
-  for step, path in complete_checkpoints(directory)[:-keep]:
-    doomed = tempfile.mkdtemp(prefix=f'checkpoint_{step}.deleting-', dir=directory)
-    os.rename(path, os.path.join(doomed, 'old'))
-    shutil.rmtree(doomed)
 
 
 def latest_checkpoint(directory):
@@ -718,7 +534,7 @@ def restore_checkpoint(directory, *, shardings=None, opt_shardings=None):
 
 
 def read_checkpoint(path, *, shardings=None, opt_shardings=None):
-  """(params, opt_state) of the checkpoint at `path`, exactly what `save_checkpoint` wrote
+  """(params, opt_state) of the checkpoint at `path`, exactly what `save_ckpt.save_checkpoint` wrote
   (same dtypes, bit for bit): numpy arrays, or with `shardings` (and `opt_shardings`, as in
   `load_params`) global jax.Arrays of which each process reads only its own slices. A damaged
   file (a truncated array) raises CheckpointError.

@@ -28,6 +28,7 @@ import enct5
 import fileio
 import load_ckpt
 import partitioning
+import save_ckpt
 
 METRICS_FILE = 'metrics.jsonl'  # one JSON record per evaluation, in OUTPUT_DIR
 
@@ -189,7 +190,7 @@ def train_loop(settings, state, train_step, batches, evaluate, summarize, extra_
   meter = Meter(settings, start, train_step, history[-1]['elapsed_s'] if history else 0.0)
 
   def save(directory, keep):
-    load_ckpt.save_checkpoint(os.path.join(settings.output_dir, directory),
+    save_ckpt.save_checkpoint(os.path.join(settings.output_dir, directory),
                               adafactor_step(opt_state), params, opt_state, keep=keep,
                               extra_files=extra_files)
 

@@ -21,6 +21,7 @@ import enct5
 import finetune
 import load_ckpt
 import readers
+import save_ckpt
 import tasks
 import vocabularies
 from testutil import ENV, REPO
@@ -64,7 +65,7 @@ def files(tmp_path_factory):
   cfg = enct5.get_config('tiny', vocab_size=16, d_model=8, num_heads=2, head_dim=4, d_ff=16,
                          num_layers=1, num_decoder_layers=1)
   params = enct5.init_params(jax.random.PRNGKey(0), cfg, 't5')
-  load_ckpt.save_checkpoint(str(root / 'ckpt'), 0, params, adafactor.init(params), keep=1)
+  save_ckpt.save_checkpoint(str(root / 'ckpt'), 0, params, adafactor.init(params), keep=1)
   return dict(root=str(root), data=data, vocab=vocab + '.model',
               checkpoint=str(root / 'ckpt' / 'checkpoint_0'))
 

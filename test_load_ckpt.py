@@ -1,5 +1,6 @@
 """Tests of load_ckpt.py: T5X-written checkpoints read (../shared/fixtures/SOURCES.md), loaded
-into each model, written and restored in T5X's layout, and read and written in shards."""
+into each model, clear errors for damaged ones, and read in shards (written in shards by
+save_ckpt.py and restored onto other meshes)."""
 import http.server
 import json
 import os
@@ -50,23 +51,13 @@ def edit_index(checkpoint_dir, edit):
     f.write(msgpack.packb(tree, use_bin_type=True))
 
 
-def assert_trees_equal(a, b):
-  """Same structure, dtypes, shapes and bits."""
-  flat_a, flat_b = load_ckpt.flatten(a), load_ckpt.flatten(b)
-  assert sorted(flat_a) == sorted(flat_b)
-  for name in flat_a:
-    x, y = np.asarray(flat_a[name]), np.asarray(flat_b[name])
-    assert x.dtype == y.dtype and x.shape == y.shape, name
-    assert x.tobytes() == y.tobytes(), name
-
-
 # ----------------------------------------------------------------------- reading T5X's files
 
 def test_tensorstore_checkpoint_equals_legacy_file():
   ts_tree = load_ckpt.flatten(load_ckpt.read_t5x(fixture(TINY)))
   legacy = load_ckpt.flatten(load_ckpt.read_t5x(fixture(LEGACY)))
   assert len(ts_tree) == 261  # 52 params, 4 Adafactor slots each, the step
-  assert_trees_equal(ts_tree, legacy)
+  testutil.assert_trees_equal(ts_tree, legacy)
   assert ts_tree['target/decoder/logits_dense/kernel'].shape == (8, 32128)
   assert ts_tree['state/step'].dtype == np.int32 and ts_tree['state/step'] == 0
 
@@ -244,7 +235,7 @@ def test_only_selected_leaves_are_read(tmp_path):
   tree = load_ckpt.read_t5x(path, ['target/encoder', 'state/step'])
   assert sorted(tree) == ['state', 'target'] and sorted(tree['target']) == ['encoder']
   reference = load_ckpt.read_t5x(fixture(TINY), ['target/encoder', 'state/step'])
-  assert_trees_equal(tree, reference)
+  testutil.assert_trees_equal(tree, reference)
   with pytest.raises(CheckpointError, match='target/nope'):
     load_ckpt.read_t5x(path, ['target/nope'])
   load_ckpt.load_params(path, config_of(path), jax.random.PRNGKey(0))  # never reads them
@@ -448,117 +439,6 @@ def test_unreadable_index_and_missing_checkpoint(tmp_path):
     load_ckpt.read_t5x(str(tmp_path / 'nothing_here'))
 
 
-# ------------------------------------------------------------------- writing checkpoints
-
-def random_t5_state(seed=0):
-  """Random T5.1.1-shaped params and Adafactor state (every slot non-zero). Sizes chosen so
-  some matrices are factored (embedding, FFN) and some are not (attention [128, 16])."""
-  cfg = enct5.get_config('tiny', vocab_size=256, d_model=128, num_heads=2, head_dim=8,
-                         d_ff=160, num_layers=1, num_decoder_layers=1)
-  rng = np.random.default_rng(seed)
-  specs = load_ckpt.flatten(enct5.param_specs(cfg, 't5'))
-  params = {name: rng.standard_normal(s.shape).astype(np.float32) for name, s in specs.items()}
-  slots = {f'{name}/{slot}': rng.random(shape).astype(np.float32) + 0.5
-           for name, s in specs.items()
-           for slot, shape in adafactor.state_shapes(s.shape).items()}
-  opt_state = {'step': np.int32(1000 + seed),
-               'param_states': load_ckpt.unflatten(slots)}
-  return load_ckpt.unflatten(params), opt_state
-
-
-def test_save_then_restore_is_bit_exact_and_in_t5x_layout(tmp_path, monkeypatch):
-  monkeypatch.setattr(load_ckpt, '_CHUNK_BYTES', 16384)  # several chunks per large array
-  params, opt_state = random_t5_state()
-  path = load_ckpt.save_checkpoint(str(tmp_path), 1000, params, opt_state)
-  assert path == str(tmp_path / 'checkpoint_1000') and os.listdir(tmp_path) == ['checkpoint_1000']
-  got_params, got_state = load_ckpt.restore_checkpoint(str(tmp_path))
-  expected_state = dict(opt_state, step=np.asarray(opt_state['step']))
-  assert_trees_equal(got_params, params)
-  assert_trees_equal(got_state, expected_state)
-  assert_trees_equal(load_ckpt.read_t5x(path), {'target': params, 'state': expected_state})
-
-  # T5X's conventions: the index format of the fixtures, arrays where T5X puts them.
-  with open(os.path.join(path, 'checkpoint'), 'rb') as f:
-    raw = msgpack.unpackb(f.read(), ext_hook=msgpack.ExtType, raw=False)
-  assert raw['version'] == 3 and sorted(raw['optimizer']) == ['state', 'target']
-  kernel = raw['optimizer']['target']['encoder']['layers_0']['mlp']['wi_0']['kernel']
-  assert kernel == {'driver': 'zarr', 'dtype': 'float32',
-                    'kvstore': {'driver': 'file',
-                                'path': 'target.encoder.layers_0.mlp.wi_0.kernel/'},
-                    'metadata': {'chunks': [64, 40], 'compressor': {'id': 'gzip', 'level': 1},
-                                 'shape': [128, 160]}}
-  state = raw['optimizer']['state']
-  assert state['step'].code == 1
-  factored = state['param_states']['token_embedder']['embedding']  # [256, 128]
-  assert {k: type(v).__name__ for k, v in factored.items()} == dict.fromkeys(
-      ['m', 'v', 'v_col', 'v_row'], 'ExtType')  # inline, as T5X
-  unfactored = state['param_states']['encoder']['layers_0']['attention']['query']['kernel']
-  assert unfactored['v']['kvstore']['path'] == (
-      'state.param_states.encoder.layers_0.attention.query.kernel.v/')
-  with open(os.path.join(path, 'target.token_embedder.embedding', '.zarray')) as f:
-    zarray = json.load(f)
-  assert zarray['dimension_separator'] == '.' and zarray['dtype'] == '<f4'
-  assert zarray['compressor'] == {'id': 'gzip', 'level': 1}
-
-
-def test_save_keeps_dtypes_bfloat16_and_float64(tmp_path):
-  params = {'a': np.array([[1.5, -3.0]], ml_dtypes.bfloat16), 'b': np.arange(3.0)}
-  opt_state = {'step': np.int32(2), 'param_states': {
-      'a': {'m': np.zeros(1, np.float32), 'v': np.ones((1, 2), np.float32),
-            'v_row': np.zeros(1, np.float32), 'v_col': np.zeros(1, np.float32)},
-      'b': {'m': np.zeros(1, np.float32), 'v': np.ones(3, np.float32),
-            'v_row': np.zeros(1, np.float32), 'v_col': np.zeros(1, np.float32)}}}
-  load_ckpt.save_checkpoint(str(tmp_path), 2, params, opt_state)
-  got_params, _ = load_ckpt.restore_checkpoint(str(tmp_path))
-  assert_trees_equal(got_params, params)
-
-
-def test_keeps_the_last_n_and_never_overwrites(tmp_path):
-  params, opt_state = random_t5_state()
-  for step in (1, 2, 3, 4):
-    load_ckpt.save_checkpoint(str(tmp_path), step, params, dict(opt_state, step=np.int32(step)),
-                              keep=2)
-  assert sorted(os.listdir(tmp_path)) == ['checkpoint_3', 'checkpoint_4']
-  other_params, other_state = random_t5_state(seed=1)
-  load_ckpt.save_checkpoint(str(tmp_path), 4, other_params, other_state, keep=2)
-  assert_trees_equal(load_ckpt.restore_checkpoint(str(tmp_path))[0], params)  # as T5X: kept
-
-
-@pytest.mark.parametrize('crash_in', ['_inline', '_fsync_tree'])
-def test_interrupted_write_is_ignored(tmp_path, monkeypatch, crash_in):
-  """A crash mid-arrays (no index yet), or with everything written but not renamed."""
-  params, opt_state = random_t5_state()
-  load_ckpt.save_checkpoint(str(tmp_path), 1, params, dict(opt_state, step=np.int32(1)))
-  new_params, new_state = random_t5_state(seed=1)
-
-  def crash(*args, **kwargs):
-    raise KeyboardInterrupt('simulated crash')
-  with monkeypatch.context() as patch:
-    patch.setattr(load_ckpt, crash_in, crash)
-    with pytest.raises(KeyboardInterrupt):
-      load_ckpt.save_checkpoint(str(tmp_path), 2, new_params, new_state)
-  leftovers = [d for d in os.listdir(tmp_path) if d.startswith('checkpoint_2.tmp-')]
-  assert len(leftovers) == 1 and 'checkpoint_2' not in os.listdir(tmp_path)
-  os.makedirs(tmp_path / 'checkpoint_9')  # a directory without an index is not a checkpoint
-  assert load_ckpt.latest_checkpoint(str(tmp_path)) == str(tmp_path / 'checkpoint_1')
-  got_params, got_state = load_ckpt.restore_checkpoint(str(tmp_path))
-  assert_trees_equal(got_params, params) and int(got_state['step']) == 1
-  load_ckpt.save_checkpoint(str(tmp_path), 2, new_params, new_state)  # the next try succeeds
-  assert_trees_equal(load_ckpt.restore_checkpoint(str(tmp_path))[0], new_params)
-
-
-def test_restore_from_an_empty_directory(tmp_path):
-  assert load_ckpt.restore_checkpoint(str(tmp_path)) is None
-  assert load_ckpt.latest_checkpoint(str(tmp_path / 'absent')) is None
-
-
-def test_chunk_shape_as_t5x():
-  # 32128 x 2048 float32 (xl embedding) is 251 MiB: the vocab dim is halved until <= 64 MiB.
-  assert load_ckpt._chunk_shape((32128, 2048), 4) == [8032, 2048]
-  assert load_ckpt._chunk_shape((512, 1024), 4) == [512, 1024]
-  assert load_ckpt._chunk_shape((), 4) == []
-
-
 # ----------------------------------------------------------------------- sharded reading
 
 _SHARDED_WORKER = textwrap.dedent('''
@@ -569,7 +449,7 @@ _SHARDED_WORKER = textwrap.dedent('''
     import jax, numpy as np
     if num_processes > 1:
       jax.distributed.initialize(f'127.0.0.1:{port}', num_processes, process_id)
-    import enct5, load_ckpt, partitioning
+    import enct5, load_ckpt, partitioning, save_ckpt
 
     elements_read = {}  # name -> elements this process read through TensorStore
     original_result = load_ckpt._result
@@ -605,7 +485,7 @@ _SHARDED_WORKER = textwrap.dedent('''
 
     # Save: every process writes its own slices; only inline vectors are gathered.
     written, gathered_ndims = {}, []
-    original_own_slices, original_host = load_ckpt._own_slices, load_ckpt._host
+    original_own_slices, original_host = save_ckpt._own_slices, save_ckpt._host
     def counting_own_slices(x):
       out = original_own_slices(x)
       written[x.shape] = written.get(x.shape, 0) + sum(np.size(part) for _, part in out)
@@ -614,8 +494,8 @@ _SHARDED_WORKER = textwrap.dedent('''
       if isinstance(x, jax.Array) and not x.is_fully_replicated:
         gathered_ndims.append(x.ndim)
       return original_host(x)
-    load_ckpt._own_slices, load_ckpt._host = counting_own_slices, recording_host
-    load_ckpt.save_checkpoint(sys.argv[5], 3, params, opt_state)
+    save_ckpt._own_slices, save_ckpt._host = counting_own_slices, recording_host
+    save_ckpt.save_checkpoint(sys.argv[5], 3, params, opt_state)
 
     # Restored on the same mesh: the same shards, bit for bit.
     restored = load_ckpt.restore_checkpoint(sys.argv[5], shardings=shardings.params,
@@ -672,5 +552,5 @@ def test_sharded_load_reads_only_each_process_slices(tmp_path, num_processes):
   cfg = enct5.get_config('tiny', **load_ckpt.config_from_checkpoint(path))
   expected = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(0), with_optimizer_state=True)
   params, opt_state = load_ckpt.restore_checkpoint(str(tmp_path / 'run'))
-  assert_trees_equal({'target': params, 'state': opt_state},
+  testutil.assert_trees_equal({'target': params, 'state': opt_state},
                      {'target': expected[0], 'state': expected[1]})

@@ -12,10 +12,10 @@ import pytest
 import cli
 import enct5
 import evaluation
-import load_ckpt
 import loop
 import metrics
 import partitioning
+import save_ckpt
 import train
 from testutil import TINY_FLAGS, checkpoint_params, train_main
 
@@ -65,14 +65,14 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
   command = ['--train_steps=6', '--eval_every=3', f'--output_dir={tmp_path}/b',
              f'--vocab={tmp_path}/a/vocab/synthetic.model', *TINY_FLAGS]
 
-  save_checkpoint = load_ckpt.save_checkpoint
+  save_checkpoint = save_ckpt.save_checkpoint
 
   def crash(directory, *args, **kwargs):
     save_checkpoint(directory, *args, **kwargs)
     if os.path.basename(directory) == 'checkpoints':
       raise KeyboardInterrupt('interrupted after the step-3 checkpoint')
   with monkeypatch.context() as m:
-    m.setattr(load_ckpt, 'save_checkpoint', crash)
+    m.setattr(save_ckpt, 'save_checkpoint', crash)
     with pytest.raises(KeyboardInterrupt):
       train_main(*command)
   assert sorted(os.listdir(tmp_path / 'b' / 'checkpoints')) == ['checkpoint_3']

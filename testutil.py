@@ -71,6 +71,16 @@ def checkpoint_params(checkpoint_dir):
   return load_ckpt.read_t5x(load_ckpt.latest_checkpoint(checkpoint_dir))
 
 
+def assert_trees_equal(a, b):
+  """Same structure, dtypes, shapes and bits."""
+  flat_a, flat_b = load_ckpt.flatten(a), load_ckpt.flatten(b)
+  assert sorted(flat_a) == sorted(flat_b)
+  for name in flat_a:
+    x, y = np.asarray(flat_a[name]), np.asarray(flat_b[name])
+    assert x.dtype == y.dtype and x.shape == y.shape, name
+    assert x.tobytes() == y.tobytes(), name
+
+
 # ------------------------------------------------------------------------------------ files
 
 def write(path, text):

@@ -4,7 +4,7 @@
 
 A softmax regression (it compiles in a moment; the watchdog does not care what is trained)
 with Adafactor, data-parallel over the processes (gloo), checkpointed with
-`load_ckpt.save_checkpoint` every --checkpoint_every steps and at the end. Each step's batch is
+`save_ckpt.save_checkpoint` every --checkpoint_every steps and at the end. Each step's batch is
 a function of its number, so running the same command again resumes exactly. The process
 given --die_at_step=K sends itself --die_by (SIGKILL; SIGSTOP plays a host that froze or
 vanished without closing its connections, so that the others' collectives hang rather than
@@ -29,6 +29,7 @@ import adafactor
 import hosts
 import load_ckpt
 import partitioning
+import save_ckpt
 
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 flags.DEFINE_integer('num_processes', 1, 'Processes of the run.')
@@ -53,15 +54,15 @@ def die(where):
 
 
 def die_while_saving(step):
-  """`die` inside `load_ckpt.save_checkpoint` of `step`, once this process's slices are written
+  """`die` inside `save_ckpt.save_checkpoint` of `step`, once this process's slices are written
   and before the barrier after which process 0 writes the index and renames."""
-  barrier = load_ckpt._barrier
+  barrier = save_ckpt._barrier
 
   def dying_barrier(name):
     if name.startswith('written') and f'checkpoint_{step}.tmp-' in name:
       die(f'saving checkpoint_{step}')
     barrier(name)
-  load_ckpt._barrier = dying_barrier
+  save_ckpt._barrier = dying_barrier
 
 
 def main(argv):
@@ -139,7 +140,7 @@ def train_loop(watchdog, ckpt_dir):
       print(f'failing at {time.time()}', flush=True)
       raise FloatingPointError(f'loss is nan at step {step} (planted)')
     if step % args.checkpoint_every == 0 or step == args.train_steps:
-      load_ckpt.save_checkpoint(ckpt_dir, step, params, opt_state)
+      save_ckpt.save_checkpoint(ckpt_dir, step, params, opt_state)
 
 
 if __name__ == '__main__':
