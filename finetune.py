@@ -247,13 +247,9 @@ def model_config(config, task, vocab, checkpoint):
 def make_mesh(config):
   """The device mesh of `config.mesh`, checked against the batch size."""
   try:
-    mesh = partitioning.make_mesh(config.mesh)
+    return partitioning.make_mesh(config.mesh, batch_size=config.batch_size)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if config.batch_size % mesh.shape['data']:
-    raise ConfigError(f'--batch_size={config.batch_size} must be a multiple of the mesh\'s '
-                      f'data axis ({mesh.shape["data"]})')
-  return mesh
 
 
 def get_task(config):

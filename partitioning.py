@@ -60,8 +60,9 @@ def with_sharding_constraint(x, logical_axes):
   return jax.lax.with_sharding_constraint(x, logical_to_mesh(x.shape, logical_axes, mesh.shape))
 
 
-def make_mesh(mesh_shape=None, devices=None):
-  """Mesh ('data', 'model') from 'DxM' (e.g. '4x2'); default: every device on 'data'."""
+def make_mesh(mesh_shape=None, devices=None, batch_size=None):
+  """Mesh ('data', 'model') from 'DxM' (e.g. '4x2'); default: every device on 'data'. With
+  `batch_size`, checked to split evenly over 'data'."""
   devices = jax.devices() if devices is None else devices
   if not mesh_shape:
     shape = (len(devices), 1)
@@ -75,6 +76,9 @@ def make_mesh(mesh_shape=None, devices=None):
   if shape[0] * shape[1] != len(devices):
     raise ValueError(f'--mesh {shape[0]}x{shape[1]} needs {shape[0] * shape[1]} devices; '
                      f'there are {len(devices)} ({jax.process_count()} processes)')
+  if batch_size is not None and batch_size % shape[0]:
+    raise ValueError(f'--batch_size={batch_size} must be a multiple of the mesh\'s data axis '
+                     f'({shape[0]})')
   auto = (jax.sharding.AxisType.Auto,) * 2
   return jax.make_mesh(shape, ('data', 'model'), auto, devices=devices)
 

@@ -479,7 +479,10 @@ def run_command(argv):
   with cli.start_up() as watchdog, (cli.lock_output_dir(FLAGS.output_dir)
                                     if jax.process_index() == 0 else contextlib.nullcontext()):
     std_logging.getLogger('packing').setLevel(std_logging.WARNING)  # a line a batch otherwise
-    mesh = finetune.make_mesh(finetune.Config(mesh=FLAGS.mesh, batch_size=FLAGS.batch_size))
+    try:
+      mesh = partitioning.make_mesh(FLAGS.mesh, batch_size=FLAGS.batch_size)
+    except ValueError as e:
+      raise cli.UserError(str(e)) from None
     vocab_path, vocab = prepare_vocab()
     cfg = model_config(vocab)
     tokens_length, targets_length = random_spans_helper(

@@ -1,13 +1,15 @@
 """Tests of partitioning.py: train steps sharded on meshes of 8 CPU devices equal the
-single-device step, and two processes (jax.distributed, each feeding its half of the global
-batch) reach the loss of one."""
+single-device step, two processes (jax.distributed, each feeding its half of the global
+batch) reach the loss of one, and a mesh that cannot work is named."""
 import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+import partitioning
 import testutil
 
 
@@ -51,3 +53,13 @@ def test_two_processes_reach_the_same_loss_as_one():
   assert multi['processes'] == 2 and multi['devices'] == 4, multi
   np.testing.assert_allclose(multi['losses'], single['losses'], rtol=1e-5)
   np.testing.assert_allclose(multi['checksum'], single['checksum'], rtol=1e-6)
+
+
+def test_bad_mesh_and_batch_size_are_named():
+  devices = ['cpu:0', 'cpu:1']  # checked before any device is touched
+  for mesh, message in [('4', "must look like '4x2'"), ('2x2', 'needs 4 devices')]:
+    with pytest.raises(ValueError, match=message):
+      partitioning.make_mesh(mesh, devices)
+  with pytest.raises(ValueError, match=r"--batch_size=3 must be a multiple of the mesh's data "
+                                       r'axis \(2\)'):
+    partitioning.make_mesh('2x1', devices, batch_size=3)
