@@ -297,6 +297,22 @@ def apply(params, cfg, batch, *, rng=None):
   return project(params['decoder']['class_projection'], cfg, pooled)
 
 
+def apply_every_task(params, cfg, batch):
+  """Multi-task, for tasks of one text: every task's logits on every slot, {task name: logits},
+  from one encoder pass; each task's query pools the same encoded rows (`pool`) and its head
+  projects them. No dropout. One forward instead of one a task."""
+  segment_ids = batch['inputs_segment_ids']
+  encoded = encode(params, cfg, batch['inputs'], segment_ids)
+  batch_size, num_slots = batch['targets'].shape[:2]
+  logits = {}
+  for head in cfg.heads:
+    task = params['decoder']['heads'][head.name]
+    queries = jnp.broadcast_to(task['bos_embedding'], (batch_size, num_slots, cfg.d_model))
+    logits[head.name] = project(task['class_projection'], task_config(cfg, head.name),
+                                pool(params, cfg, encoded, segment_ids, queries))
+  return logits
+
+
 def project(projection, cfg, pooled):
   """The class projection with bias: pooled [B, T, D] -> logits (regression: [B, T]).
 

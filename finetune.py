@@ -50,14 +50,14 @@ class Config:
   """A fine-tuning run. Every field is a `train.py` flag of the same name (its help explains
   it); the defaults here are the flags' defaults."""
   # Task and data: a GLUE task, or your own files (`tasks.file_task`), or the demo.
-  task: str = None  # a GLUE task (tasks.TASKS); None: train_file's task, or the demo's
+  task: str = None  # GLUE task(s) (tasks.TASKS); None: train_file's task, or the demo's
   data_dir: str = None
   train_file: str = None  # CSV, TSV or JSON Lines (by extension, or file_format)
   validation_file: str = None
   test_file: str = None
   file_format: str = None  # csv, tsv or jsonl; None: each file's extension
   text_fields: tuple = ('text',)  # each becomes `field: value` in the input, as GLUE's
-  label_field: str = 'label'
+  label_field: str = 'label'  # or several columns, each a task: 'topic,stars:regression'
   regression: bool = False  # a number a row
   multi_label: bool = False  # zero or more labels a row, a sigmoid each
   labels: str = None  # 'a,b,c' or a file of one label a line; None: the training file's
@@ -255,32 +255,63 @@ def make_mesh(config):
 def get_task(config):
   """The task of `config`: a GLUE task (its folder checked to be there), the task of your own
   `train_file`, or the demo. A file task's labels, once recorded in OUTPUT_DIR's
-  run_config.json, are the recorded ones: resuming and prediction need no training file."""
+  run_config.json, are the recorded ones: resuming and prediction need no training file. With
+  several label columns (`label_columns`), `task` names the column whose task this is."""
   if not config.train_file:
     task = tasks.get_task(config.task or tasks.DEMO_TASK.name)
     readers.task_dir(task, config.data_dir)  # fails early if the task's files are not there
     return task
+  columns = label_columns(config)
+  if config.task not in (None, *columns) or (config.task is None and len(columns) > 1):
+    raise ConfigError(f'--task={config.task}: the run\'s tasks are its label columns '
+                      f'({", ".join(columns)}); name one')
+  column = config.task or next(iter(columns))
+  kind = columns[column]
   record = read_run_record(config.output_dir) if config.output_dir else None
   labels = config.labels
   if labels and os.path.isfile(labels):
     labels = readers.read_label_names(labels)
   elif labels:
     labels = tuple(labels.split(','))
-  if record and not config.regression:
-    labels = record['task']['label_names']
-  kind = ('multi_label' if config.multi_label else 'regression' if config.regression
-          else 'classification')
+  if record and kind != 'regression':
+    recorded = record['task'] if 'task' in record else next(
+        task for task in record['tasks'] if task['name'] == column)
+    labels = recorded['label_names']
   try:
     return tasks.file_task(
         config.train_file, config.validation_file, config.test_file,
-        text_fields=config.text_fields, label_field=config.label_field, kind=kind,
-        labels=labels, labels_by_index=config.labels_by_index,
-        label_separator=config.label_separator, fmt=config.file_format,
+        text_fields=config.text_fields, label_field=column, kind=kind, labels=labels,
+        labels_by_index=config.labels_by_index, label_separator=config.label_separator,
+        fmt=config.file_format, name=config.task or '', text_prefix='',
         selection_metric=config.selection_metric)
   except ValueError as e:
     if isinstance(e, fileio.DataError):
       raise
     raise ConfigError(str(e)) from None
+
+
+def label_columns(config):
+  """{column: kind} of `label_field`: one column, of the kind `regression` / `multi_label` say,
+  or one file's several label columns, each a task of a mixture with its kind after a colon
+  ('topic,stars:regression,tags:multi_label'; a bare column is a class)."""
+  fields = config.label_field.split(',')
+  if len(fields) == 1 and ':' not in fields[0]:
+    return {fields[0]: ('multi_label' if config.multi_label else 'regression'
+                        if config.regression else 'classification')}
+  if config.regression or config.multi_label:
+    raise ConfigError(f'--label_field={config.label_field} with --regression or --multi_label: '
+                      'give each column its kind in --label_field (column:regression, '
+                      'column:multi_label)')
+  columns = {}
+  for field in fields:
+    column, _, kind = field.partition(':')
+    if not column or (kind or 'classification') not in tasks.KINDS:
+      raise ConfigError(f'--label_field={config.label_field}: {field!r} is not a column or '
+                        f'column:kind (kinds: {", ".join(tasks.KINDS)})')
+    if column in columns:
+      raise ConfigError(f'--label_field={config.label_field}: {column} given twice')
+    columns[column] = kind or 'classification'
+  return columns
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,8 +360,7 @@ def train(config, watchdog=None):
     logging.info('eval | %s', score_line(run.task, scores))
     record = dict(scores=scores, score=metrics.task_score(run.task, scores))
     if thresholds is not None:  # the record of the checkpoint they decide for
-      record['thresholds'] = dict(zip(run.task.label_names, np.broadcast_to(
-          thresholds, (run.task.num_classes,)).tolist()))
+      record['thresholds'] = threshold_record(run.task, thresholds)
     return record
 
   settings = loop.Settings(config.train_steps, config.eval_every, config.log_every,
@@ -500,6 +530,11 @@ def load_for_inference(config):
   return inference, params, vocab, path
 
 
+def threshold_record(task, thresholds):
+  """{label name: threshold} of a multi-label task, for metrics.jsonl."""
+  return dict(zip(task.label_names, np.broadcast_to(thresholds, (task.num_classes,)).tolist()))
+
+
 def inference_thresholds(config, task, checkpoint):
   """Multi-label: --threshold, else those chosen at the checkpoint's evaluation
   (metrics.jsonl's record of its step), else 0.5."""
@@ -509,8 +544,9 @@ def inference_thresholds(config, task, checkpoint):
     return config.threshold
   step = load_ckpt.checkpoint_step(checkpoint)
   for record in loop.read_metrics(config.output_dir):
-    if record.get('t5x_step') == step and 'thresholds' in record:
-      chosen = record['thresholds']
+    # A mixture records each multi-label task's as thresholds/<task>.
+    chosen = record.get(f'thresholds/{task.name}', record.get('thresholds'))
+    if record.get('t5x_step') == step and chosen is not None:
       logging.info('thresholds chosen on validation at step %d: %s', record['step'],
                    ' '.join(f'{name} {t:.2f}' for name, t in chosen.items()))
       return np.array([chosen[name] for name in task.label_names])

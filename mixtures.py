@@ -1,7 +1,9 @@
 """Multi-task EncT5: one encoder and pooling block, and per task its own learned query (the
-paper's "task embedding", §4.2) and class projection, trained on a mixture of GLUE tasks.
+paper's "task embedding", §4.2) and class projection, trained on a mixture of tasks: GLUE
+tasks, or the label columns of your own file (one text, several labels of it).
 
   python train.py --task=rte,mrpc,stsb,cola --data_dir=glue_data --output_dir=runs/mix
+  python train.py --train_file=t.csv --validation_file=v.csv --label_field=topic,stars:regression
 
 T5 trains on mixtures of tasks (Raffel et al. 2020 §3.5.2; seqio's `Mixture`): each task's
 share of the examples is its size, capped at K ("examples-proportional mixing"), optionally
@@ -42,8 +44,14 @@ import vocabularies
 
 
 def task_names(config):
-  """The tasks of `config.task`, 'rte,mrpc,stsb' -> ('rte', 'mrpc', 'stsb')."""
-  return tuple(config.task.split(',')) if config.task else ()
+  """The tasks of a run: `config.task`'s, 'rte,mrpc,stsb' -> ('rte', 'mrpc', 'stsb'), or with
+  your own files the label columns (`finetune.label_columns`) when there are several."""
+  if config.task:
+    return tuple(config.task.split(','))
+  if config.train_file:
+    columns = tuple(finetune.label_columns(config))
+    return columns if len(columns) > 1 else ()
+  return ()
 
 
 def is_mixture(config):
@@ -51,20 +59,26 @@ def is_mixture(config):
 
 
 def get_tasks(config):
-  """The mixture's GLUE tasks, in the order given (the heads' task ids)."""
+  """The mixture's tasks, in the order given (the heads' task ids): GLUE tasks, or one task a
+  label column of your own files, all of the same text."""
   names = task_names(config)
   repeated = sorted({name for name in names if names.count(name) > 1})
   if repeated:
     raise finetune.ConfigError(f'--task={config.task}: {", ".join(repeated)} given twice')
-  if config.train_file:
-    raise finetune.ConfigError(f'--task={config.task} and --train_file: a mixture is of GLUE '
-                               'tasks')
   if config.model != 'enct5' or not config.pack:
-    raise finetune.ConfigError(f'--task={config.task}: a mixture trains a packed EncT5 '
-                               '(--model=enct5 --pack)')
+    raise finetune.ConfigError(f'--task={config.task or ",".join(names)}: a mixture trains a '
+                               'packed EncT5 (--model=enct5 --pack)')
   if config.selection_task and config.selection_task not in names:
-    raise finetune.ConfigError(f'--selection_task={config.selection_task} is not one of '
-                               f'--task={config.task}')
+    raise finetune.ConfigError(f'--selection_task={config.selection_task} is not one of the '
+                               f'tasks ({", ".join(names)})')
+  if config.train_file:
+    given = [f'--{name}' for name in ('labels', 'labels_by_index', 'selection_metric')
+             if getattr(config, name)]
+    if given:
+      raise finetune.ConfigError(f'--label_field={config.label_field}: {", ".join(given)} would '
+                                 'hold for every column; each column\'s labels are its '
+                                 'training file\'s, and its kind\'s selection metric')
+    return [finetune.get_task(dataclasses.replace(config, task=name)) for name in names]
   try:
     return [tasks.get_task(name) for name in names]
   except ValueError as e:
@@ -178,7 +192,8 @@ def train(config, watchdog=None):
                     for task in mixture]
   # The vocabulary file is named for the mixture; trained on all its texts when there is none.
   named = dataclasses.replace(mixture[0], name='+'.join(task_names(config)))
-  vocab_path = finetune.vocab_file(config, named, sum(train_examples, []))
+  texts = train_examples[0] if config.train_file else sum(train_examples, [])  # one file: one text
+  vocab_path = finetune.vocab_file(config, named, texts)
   vocab = vocabularies.load_vocab(vocab_path)
 
   tokenized = [preprocessing.tokenize(vocab, examples, config.max_input_length,
@@ -212,8 +227,11 @@ def train(config, watchdog=None):
       packed['inputs_segment_ids']) if config.attention_block_length is None
       else cfg.attention_block_length)
   shardings = partitioning.Shardings(enct5.param_specs(cfg), mesh)
-  logging.info('multi-task EncT5 %s: %s parameters; mesh %s', cfg,
-               f'{enct5.count_params(cfg):,}', dict(mesh.shape))
+  shared = ', '.join(f'{name}={value!r}' for name, value in dataclasses.asdict(cfg).items()
+                     if name not in ('num_classes', 'multi_label', 'heads'))  # the heads' own
+  logging.info('multi-task EncT5 (%s), heads %s: %s parameters; mesh %s', shared,
+               ', '.join(map(_head_line, heads)), f'{enct5.count_params(cfg):,}',
+               dict(mesh.shape))
   record = run_record(config, mixture, cfg, vocab_path)
   if jax.process_index() == 0:
     fileio.write_atomically(os.path.join(config.output_dir, finetune.RECORD_FILE), record)
@@ -233,15 +251,17 @@ def train(config, watchdog=None):
   inferences = {task.name: _task_inference(task, cfg, mesh, config) for task in mixture}
 
   def evaluate_now(params):
-    scores = {}
+    scores, thresholds = {}, {}
     for task in mixture:
       inference = inferences[task.name]
-      task_scores, _ = evaluation.evaluate_sets(
+      task_scores, task_thresholds = evaluation.evaluate_sets(
           task_config(config, task), inference, enct5.task_params(params, task.name),
           eval_sets[task.name])
       logging.info('eval %s | %s', task.name, finetune.score_line(task, task_scores))
       scores.update(task_scores)
-    return dict(scores=scores, **mixture_score(config, mixture, scores))
+      if task_thresholds is not None:
+        thresholds[f'thresholds/{task.name}'] = finetune.threshold_record(task, task_thresholds)
+    return dict(scores=scores, **mixture_score(config, mixture, scores), **thresholds)
 
   def summarize(sums):
     figures = finetune.summarize(sums)
@@ -257,13 +277,21 @@ def train(config, watchdog=None):
                          extra_files={finetune.RECORD_FILE: record}, watchdog=watchdog)
 
 
+def _head_line(head):
+  """'topic (3 classes)', 'stars (regression)', 'tags (28 labels)'."""
+  if head.multi_label:
+    return f'{head.name} ({head.num_classes} labels)'
+  return f'{head.name} ({"regression" if head.num_classes == 1 else f"{head.num_classes} classes"})'
+
+
 def _task_inference(task, cfg, mesh, config):
   """What evaluates one task of the mixture: its one-task model (`enct5.task_config`), whose
   parameters `enct5.task_params` takes from the multi-task ones."""
   task_cfg = enct5.task_config(cfg, task.name)
   shardings = partitioning.Shardings(enct5.param_specs(task_cfg), mesh)
-  return evaluation.Inference(task, task_cfg, shardings, evaluation.make_eval_step(task_cfg, shardings),
-                            labels=None, thresholds=config.threshold)
+  return evaluation.Inference(task, task_cfg, shardings,
+                              evaluation.make_eval_step(task_cfg, shardings), labels=None,
+                              thresholds=config.threshold)
 
 
 def mixture_score(config, mixture, scores):
@@ -290,3 +318,33 @@ def evaluate(config):
   logging.info('mixture | %s | score %.2f', ' '.join(
       f'{name} {score:.2f}' for name, score in result['task_scores'].items()), result['score'])
   return scores
+
+
+def every_task_inference(config):
+  """Every task of a run whose tasks share their text (your own file's label columns) in one
+  pass: (`evaluation.Inference` of the multi-task model, its eval step giving every head's
+  logits on every slot (`enct5.apply_every_task`), its `tasks` and each one's thresholds;
+  params, vocab, checkpoint path)."""
+  mixture = get_tasks(config)
+  if not config.train_file:
+    raise finetune.ConfigError(f'{config.output_dir} is a multi-task run of GLUE tasks, which do '
+                               'not share their text: say which task labels, --task= (task=) '
+                               f'one of {config.task}')
+  path = finetune.inference_checkpoint(config)
+  vocab = vocabularies.load_vocab(finetune.vocab_file(config, mixture[0]))
+  cfg = dataclasses.replace(finetune.model_config(config, mixture[0], vocab, path),
+                            heads=heads_of(mixture))
+  shardings = partitioning.Shardings(enct5.param_specs(cfg), finetune.make_mesh(config))
+  params = load_ckpt.load_params(path, cfg, jax.random.PRNGKey(config.seed),
+                                 shardings=shardings.params)
+  eval_step = evaluation.make_eval_step(
+      cfg, shardings, outputs=lambda params, cfg, batch, _: enct5.apply_every_task(params, cfg,
+                                                                                   batch))
+  thresholds = {task.name: finetune.inference_thresholds(task_config(config, task), task, path)
+                for task in mixture}
+  logging.info('inference with %s: every task in one pass (%s)', path,
+               ', '.join(task_names(config)))
+  inference = evaluation.Inference(mixture[0], cfg, shardings, eval_step, labels=None,
+                                   thresholds=thresholds, tasks=tuple(mixture))
+  return inference, params, vocab, path
+

@@ -15,11 +15,13 @@ import time
 import jax
 import numpy as np
 
+import enct5
 import evaluation
 import fileio
 import finetune
 import loop
 import metrics
+import mixtures
 import readers
 
 
@@ -82,15 +84,15 @@ def prediction_row(task, row_id, output, *, threshold=0.5, id_key='id'):
   {id_key: row_id} and 'label' (the most probable name) for classification, 'labels' (the
   names whose probability is >= their threshold, in class order) for multi-label, each with
   'probabilities' {name: p} over every label; 'value' for regression. Probabilities are
-  rounded to 6 decimals.
+  rounded to 6 decimals. `id_key` None: no id (a task's part of a row of several tasks).
   """
+  row = {id_key: row_id} if id_key else {}
   if task.is_regression:
-    return {id_key: row_id, 'value': float(np.asarray(output).reshape(()))}
+    return dict(row, value=float(np.asarray(output).reshape(())))
   output = np.asarray(output, np.float64)
   if output.shape != (task.num_classes,):
     raise ValueError(f'output of shape {output.shape}; expected ({task.num_classes},), one '
                      'probability per label')
-  row = {id_key: row_id}
   if task.is_multi_label:
     row['labels'] = [task.label_names[k] for k in np.flatnonzero(output >= threshold)]
   else:
@@ -117,31 +119,62 @@ def predict_file(config, input_file, predictions_file=None, id_field=None):
                                '(--model=enct5), with its probabilities; this one is '
                                f'--model={config.model}')
   path = predictions_path(config, input_file, predictions_file)
-  inference, params, vocab, _ = finetune.load_for_inference(config)
+  load = mixtures.every_task_inference if mixtures.is_mixture(config) else (
+      finetune.load_for_inference)
+  inference, params, vocab, _ = load(config)
   return label_file(config, inference, params, vocab, input_file, path, id_field)
 
 
 def label_file(config, inference, params, vocab, input_file, path, id_field=None):
   """`predict_file`'s work, the model loaded (`finetune.load_for_inference`) and `path`
   checked (`predictions_path`): `input_file` labelled into `path`; -> `path`."""
-  task = inference.task
   progress = Progress(input_file)
   with (fileio.atomic_file(path, 'w') if jax.process_index() == 0
         else open(os.devnull, 'w')) as out:
     id_key = 'id' if id_field else 'line'
-    write = _row_writer(out, task, readers.path_format(path), id_key)
-    for row_ids, examples in readers.stream_file(task, input_file, PREDICT_CHUNK_ROWS,
+    write = _row_writer(out, inference, readers.path_format(path), id_key)
+    for row_ids, examples in readers.stream_file(inference.task, input_file, PREDICT_CHUNK_ROWS,
                                                  id_field=id_field,
                                                  on_error=evaluation.on_bad_rows(config)):
-      packed = evaluation.pack_for_inference(config, task, examples, vocab, path=input_file)
-      ids, outputs = evaluation.infer(config, inference, params, packed, evaluation.label_outputs)
       row_id = {example.idx: i for example, i in zip(examples, row_ids)}
-      for idx, output in zip(ids, outputs):
-        write(prediction_row(task, row_id[idx], output, threshold=inference.thresholds,
-                             id_key=id_key))
+      for row in label_examples(config, inference, params, vocab, examples, input_file,
+                                row_id, id_key):
+        write(row)
       progress.update(examples[-1].line, len(examples))
   logging.info('wrote %d predictions to %s', progress.rows, path)
   return path
+
+
+def label_examples(config, inference, params, vocab, examples, path, row_id, id_key):
+  """The prediction rows of `examples` (read from `path`), in order: one task's
+  (`prediction_row`), or of a one-pass inference (`inference.tasks`) every task's, {id_key: the
+  row's id, task name: its row without the id, ...}. `row_id`: example idx -> the row's id."""
+  packed = evaluation.pack_for_inference(config, inference.task, examples, vocab, path=path)
+  if not inference.tasks:
+    ids, outputs = evaluation.infer(config, inference, params, packed, evaluation.label_outputs)
+    return [prediction_row(inference.task, row_id[idx], output, threshold=inference.thresholds,
+                           id_key=id_key) for idx, output in zip(ids, outputs)]
+  ids, outputs = evaluation.infer(config, inference, params, packed, every_task_outputs)
+  rows = [{id_key: row_id[idx]} for idx in ids]
+  start = 0
+  for task in inference.tasks:  # each task's outputs are the next num_classes columns
+    for row, output in zip(rows, outputs[:, start:start + task.num_classes]):
+      row[task.name] = prediction_row(task, None, output,
+                                      threshold=inference.thresholds[task.name], id_key=None)
+    start += task.num_classes
+  return rows
+
+
+def every_task_outputs(logits, inference):
+  """A one-pass eval step's {task name: logits} -> every task's outputs side by side, [B, T,
+  the tasks' num_classes summed]: each task's probabilities, or its value (regression), as
+  `evaluation.label_outputs`."""
+  outputs = []
+  for task in inference.tasks:
+    task_inference = inference._replace(cfg=enct5.task_config(inference.cfg, task.name))
+    output = evaluation.label_outputs(logits[task.name], task_inference)
+    outputs.append(output.reshape(*output.shape[:2], -1))
+  return np.concatenate(outputs, axis=-1)
 
 
 def predictions_path(config, input_file, predictions_file):
@@ -169,22 +202,33 @@ def predictions_path(config, input_file, predictions_file):
   return predictions_file
 
 
-def _row_writer(out, task, fmt, id_key):
+def _row_writer(out, inference, fmt, id_key):
   """write(prediction row) into `out`: a JSON object a line, or CSV/TSV with a header: the id,
-  the label(s) or value, and a column of probabilities per label; a field that holds the
-  delimiter, a quote or a line break is quoted ("..." with "" for a quote), as the readers
-  read it."""
+  the label(s) or value, and a column of probabilities per label (one pass for several tasks:
+  these columns for each task, named after it); a field that holds the delimiter, a quote or a
+  line break is quoted ("..." with "" for a quote), as the readers read it."""
   if fmt == 'jsonl':
     return lambda row: out.write(json.dumps(row) + '\n')
   writer = csv.writer(out, delimiter=',' if fmt == 'csv' else '\t', lineterminator='\n')
-  answer = 'value' if task.is_regression else 'labels' if task.is_multi_label else 'label'
-  writer.writerow([id_key, answer, *(f'p({name})' for name in
-                                     ([] if task.is_regression else task.label_names))])
+  tasks = inference.tasks or (inference.task,)
+  answer = {task.name: 'value' if task.is_regression else 'labels' if task.is_multi_label
+            else 'label' for task in tasks}
+  header = [id_key]
+  for task in tasks:
+    prefix = f'{task.name} ' if inference.tasks else ''
+    header += [task.name if inference.tasks else answer[task.name],
+               *(f'{prefix}p({name})' for name in ([] if task.is_regression
+                                                   else task.label_names))]
+  writer.writerow(header)
 
   def write(row):
-    value = row[answer]
-    value = task.label_separator.join(value) if isinstance(value, list) else str(value)
-    writer.writerow([str(row[id_key]), value, *map(str, row.get('probabilities', {}).values())])
+    fields = [str(row[id_key])]
+    for task in tasks:
+      task_row = row[task.name] if inference.tasks else row
+      value = task_row[answer[task.name]]
+      fields += [task.label_separator.join(value) if isinstance(value, list) else str(value),
+                 *map(str, task_row.get('probabilities', {}).values())]
+    writer.writerow(fields)
   return write
 
 
@@ -226,7 +270,8 @@ class Labeler:
   One row alone (a string or a dict) gives its output row alone; no rows give []. `checkpoint`:
   another than the run's best; `batch_size`: packed rows per batch (default the run's);
   `dtype`: the activations' (default the run's; 'bfloat16' for any run). `task`: a multi-task
-  run's task whose head labels (`mixtures`).
+  run's task whose head labels (`mixtures`); unset, the tasks of one file's label columns label
+  in one pass, each output row {'row': n, task: its row, ...}.
   """
 
   def __init__(self, output_dir, checkpoint=None, batch_size=None, dtype=None, task=None):
@@ -238,29 +283,25 @@ class Labeler:
                   mesh=None, batch_size=batch_size or config['batch_size'],
                   dtype=dtype or config['dtype'],
                   attention_block_length=None)  # blocks from the rows it labels
-    names = config['task'].split(',') if config['task'] else []
+    names = mixtures.task_names(finetune.Config(**config))
     if task and task not in names:
       raise finetune.ConfigError(f'{output_dir}: task={task!r} is not a task of the run '
-                                 f'({", ".join(names) or "it has its own files"})')
-    if len(names) > 1 and not task:
-      raise finetune.ConfigError(f'{output_dir} is a multi-task run: say which task labels, '
-                                 f'task= one of {", ".join(names)}')
+                                 f'({", ".join(names) or "it has one"})')
     config.update(task=task or config['task'])
     self.config = finetune.Config(**config)
     if self.config.model != 'enct5':
       raise finetune.ConfigError(f'{output_dir}: Labeler takes an EncT5 run (its probabilities); '
                                  f'this one is --model={self.config.model}')
-    self.inference, self.params, self.vocab, _ = finetune.load_for_inference(self.config)
+    load = mixtures.every_task_inference if mixtures.is_mixture(self.config) else (
+        finetune.load_for_inference)
+    self.inference, self.params, self.vocab, _ = load(self.config)
 
   def __call__(self, rows):
     if isinstance(rows, (str, dict)):
       return self([rows])[0]
-    task, config = self.inference.task, self.config
-    examples = readers.text_examples(task, rows)
+    examples = readers.text_examples(self.inference.task, rows)
     if not examples:
       return []
-    packed = evaluation.pack_for_inference(config, task, examples, self.vocab)
-    ids, outputs = evaluation.infer(config, self.inference, self.params, packed,
-                                  evaluation.label_outputs)
-    return [prediction_row(task, int(idx) + 1, output, threshold=self.inference.thresholds,
-                           id_key='row') for idx, output in zip(ids, outputs)]
+    return label_examples(self.config, self.inference, self.params, self.vocab, examples,
+                          '<examples>', {example.idx: example.idx + 1 for example in examples},
+                          'row')

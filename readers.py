@@ -35,12 +35,13 @@ class Example:
 
 def format_text(task, fields):
   """T5's text: 'rte sentence1: <s1> sentence2: <s2>' (`preprocessors.glue`, `stsb`); without
-  the first word when the task has no name.
+  the first word when the task has no name (or its `text_prefix` is '').
 
   NOTE: fields are joined as they are, as in T5 (SST-2's sentences end with a space);
   SentencePiece's normalizer collapses the extra whitespace.
   """
-  parts = [task.name] if task.name else []
+  prefix = task.name if task.text_prefix is None else task.text_prefix
+  parts = [prefix] if prefix else []
   for feature, _ in task.features:
     parts += [f'{feature}:', fields[feature]]
   return ' '.join(parts)

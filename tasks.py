@@ -46,7 +46,8 @@ class Task:
   A run records it (`task_to_json`), so that prediction knows the labels without the training
   file.
   """
-  name: str  # the first word of every input ('' for none); T5's benchmark name for GLUE
+  name: str  # T5's benchmark name for GLUE; the first word of every input ('' for none) unless
+             # text_prefix is set
   features: tuple  # (feature name in the text, column), in text order
   label_column: str
   files: dict  # split -> a file name in the task's GLUE folder, or a path (file_task)
@@ -61,6 +62,8 @@ class Task:
   headerless_columns: tuple = ()  # CoLA's train/dev files have no header row
   label_separator: str = ','  # between a multi-label row's labels in CSV/TSV ('0,15')
   score_range: tuple = None  # regression: (low, high) a score must lie in (STS-B: 0 to 5)
+  text_prefix: str = None  # the first word of every input instead of the name ('' for none):
+                          # the tasks of one file's label columns share their text
 
   @property
   def is_regression(self):
@@ -161,7 +164,7 @@ FILE_METRICS = {
 
 def file_task(train_file, validation_file=None, test_file=None, *, text_fields=('text',),
               label_field='label', kind='classification', labels=None, labels_by_index=False,
-              label_separator=',', fmt=None, name='', selection_metric=None):
+              label_separator=',', fmt=None, name='', text_prefix=None, selection_metric=None):
   """A task of your own CSV, TSV or JSON Lines files.
 
   Args:
@@ -182,6 +185,7 @@ def file_task(train_file, validation_file=None, test_file=None, *, text_fields=(
       written as the names. Without it the files spell the names themselves.
     name: the first word of every input and the name of the validation metrics; '' (the
       default): no first word, and metrics named 'validation/...'.
+    text_prefix: the first word of every input instead of `name` ('' for none).
     selection_metric: the metric that picks the best checkpoint (one of FILE_METRICS[kind]);
       default: accuracy, the mean of Pearson and Spearman, or macro-F1.
 
@@ -206,7 +210,7 @@ def file_task(train_file, validation_file=None, test_file=None, *, text_fields=(
   task = Task(name, tuple((field, field) for field in text_fields), label_field, files,
               kind=kind, metric_names=metric_names, selection_metrics=selection,
               eval_names={'validation': name or 'validation'} if validation_file else {},
-              fmt=fmt, label_separator=label_separator)
+              fmt=fmt, label_separator=label_separator, text_prefix=text_prefix)
   for path in files.values():
     readers.file_format(task, path)  # an unknown extension fails here, not after training
   if kind == 'regression':

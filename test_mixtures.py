@@ -1,7 +1,8 @@
 """Tests of mixtures.py and multi-task EncT5: T5's mixing rates by hand, a packed mixture equal to
 each task's examples run alone (logits, losses, gradients), a head untouched by the slots of
-other tasks, training on GLUE tasks through train.py (per-task scores, --mode=eval with one head,
-exact resume, one task's fine-tuning from the mixture), and bad flags as one line.
+other tasks, every task in one pass, training on GLUE tasks through train.py (per-task scores,
+--mode=eval with one head, exact resume, one task's fine-tuning from the mixture), the label
+columns of one file as tasks (one pass labelling them all), and bad flags as one line.
 """
 import json
 import os
@@ -149,6 +150,19 @@ def test_pack_mixture_targets_and_task_ids(mixture):
       assert not np.any(packed[f'targets/{HEADS[other].name}'][slot])
 
 
+def test_every_task_in_one_pass_equals_each_task_on_every_slot(mixture):
+  """`apply_every_task` (one encoder pass, every task's query on every slot) gives each task
+  what `apply` gives when every slot is that task's."""
+  cfg, params, _, packed = mixture
+  batch = {k: jnp.asarray(v) for k, v in packed.items() if k != 'example_ids'}
+  batch['targets'] = batch['targets/three']
+  every = enct5.apply_every_task(params, cfg, batch)
+  assert set(every) == {head.name for head in HEADS}
+  for k, head in enumerate(HEADS):
+    alone = enct5.apply(params, cfg, dict(batch, task_ids=jnp.full_like(batch['task_ids'], k)))
+    np.testing.assert_allclose(every[head.name], alone[head.name], atol=1e-5, err_msg=head.name)
+
+
 # ---------------------------------------------------------------------------- through train.py
 
 MIX_FLAGS = ['--task=rte,stsb', '--size=tiny', '--d_model=32', '--d_ff=64', '--num_heads=2',
@@ -221,14 +235,14 @@ def test_mixture_labels_a_file_with_the_task_named(mix_run, tmp_path, capsys):
   flags = [f'--output_dir={mix_run}', '--mode=predict', f'--input_file={rows}',
            f'--predictions_file={out}']
   assert testutil.train_status(*flags) == 2
-  assert 'multi-task run; say which task labels the file, --task= one of rte,stsb' in (
-      capsys.readouterr().err.strip().splitlines()[-1])
+  assert ('multi-task run of GLUE tasks, which do not share their text: say which task labels, '
+          '--task= (task=) one of rte,stsb') in capsys.readouterr().err.strip().splitlines()[-1]
   assert testutil.train_status(*flags, '--task=rte') == 0
   labelled = [json.loads(line) for line in out.read_text().splitlines()]
   assert [row['line'] for row in labelled] == [2, 3, 4]
   assert {row['label'] for row in labelled} <= {'entailment', 'not_entailment'}
   import predict
-  with pytest.raises(finetune.ConfigError, match='multi-task run: say which task'):
+  with pytest.raises(finetune.ConfigError, match='do not share their text: say which task'):
     predict.Labeler(mix_run)
   pair = {'sentence1': 'A man plays a guitar.', 'sentence2': 'A man plays music.'}
   assert set(predict.Labeler(mix_run, task='stsb')(pair)) == {'row', 'value'}
@@ -248,3 +262,98 @@ def test_bad_mixture_flags_are_one_line(flags, message, tmp_path, capsys):
   assert status == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert message in err[-1] and 'Traceback' not in '\n'.join(err)
+
+
+# ------------------------------------------------------------ your own file's label columns
+
+COLUMNS = '--label_field=topic,stars:regression,tags:multi_label'
+
+
+def _tickets_of_three_labels(path, n, offset):
+  """id,text,topic,stars,tags: of each made-up ticket a class, a number and a set of labels."""
+  rows = []
+  for i in range(offset, offset + n):
+    words = [testutil.WORDS[(i + k) % len(testutil.WORDS)] for k in range(4)]
+    topic = 'billing' if {'billing', 'card'} & set(words) else 'other'
+    stars = sum(word in ('great', 'kind', 'fast') for word in words)
+    tags = ','.join(tag for tag, cues in (('late', {'late', 'slow'}),
+                                          ('broken', {'broken', 'awful'})) if cues & set(words))
+    rows.append(f'{i},{" ".join(words)},{topic},{stars},"{tags}"')
+  return testutil.write_rows(path, 'id,text,topic,stars,tags', rows)
+
+
+@pytest.fixture(scope='module')
+def file_mix(tmp_path_factory):
+  """One model trained on three label columns of one file, 4 steps."""
+  root = tmp_path_factory.mktemp('file_mix')
+  files = dict(train=_tickets_of_three_labels(root / 'train.csv', 60, 0),
+               dev=_tickets_of_three_labels(root / 'dev.csv', 20, 100), run=str(root / 'run'))
+  testutil.train_main(f'--train_file={files["train"]}', f'--validation_file={files["dev"]}',
+                      COLUMNS, *testutil.TICKET_FLAGS, f'--output_dir={files["run"]}')
+  return files
+
+
+def test_label_columns_are_tasks_of_one_model_and_one_text(file_mix):
+  run = file_mix['run']
+  record = json.load(open(os.path.join(run, 'run_config.json')))
+  assert [(t['name'], t['kind'], t['text_prefix']) for t in record['tasks']] == [
+      ('topic', 'classification', ''), ('stars', 'regression', ''), ('tags', 'multi_label', '')]
+  best = max(loop.read_metrics(run), key=lambda r: r['score'])
+  assert set(best['task_scores']) == {'topic', 'stars', 'tags'}
+  assert set(best['thresholds/tags']) == {'late', 'broken'}
+  # --mode=eval: every task's scores at the best checkpoint, its thresholds as chosen then.
+  config = dict(record['config'], text_fields=tuple(record['config']['text_fields']),
+                output_dir=run, vocab=record['vocab_file'])
+  scores = mixtures.evaluate(finetune.Config(**config))
+  for key, value in best['scores'].items():
+    assert scores[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_label_columns_label_a_file_in_one_pass_as_each_task_alone(file_mix, tmp_path):
+  """One encoder pass for every task: each task's part of a row is that task's own row."""
+  run, dev = file_mix['run'], file_mix['dev']
+  predict_flags = [f'--output_dir={run}', '--mode=predict', f'--input_file={dev}']
+  assert testutil.train_status(*predict_flags, f'--predictions_file={tmp_path / "all.jsonl"}',
+                               '--compilation_cache=') == 0
+  every = [json.loads(line) for line in (tmp_path / 'all.jsonl').read_text().splitlines()]
+  assert len(every) == 20 and [row['line'] for row in every] == list(range(2, 22))
+  for task in ('topic', 'stars', 'tags'):
+    out = tmp_path / f'{task}.jsonl'
+    assert testutil.train_status(*predict_flags, f'--task={task}', f'--predictions_file={out}',
+                                 '--compilation_cache=') == 0
+    for row, alone in zip(every, map(json.loads, out.read_text().splitlines())):
+      assert row['line'] == alone.pop('line')
+      assert row[task].keys() == alone.keys()
+      for key, value in alone.items():
+        if key == 'probabilities':
+          assert row[task][key] == pytest.approx(value, abs=2e-6)
+        else:
+          assert row[task][key] == pytest.approx(value, abs=1e-5) if key == 'value' else value
+  assert testutil.train_status(*predict_flags, f'--predictions_file={tmp_path / "all.csv"}',
+                               '--compilation_cache=') == 0
+  assert (tmp_path / 'all.csv').read_text().splitlines()[0] == (
+      'line,topic,topic p(billing),topic p(other),stars,tags,tags p(broken),tags p(late)')
+  import predict
+  text = 'refund card late slow'
+  both = predict.Labeler(run)([text, 'great kind fast film'])
+  assert [row['row'] for row in both] == [1, 2]
+  assert both[0]['stars']['value'] == pytest.approx(
+      predict.Labeler(run, task='stars')(text)['value'], abs=1e-5)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--label_field=topic,topic'], '--label_field=topic,topic: topic given twice'),
+    (['--label_field=topic,stars:ranking'], "'stars:ranking' is not a column or column:kind"),
+    (['--label_field=topic,stars', '--regression'], 'give each column its kind'),
+    (['--label_field=topic,stars', '--labels=a,b'], '--labels would hold for every column'),
+    ([COLUMNS, '--task=topic'], '--task=topic and --train_file: one or the other'),
+    (['--label_field=topic:regression,stars'], "score 'billing' is not a number"),
+])
+def test_bad_label_columns_are_one_line(file_mix, flags, message, tmp_path, capsys):
+  status = testutil.train_status(f'--train_file={file_mix["train"]}',
+                                 f'--validation_file={file_mix["dev"]}', *flags,
+                                 *testutil.TICKET_FLAGS, f'--output_dir={tmp_path}')
+  assert status == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert message in err[-1] and 'Traceback' not in '\n'.join(err)
+

@@ -206,6 +206,31 @@ def test_rows_block_length_is_the_smallest_block_no_example_crosses():
   assert packing.rows_block_length(packed['inputs_segment_ids']) <= 16
 
 
+def test_pack_by_length_puts_each_example_in_the_shortest_block_that_holds_it():
+  """Inference rows (`pack_by_length`): rows of 8-token blocks for the short examples, of 16 and
+  32 for the longer ones, in that order; every example once, and `batch_block_length` runs each
+  group of rows in its own block."""
+  assert packing.inference_blocks(32) == [4, 8, 16, 32]
+  assert packing.inference_blocks(24) == [3, 4, 6, 8, 12, 24]
+  lengths = (3, 9, 2, 7, 16, 30, 5, 8)
+  examples = [([k + 2] * n, k + 1) for k, n in enumerate(lengths)]
+  packed = packing.pack_by_length(examples, 32, 4, ids=np.arange(10, 18))
+  ids, labels = packing.per_example(packed['example_ids'], packed['targets'])
+  assert ids.tolist() == list(range(10, 18)) and labels.tolist() == list(range(1, 9))
+  blocks = []
+  for row, slots in zip(packed['inputs_segment_ids'], packed['example_ids']):
+    blocks.append(packing.batch_block_length(row[None]))
+    for slot, example in enumerate(slots[slots >= 0] - 10):
+      assert np.sum(row == slot + 1) == lengths[example]
+      block = min(b for b in (4, 8, 16, 32) if b >= lengths[example])  # the shortest to hold it
+      assert packing.rows_block_length(row[None]) <= block == blocks[-1]
+  assert blocks == sorted(blocks) and set(blocks) == {4, 8, 16, 32}
+  # A batch of rows of two groups runs in the longer block (a multiple of both).
+  assert packing.batch_block_length(packed['inputs_segment_ids']) == 32
+  empty = packing.pack_by_length([], 32, 4)
+  assert empty['inputs'].shape == (0, 32)
+
+
 def test_best_fit_never_worse_than_next_fit():
   rng = np.random.default_rng(0)
   for _ in range(300):

@@ -107,7 +107,9 @@ flags.DEFINE_enum('file_format', None, ['csv', 'tsv', 'jsonl'], 'The files\' for
                   'extensions do not say it.')
 flags.DEFINE_list('text_fields', list(DEFAULTS.text_fields), 'The text columns (JSON keys), in '
                   'order; each becomes `field: value` in the input, e.g. question,passage.')
-flags.DEFINE_string('label_field', DEFAULTS.label_field, 'The label column (JSON key).')
+flags.DEFINE_string('label_field', DEFAULTS.label_field, 'The label column (JSON key). Several, '
+                    'each a task of one model (multi-task, one text): topic,stars:regression,'
+                    'tags:multi_label (a bare column is a class).')
 flags.DEFINE_bool('regression', DEFAULTS.regression, 'A number a row (squared error), instead '
                   'of a class.')
 flags.DEFINE_bool('multi_label', DEFAULTS.multi_label, 'Zero or more labels a row (a JSON list, '
@@ -189,19 +191,22 @@ NOT_RECORDED = ('output_dir', 'checkpoint', 'mesh', 'attention_block_length')
 
 def check_flags():
   """Flags that cannot work stop here, before anything is read or compiled."""
+  if FLAGS.task and FLAGS.train_file and FLAGS.mode == 'train':
+    raise UserError(f'--task={FLAGS.task} and --train_file: one or the other (the tasks of your '
+                    'own file are its label columns, --label_field)')
   names = FLAGS.task.split(',') if FLAGS.task else []
   unknown = [name for name in names if name not in tasks.TASKS]
-  if unknown:
+  if unknown and not FLAGS.train_file:  # eval and predict: a label column of the run's file
     raise UserError(f'--task={FLAGS.task}: no GLUE task {", ".join(map(repr, unknown))}; one of '
                     f'{sorted(tasks.TASKS)}')
-  if FLAGS.selection_task and FLAGS.selection_task not in names:
-    raise UserError(f'--selection_task={FLAGS.selection_task} is not one of --task={FLAGS.task}')
+  run_tasks = mixtures.task_names(config_from_flags())
+  if FLAGS.selection_task and FLAGS.selection_task not in run_tasks:
+    raise UserError(f'--selection_task={FLAGS.selection_task} is not one of the run\'s tasks '
+                    f'({", ".join(run_tasks) or "it has one"})')
   if not FLAGS.mixing_temperature > 0:
     raise UserError(f'--mixing_temperature={FLAGS.mixing_temperature}: must be positive')
   if FLAGS.mixing_cap is not None and FLAGS.mixing_cap < 1:
     raise UserError(f'--mixing_cap={FLAGS.mixing_cap}: must be >= 1')
-  if FLAGS.task and FLAGS.train_file:
-    raise UserError(f'--task={FLAGS.task} and --train_file: one or the other')
   if FLAGS.train_file and not FLAGS.validation_file:
     raise UserError('--train_file needs --validation_file: the best checkpoint is chosen on it')
   if FLAGS.regression and FLAGS.multi_label:
@@ -327,7 +332,7 @@ def run_mode(watchdog):
   demo = FLAGS.task is None and FLAGS.train_file is None
   if demo:
     demo_setup(with_demo_flags=not recorded_flags)
-  elif FLAGS.task and FLAGS.data_dir is None:
+  elif FLAGS.task and not FLAGS.train_file and FLAGS.data_dir is None:
     found = [p for p in GLUE_PLACES if os.path.isdir(p)]
     hint = f' (GLUE data found: --data_dir={os.path.normpath(found[0])})' if found else ''
     raise app.UsageError(f'--task={FLAGS.task} needs --data_dir{hint}')
@@ -338,9 +343,6 @@ def run_mode(watchdog):
     with cli.stop_at_once_on_signals('evaluating'):
       (mixtures.evaluate if mixtures.is_mixture(config) else finetune.evaluate)(config)
   elif FLAGS.mode == 'predict' and (FLAGS.input_file or FLAGS.train_file):
-    if mixtures.is_mixture(config):
-      raise UserError(f'--input_file: {config.output_dir} is a multi-task run; say which task '
-                      f'labels the file, --task= one of {config.task}')
     input_file = FLAGS.input_file or FLAGS.test_file
     if not input_file:
       raise app.UsageError('--mode=predict needs --input_file (or the run\'s --test_file)')
