@@ -93,9 +93,8 @@ def on_bad_rows(config):
 
 
 def packing_block_length(config):
-  """Training's `preprocessing.pack_split` block_length for --attention_block_length: unset,
-  'fit' (the smallest block that holds the longest example); 0, None (whole rows); else that
-  block."""
+  """`preprocessing.pack_split`'s block_length for --attention_block_length: unset, 'fit' (the
+  smallest block that holds the longest example); 0, None (whole rows); else that block."""
   if config.attention_block_length is None:
     return 'fit'
   return config.attention_block_length or None
@@ -104,16 +103,14 @@ def packing_block_length(config):
 def pack_for_inference(config, task, examples, vocab, path='<examples>'):
   """The rows that evaluation and prediction label: EncT5's packed rows, up to
   max_target_length examples each; one example a row unpacked, and for T5 and 1decT5, which
-  decode greedily. With --attention_block_length unset, each example in rows of the shortest
-  block that holds it (`packing.pack_by_length`), else as training packs: `infer` runs the
-  encoder in the blocks the rows allow, with the outputs of whole rows."""
+  decode greedily. Each example within one attention block (`packing_block_length`): `infer`
+  runs the encoder in the blocks the rows allow, with the outputs of whole rows."""
   target_length, method = 1, 'unpacked'
   if config.pack and not MODELS[config.model].labels_as_text:
     target_length, method = config.max_target_length, 'best_fit'
-  block_length = ('by_length' if config.attention_block_length is None
-                  else config.attention_block_length or None)
   return preprocessing.pack_split(task, examples, vocab, config.max_input_length, target_length,
-                                  method=method, path=path, block_length=block_length)
+                                  method=method, path=path,
+                                  block_length=packing_block_length(config))
 
 
 def load_eval_split(config, task, split, vocab):
@@ -140,20 +137,20 @@ def infer(config, inference, params, packed, outputs=None):
   """Per-example results of a split's rows -> (example ids ascending, results): the model's
   predictions (`Model.predictions`), or `outputs(eval step outputs, inference)`.
 
-  The encoder attends within the blocks each batch's rows allow (`packing.batch_block_length`),
-  or in --attention_block_length's when given. Every batch is dispatched before the first
-  result is read: the device computes while the host prepares the next batch (JAX dispatches
-  asynchronously).
+  The encoder attends within the blocks the rows allow (`packing.rows_block_length`), or in
+  --attention_block_length's when given; the last batch has only the rows it needs
+  (`packing.tail_batch_size`). Every batch is dispatched before the first result is read: the
+  device computes while the host prepares the next batch (JAX dispatches asynchronously).
   """
   model = MODELS[config.model]
   outputs = outputs or model.predictions
-  dispatched = []
-  for batch in packing.eval_batches(packed, config.batch_size):
-    block_length = config.attention_block_length
-    if block_length is None:
-      block_length = packing.batch_block_length(batch['inputs_segment_ids'])
-    dispatched.append(inference.eval_step(params, partitioning.global_batch(
-        {k: batch[k] for k in model.eval_keys}, inference.shardings.batch), block_length))
+  block_length = config.attention_block_length
+  if block_length is None:
+    block_length = packing.rows_block_length(packed['inputs_segment_ids'])
+  data_axis = inference.shardings.mesh.shape['data']
+  dispatched = [inference.eval_step(params, partitioning.global_batch(
+      {k: batch[k] for k in model.eval_keys}, inference.shardings.batch), block_length)
+                for batch in packing.eval_batches(packed, config.batch_size, data_axis)]
   results = [outputs(jax.tree.map(np.asarray, out), inference) for out in dispatched]
   return packing.per_example(packed['example_ids'], np.concatenate(results))
 

@@ -277,40 +277,6 @@ def block_length_for(lengths, max_length):
   return min(b for b in range(1, max_length + 1) if max_length % b == 0 and b >= longest)
 
 
-def inference_blocks(max_length):
-  """The block lengths of inference rows (`pack_by_length`): the divisors of the row length
-  from an eighth of it up, the whole row last. A few, so a few compilations."""
-  return [b for b in range(1, max_length + 1) if max_length % b == 0 and 8 * b >= max_length]
-
-
-def pack_by_length(examples, max_input_length, max_target_length, *, ids=None, **options):
-  """Rows sized to their examples, for inference: each example goes into rows whose blocks are
-  the shortest of `inference_blocks` that holds it; each block length's rows are packed on
-  their own (`pack_examples`, with `options`) and all are concatenated, shortest blocks first.
-  Attention within those blocks (`batch_block_length`) costs what the examples need, as
-  padding a batch to its longest example does, where one block for every row pays for the
-  longest example of all. Every example is still in one block: the outputs are whole rows'.
-  """
-  ids = np.arange(len(examples)) if ids is None else np.asarray(ids)
-  blocks = inference_blocks(max_input_length)
-  block_of = np.array([next((b for b in blocks if b >= len(tokens)), max_input_length)
-                       for tokens, _ in examples], np.int64)
-  parts = [pack_examples([examples[i] for i in np.flatnonzero(block_of == b)], max_input_length,
-                         max_target_length, ids=ids[block_of == b], block_length=b, **options)
-           for b in blocks if np.any(block_of == b)]
-  if not parts:
-    return pack_examples([], max_input_length, max_target_length, **options)
-  return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-
-
-def batch_block_length(segment_ids):
-  """The block length to run rows [B, L] in: the shortest of `inference_blocks(L)` that is a
-  multiple of what the rows allow (`rows_block_length`), so that batches compile for one of a
-  few block lengths."""
-  allowed = rows_block_length(segment_ids)
-  return min(b for b in inference_blocks(segment_ids.shape[1]) if b % allowed == 0)
-
-
 def rows_block_length(segment_ids):
   """The smallest block b dividing the row length L that no example of rows [R, L] crosses:
   block-local attention in blocks of b computes these rows exactly as whole rows do (b = L:
@@ -390,22 +356,35 @@ def _take_rows(packed, rows):
   return {name: array[rows] for name, array in packed.items()}
 
 
-def eval_batches(packed, batch_size):
+def eval_batches(packed, batch_size, tail_multiple=None):
   """Batches of `batch_size` rows covering the packed set exactly once, in order.
 
   The last batch is completed with empty rows: no tokens (segment 0), targets 0 and
-  example_ids -1, so they count as no example anywhere.
+  example_ids -1, so they count as no example anywhere. `tail_multiple` (inference: the mesh's
+  data axis): the last batch has only the fewest rows of `tail_batch_size` that hold it, so a
+  short tail costs its own rows, not a whole batch.
   """
   num_rows = len(packed['inputs'])
   for begin in range(0, num_rows, batch_size):
     batch = _take_rows(packed, np.arange(begin, min(begin + batch_size, num_rows)))
-    missing = batch_size - len(batch['inputs'])
+    rows = batch_size if tail_multiple is None else tail_batch_size(
+        len(batch['inputs']), batch_size, tail_multiple)
+    missing = rows - len(batch['inputs'])
     if missing:
       batch = {name: np.concatenate([array, np.full((missing,) + array.shape[1:],
                                                     -1 if name == 'example_ids' else 0,
                                                     array.dtype)])
                for name, array in batch.items()}
     yield batch
+
+
+def tail_batch_size(rows, batch_size, multiple):
+  """The fewest rows that hold `rows` among batch_size, batch_size / 2, batch_size / 4, ... (a
+  whole number and a multiple of `multiple`): a few shapes, so a few compilations."""
+  size = batch_size
+  while size % 2 == 0 and (size // 2) % multiple == 0 and size // 2 >= rows:
+    size //= 2
+  return size
 
 
 def epoch_order(num_rows, seed, epoch):

@@ -1,6 +1,6 @@
-"""Tests of evaluation.py: inference rows sized to their examples label what whole rows label,
-in several block lengths; the rows of each model (EncT5 packed, T5 one example a row); and a
-multi-label task's thresholds chosen on validation, then applied."""
+"""Tests of evaluation.py: inference in attention blocks, with a last batch of the rows it needs,
+labels what whole rows in full batches label; the rows of each model (EncT5 packed, T5 one
+example a row); and a multi-label task's thresholds chosen on validation, then applied."""
 import jax
 import numpy as np
 import pytest
@@ -22,10 +22,10 @@ def vocab(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def tickets(tmp_path_factory, vocab):
-  """(task, vocab, examples): tickets of 1 to 40 words, for a tiny random EncT5 to label."""
+  """(task, vocab, examples): tickets of 1 to 20 words, for a tiny random EncT5 to label."""
   root = tmp_path_factory.mktemp('evaluation')
   rng = np.random.default_rng(0)
-  rows = [(i, ' '.join(rng.choice(testutil.WORDS, int(rng.integers(1, 41)))),
+  rows = [(i, ' '.join(rng.choice(testutil.WORDS, int(rng.integers(1, 21)))),
            'billing' if i % 3 else 'refund') for i in range(60)]
   task = tasks.file_task(testutil.tickets_csv(root / 'train.csv', rows), label_field='queue')
   return task, vocab, readers.text_examples(task, [text for _, text, _ in rows])
@@ -40,25 +40,28 @@ def _inference(task, vocab, **overrides):
                               labels=None, thresholds=None), params
 
 
-def test_rows_sized_to_their_examples_label_as_whole_rows(tickets):
-  """With --attention_block_length unset, each batch runs in its rows' block (several here);
-  the probabilities are those of whole rows, for every example."""
+def test_blocks_and_a_short_last_batch_label_as_whole_rows_and_full_batches(tickets):
+  """With --attention_block_length unset the encoder runs in the blocks the rows allow, and the
+  last batch has only the rows it needs: every example's probabilities are those of whole rows
+  in full batches."""
   task, vocab, examples = tickets
   inference, params = _inference(task, vocab)
-  config = finetune.Config(max_input_length=64, max_target_length=4, batch_size=2)
-  packed = evaluation.pack_for_inference(config, task, examples, vocab)
-  used = {packing.batch_block_length(batch['inputs_segment_ids'])
-          for batch in packing.eval_batches(packed, config.batch_size)}
-  assert len(used) >= 3 and max(used) == 64, used
-  ids, by_length = evaluation.infer(config, inference, params, packed, evaluation.label_outputs)
-  whole_rows = finetune.Config(max_input_length=64, max_target_length=4, batch_size=2,
-                               attention_block_length=0)
-  whole_ids, whole = evaluation.infer(
-      whole_rows, inference, params, evaluation.pack_for_inference(whole_rows, task, examples,
-                                                                   vocab),
-      evaluation.label_outputs)
-  assert ids.tolist() == whole_ids.tolist() == list(range(60))
-  np.testing.assert_allclose(by_length, whole, rtol=1e-5, atol=1e-6)
+  config = finetune.Config(max_input_length=256, pack=False, batch_size=16)  # a row an example
+  packed = evaluation.pack_for_inference(config, task, examples[:36], vocab)  # 16, 16 and 4
+  calls = []
+  counted = inference._replace(eval_step=lambda params, batch, block_length: calls.append(
+      (len(batch['inputs']), block_length)) or inference.eval_step(params, batch, block_length))
+  ids, fast = evaluation.infer(config, counted, params, packed, evaluation.label_outputs)
+  rows, blocks = zip(*calls)
+  assert rows[:-1] == (16,) * (len(rows) - 1) and rows[-1] < 16 and set(blocks) == {
+      packing.rows_block_length(packed['inputs_segment_ids'])} and blocks[0] < 256
+  whole = [evaluation.label_outputs(np.asarray(inference.eval_step(
+      params, partitioning.global_batch(batch, inference.shardings.batch), 0)), inference)
+           for batch in packing.eval_batches(
+               {k: packed[k] for k in evaluation.MODELS['enct5'].eval_keys}, 16)]
+  ids_whole, whole = packing.per_example(packed['example_ids'], np.concatenate(whole))
+  assert ids.tolist() == ids_whole.tolist() == list(range(36))
+  np.testing.assert_allclose(fast, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_rows_of_each_model(tickets):

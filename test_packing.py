@@ -206,31 +206,6 @@ def test_rows_block_length_is_the_smallest_block_no_example_crosses():
   assert packing.rows_block_length(packed['inputs_segment_ids']) <= 16
 
 
-def test_pack_by_length_puts_each_example_in_the_shortest_block_that_holds_it():
-  """Inference rows (`pack_by_length`): rows of 8-token blocks for the short examples, of 16 and
-  32 for the longer ones, in that order; every example once, and `batch_block_length` runs each
-  group of rows in its own block."""
-  assert packing.inference_blocks(32) == [4, 8, 16, 32]
-  assert packing.inference_blocks(24) == [3, 4, 6, 8, 12, 24]
-  lengths = (3, 9, 2, 7, 16, 30, 5, 8)
-  examples = [([k + 2] * n, k + 1) for k, n in enumerate(lengths)]
-  packed = packing.pack_by_length(examples, 32, 4, ids=np.arange(10, 18))
-  ids, labels = packing.per_example(packed['example_ids'], packed['targets'])
-  assert ids.tolist() == list(range(10, 18)) and labels.tolist() == list(range(1, 9))
-  blocks = []
-  for row, slots in zip(packed['inputs_segment_ids'], packed['example_ids']):
-    blocks.append(packing.batch_block_length(row[None]))
-    for slot, example in enumerate(slots[slots >= 0] - 10):
-      assert np.sum(row == slot + 1) == lengths[example]
-      block = min(b for b in (4, 8, 16, 32) if b >= lengths[example])  # the shortest to hold it
-      assert packing.rows_block_length(row[None]) <= block == blocks[-1]
-  assert blocks == sorted(blocks) and set(blocks) == {4, 8, 16, 32}
-  # A batch of rows of two groups runs in the longer block (a multiple of both).
-  assert packing.batch_block_length(packed['inputs_segment_ids']) == 32
-  empty = packing.pack_by_length([], 32, 4)
-  assert empty['inputs'].shape == (0, 32)
-
-
 def test_best_fit_never_worse_than_next_fit():
   rng = np.random.default_rng(0)
   for _ in range(300):
@@ -246,6 +221,21 @@ def test_best_fit_never_worse_than_next_fit():
 def _packed_rows(num_examples, seed=0):
   return packing.pack_examples(_random_examples(np.random.default_rng(seed), num_examples, 10),
                                16, 4)
+
+
+def test_the_tail_batch_of_inference_has_the_rows_it_needs():
+  assert [packing.tail_batch_size(n, 16, 1) for n in (1, 2, 3, 5, 8, 9, 16)] == [
+      1, 2, 4, 8, 8, 16, 16]
+  assert packing.tail_batch_size(1, 16, 4) == 4  # a multiple of the mesh's data axis
+  assert packing.tail_batch_size(1, 12, 1) == 3  # 12, 6, 3: whole numbers only
+  packed = _packed_rows(50)
+  num_rows = len(packed['inputs'])
+  batches = list(packing.eval_batches(packed, 8, tail_multiple=1))
+  assert [len(b['inputs']) for b in batches[:-1]] == [8] * (len(batches) - 1)
+  assert len(batches[-1]['inputs']) == packing.tail_batch_size(num_rows % 8 or 8, 8, 1)
+  stacked = np.concatenate([b['example_ids'] for b in batches])
+  np.testing.assert_array_equal(stacked[:num_rows], packed['example_ids'])
+  assert (stacked[num_rows:] == -1).all()
 
 
 def test_eval_batches_cover_once_and_pad():

@@ -6,10 +6,9 @@
 On the same rows of FILE, the same run and batch size, in alternating rounds (background load
 hits all alike), rows per second of:
   model alone, whole rows   the eval steps over the rows packed beforehand, self-attention over
-                            whole rows;
-  model alone, one block    the same, every row in the one block that the longest example needs;
-  model alone, blocks by length  the same as prediction packs: each example in rows of the
-                            shortest block that holds it, each batch in its rows' block;
+                            whole rows (what evaluation and prediction ran before issue 34);
+  model alone, blocks       the same, the encoder in the blocks the rows allow (bench.py's
+                            packed inference);
   Labeler                   `predict.Labeler(texts)` on the file's texts, read beforehand:
                             tokenizing, packing, the eval steps and the output rows;
   label_file                `predict.label_file` (`--mode=predict` once the model is loaded):
@@ -64,16 +63,14 @@ def main(argv):
   examples = readers.read_file(inference.task, FLAGS.input_file, labeled=False)
   texts = readers.text_rows(inference.task, FLAGS.input_file)
   assert len(texts) == len(examples), 'a row the readers skip or split'
-  whole = bench.model_alone(labeler, examples, 'whole')
-  one_block = bench.model_alone(labeler, examples, 'fit')
-  blocks = bench.model_alone(labeler, examples)
+  whole, _ = bench.model_alone(labeler, examples, blocks=False)
+  blocks, block_length = bench.model_alone(labeler, examples, blocks=True)
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'predictions.jsonl')
     label_file = lambda: predict.label_file(config, inference, labeler.params, labeler.vocab,
                                             FLAGS.input_file, out)
-    paths = {'model alone, whole rows': whole, 'model alone, one block': one_block,
-             'model alone, blocks by length': blocks, 'Labeler': lambda: labeler(texts),
-             'label_file': label_file}
+    paths = {'model alone, whole rows': whole, 'model alone, blocks': blocks,
+             'Labeler': lambda: labeler(texts), 'label_file': label_file}
     for fn in paths.values():
       fn()  # compiled
     rates = {name: [] for name in paths}
@@ -84,10 +81,9 @@ def main(argv):
         rates[name].append(len(examples) / (time.perf_counter() - start))
     seconds, total = profile(label_file)
   print(f'{len(examples):,} rows, batch {config.batch_size} x {config.max_input_length}, '
-        f'{config.dtype}; load average {os.getloadavg()[0]:.1f}')
-  print('| path | rows/s (median; min..max) | / model alone, blocks by length |\n'
-        '| --- | ---: | ---: |')
-  reference = np.median(rates['model alone, blocks by length'])
+        f'blocks of {block_length}, {config.dtype}; load average {os.getloadavg()[0]:.1f}')
+  print('| path | rows/s (median; min..max) | / model alone, blocks |\n| --- | ---: | ---: |')
+  reference = np.median(rates['model alone, blocks'])
   for name, values in rates.items():
     print(f'| {name} | {np.median(values):,.1f} ({min(values):,.1f}..{max(values):,.1f}) | '
           f'{np.median(values) / reference:.2f} |')
