@@ -90,6 +90,8 @@ class Config:
   attention_block_length: int = None  # self-attention in blocks; None: from the data; 0: rows
   # Training.
   batch_size: int = 128  # packed rows a step (T5: 128 rows of 512 tokens)
+  eval_batch_size: int = None  # rows a batch in evaluation and prediction; None: chosen
+  # (`evaluation.inference_batch_size`)
   learning_rate: float = 1e-3  # constant (§4.1)
   train_steps: int = 50000  # §4.1
   eval_every: int = 1000  # ours: 50 evaluations over the paper's 50k steps
@@ -245,11 +247,15 @@ def model_config(config, task, vocab, checkpoint):
 
 
 def make_mesh(config):
-  """The device mesh of `config.mesh`, checked against the batch size."""
+  """The device mesh of `config.mesh`, checked against the batch sizes."""
   try:
-    return partitioning.make_mesh(config.mesh, batch_size=config.batch_size)
+    mesh = partitioning.make_mesh(config.mesh, batch_size=config.batch_size)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if config.eval_batch_size and config.eval_batch_size % mesh.shape['data']:
+    raise ConfigError(f'--eval_batch_size={config.eval_batch_size} must be a multiple of the '
+                      f'mesh\'s data axis ({mesh.shape["data"]})')
+  return mesh
 
 
 def get_task(config):

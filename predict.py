@@ -268,10 +268,11 @@ class Labeler:
   A row is a string (a task with one text field) or a dict {text field: string}; the output
   rows are `predict_file`'s, numbered from 1 in input order (as are the rows an error names).
   One row alone (a string or a dict) gives its output row alone; no rows give []. `checkpoint`:
-  another than the run's best; `batch_size`: packed rows per batch (default the run's);
-  `dtype`: the activations' (default the run's; 'bfloat16' for any run). `task`: a multi-task
-  run's task whose head labels (`mixtures`); unset, the tasks of one file's label columns label
-  in one pass, each output row {'row': n, task: its row, ...}.
+  another than the run's best; `batch_size`: packed rows per batch (default the run's
+  --eval_batch_size, else `evaluation.inference_batch_size`'s); `dtype`: the activations'
+  (default the run's; 'bfloat16' for any run). `task`: a multi-task run's task whose head
+  labels (`mixtures`); unset, the tasks of one file's label columns label in one pass, each
+  output row {'row': n, task: its row, ...}.
   """
 
   def __init__(self, output_dir, checkpoint=None, batch_size=None, dtype=None, task=None):
@@ -280,7 +281,7 @@ class Labeler:
       raise FileNotFoundError(f'{output_dir}: no {finetune.RECORD_FILE}, so no run of train.py')
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in record['config'].items()}
     config.update(output_dir=output_dir, checkpoint=checkpoint, vocab=record['vocab_file'],
-                  mesh=None, batch_size=batch_size or config['batch_size'],
+                  mesh=None, eval_batch_size=batch_size or config.get('eval_batch_size'),
                   dtype=dtype or config['dtype'],
                   attention_block_length=None)  # blocks from the rows it labels
     names = mixtures.task_names(finetune.Config(**config))

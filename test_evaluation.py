@@ -1,6 +1,7 @@
-"""Tests of evaluation.py: inference in attention blocks, with a last batch of the rows it needs,
-labels what whole rows in full batches label; the rows of each model (EncT5 packed, T5 one
-example a row); and a multi-label task's thresholds chosen on validation, then applied."""
+"""Tests of evaluation.py: inference in attention blocks, in batches of 1024 tokens on a CPU and
+a last batch of the rows it needs, labels what whole rows in full batches label; the rows of
+each model (EncT5 packed, T5 one example a row); and a multi-label task's thresholds chosen on
+validation, then applied."""
 import jax
 import numpy as np
 import pytest
@@ -40,28 +41,40 @@ def _inference(task, vocab, **overrides):
                               labels=None, thresholds=None), params
 
 
-def test_blocks_and_a_short_last_batch_label_as_whole_rows_and_full_batches(tickets):
-  """With --attention_block_length unset the encoder runs in the blocks the rows allow, and the
-  last batch has only the rows it needs: every example's probabilities are those of whole rows
-  in full batches."""
+def test_blocks_and_short_batches_label_as_whole_rows_and_full_batches(tickets):
+  """With --attention_block_length and --eval_batch_size unset the encoder runs in the blocks
+  the rows allow, in batches of 1024 tokens (4 rows of 256) on a CPU, the last with only the
+  rows it needs: every example's probabilities are those of whole rows in batches of 16."""
   task, vocab, examples = tickets
   inference, params = _inference(task, vocab)
   config = finetune.Config(max_input_length=256, pack=False, batch_size=16)  # a row an example
-  packed = evaluation.pack_for_inference(config, task, examples[:36], vocab)  # 16, 16 and 4
+  packed = evaluation.pack_for_inference(config, task, examples[:38], vocab)  # 9 x 4, 2
   calls = []
   counted = inference._replace(eval_step=lambda params, batch, block_length: calls.append(
       (len(batch['inputs']), block_length)) or inference.eval_step(params, batch, block_length))
   ids, fast = evaluation.infer(config, counted, params, packed, evaluation.label_outputs)
   rows, blocks = zip(*calls)
-  assert rows[:-1] == (16,) * (len(rows) - 1) and rows[-1] < 16 and set(blocks) == {
+  assert rows == (4,) * 9 + (2,) and set(blocks) == {
       packing.rows_block_length(packed['inputs_segment_ids'])} and blocks[0] < 256
   whole = [evaluation.label_outputs(np.asarray(inference.eval_step(
       params, partitioning.global_batch(batch, inference.shardings.batch), 0)), inference)
            for batch in packing.eval_batches(
                {k: packed[k] for k in evaluation.MODELS['enct5'].eval_keys}, 16)]
   ids_whole, whole = packing.per_example(packed['example_ids'], np.concatenate(whole))
-  assert ids.tolist() == ids_whole.tolist() == list(range(36))
+  assert ids.tolist() == ids_whole.tolist() == list(range(38))
   np.testing.assert_allclose(fast, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_inference_batch_size():
+  """--eval_batch_size when given; else the training batch, on a CPU cut to 1024 tokens, at
+  least the mesh's data axis and a multiple of it."""
+  size = evaluation.inference_batch_size
+  assert size(finetune.Config(batch_size=128), 512, 1) == 2
+  assert size(finetune.Config(batch_size=128), 128, 1) == 8
+  assert size(finetune.Config(batch_size=2), 128, 1) == 2
+  assert size(finetune.Config(batch_size=128), 512, 8) == 8
+  assert size(finetune.Config(batch_size=128), 128, 3) == 6
+  assert size(finetune.Config(batch_size=128, eval_batch_size=32), 512, 8) == 32
 
 
 def test_rows_of_each_model(tickets):
