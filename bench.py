@@ -846,8 +846,8 @@ def model_alone(labeler, examples, blocks=True, batch_size=None):
   packed = evaluation.pack_for_inference(config, inference.task, examples, labeler.vocab)
   block_length = packing.rows_block_length(packed['inputs_segment_ids']) if blocks else 0
   data_axis = inference.shardings.mesh.shape['data']
-  batch_size = batch_size or evaluation.inference_batch_size(config, packed['inputs'].shape[1],
-                                                             data_axis)
+  batch_size = batch_size or evaluation.inference_batch_size(
+      config, inference.cfg.d_ff, packed['inputs'].shape[1], data_axis)
   batches = [partitioning.global_batch({k: b[k] for k in evaluation.MODELS['enct5'].eval_keys},
                                        inference.shardings.batch)
              for b in packing.eval_batches(packed, batch_size, data_axis)]
@@ -969,7 +969,7 @@ def bench_user(table, args):
                   f'{med(chosen) / med(run):.2f}x',
                   spread([a / b for a, b in zip(chosen, run)], '{:.2f}'),
                   f'the model alone: batches of evaluation.inference_batch_size '
-                  f'({evaluation.inference_batch_size(float32.config, 512, 1)} rows of 512) '
+                  f'({evaluation.inference_batch_size(float32.config, 1024, 512, 1)} rows of 512) '
                   f'against {args.user_batch_size}')
       if len(dtypes) > 1:
         ratios = [b / f for f, b in zip(rates['Labeler float32'], rates['Labeler bfloat16'])]

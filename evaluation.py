@@ -133,22 +133,24 @@ class Inference(NamedTuple):
   # each labelled by its head, `thresholds` {task name: its thresholds}; `task` reads the text
 
 
-CPU_INFERENCE_TOKENS = 1024  # tokens a batch of inference rows on a CPU (predict_speed.md)
+CPU_INFERENCE_ACTIVATIONS = 1024 * 1024  # FFN hidden units x tokens of a CPU inference batch
 
 
-def inference_batch_size(config, row_length, data_axis):
+def inference_batch_size(config, d_ff, row_length, data_axis):
   """Rows per evaluation and prediction batch: --eval_batch_size; unset, the training batch,
-  on a CPU cut to CPU_INFERENCE_TOKENS tokens (a multiple of the data axis).
+  on a CPU cut to CPU_INFERENCE_ACTIVATIONS hidden FFN activations (`d_ff` x tokens; EncT5-small:
+  1024 tokens, 2 rows of 512), a multiple of the data axis.
 
-  NOTE (speed, CPU only): inference needs no large batch, and on the CPUs measured smaller ones
-  run faster: on an AVX2 EPYC, 2 rows of 512 tokens labelled RTE dev 1.5x and SST-2 dev 1.27x
-  as fast as 16, and 1.07x as fast as 4 (predict_speed.md).
+  NOTE (speed, CPU only): inference needs no large batch, and smaller ones ran faster: on an AVX2
+  EPYC, EncT5-small in 2 rows of 512 tokens labelled RTE dev 1.5x and SST-2 dev 1.27x as fast
+  as in 16, and 1.07x as fast as in 4 (predict_speed.md). Measured at that size only; a tiny
+  model's batches stay whole (their activations are small; more batches cost more dispatches).
   """
   if config.eval_batch_size:
     return config.eval_batch_size
   if jax.default_backend() != 'cpu':
     return config.batch_size
-  rows = CPU_INFERENCE_TOKENS // row_length // data_axis * data_axis
+  rows = CPU_INFERENCE_ACTIVATIONS // (d_ff * row_length) // data_axis * data_axis
   return min(config.batch_size, max(data_axis, rows))
 
 
@@ -168,7 +170,8 @@ def infer(config, inference, params, packed, outputs=None):
   if block_length is None:
     block_length = packing.rows_block_length(packed['inputs_segment_ids'])
   data_axis = inference.shardings.mesh.shape['data']
-  batch_size = inference_batch_size(config, packed['inputs'].shape[1], data_axis)
+  batch_size = inference_batch_size(config, inference.cfg.d_ff, packed['inputs'].shape[1],
+                                    data_axis)
   dispatched = [inference.eval_step(params, partitioning.global_batch(
       {k: batch[k] for k in model.eval_keys}, inference.shardings.batch), block_length)
                 for batch in packing.eval_batches(packed, batch_size, data_axis)]

@@ -1,5 +1,5 @@
-"""Tests of evaluation.py: inference in attention blocks, in batches of 1024 tokens on a CPU and
-a last batch of the rows it needs, labels what whole rows in full batches label; the rows of
+"""Tests of evaluation.py: inference in attention blocks, in batches of a CPU's size and a
+last batch of the rows it needs, labels what whole rows in full batches label; the rows of
 each model (EncT5 packed, T5 one example a row); and a multi-label task's thresholds chosen on
 validation, then applied."""
 import jax
@@ -43,10 +43,11 @@ def _inference(task, vocab, **overrides):
 
 def test_blocks_and_short_batches_label_as_whole_rows_and_full_batches(tickets):
   """With --attention_block_length and --eval_batch_size unset the encoder runs in the blocks
-  the rows allow, in batches of 1024 tokens (4 rows of 256) on a CPU, the last with only the
-  rows it needs: every example's probabilities are those of whole rows in batches of 16."""
+  the rows allow, in batches of `inference_batch_size` (4 rows of 256 with d_ff 1024 on a CPU),
+  the last with only the rows it needs: every example's probabilities are those of whole rows
+  in batches of 16."""
   task, vocab, examples = tickets
-  inference, params = _inference(task, vocab)
+  inference, params = _inference(task, vocab, d_ff=1024)
   config = finetune.Config(max_input_length=256, pack=False, batch_size=16)  # a row an example
   packed = evaluation.pack_for_inference(config, task, examples[:38], vocab)  # 9 x 4, 2
   calls = []
@@ -66,15 +67,17 @@ def test_blocks_and_short_batches_label_as_whole_rows_and_full_batches(tickets):
 
 
 def test_inference_batch_size():
-  """--eval_batch_size when given; else the training batch, on a CPU cut to 1024 tokens, at
-  least the mesh's data axis and a multiple of it."""
+  """--eval_batch_size when given; else the training batch, on a CPU cut to 2^20 hidden FFN
+  activations (EncT5-small, d_ff 1024: 1024 tokens), at least the mesh's data axis and a
+  multiple of it; a tiny model's batch stays whole."""
   size = evaluation.inference_batch_size
-  assert size(finetune.Config(batch_size=128), 512, 1) == 2
-  assert size(finetune.Config(batch_size=128), 128, 1) == 8
-  assert size(finetune.Config(batch_size=2), 128, 1) == 2
-  assert size(finetune.Config(batch_size=128), 512, 8) == 8
-  assert size(finetune.Config(batch_size=128), 128, 3) == 6
-  assert size(finetune.Config(batch_size=128, eval_batch_size=32), 512, 8) == 32
+  assert size(finetune.Config(batch_size=128), 1024, 512, 1) == 2
+  assert size(finetune.Config(batch_size=128), 1024, 128, 1) == 8
+  assert size(finetune.Config(batch_size=2), 1024, 128, 1) == 2
+  assert size(finetune.Config(batch_size=128), 1024, 512, 8) == 8
+  assert size(finetune.Config(batch_size=128), 1024, 128, 3) == 6
+  assert size(finetune.Config(batch_size=16), 32, 128, 1) == 16
+  assert size(finetune.Config(batch_size=128, eval_batch_size=32), 1024, 512, 8) == 32
 
 
 def test_rows_of_each_model(tickets):
