@@ -38,7 +38,7 @@ Flags by section (`--helpfull` lists them; the shared ones are `cli.py`'s):
                      --d_model --num_heads --head_dim --d_ff --num_layers --dropout_rate --dtype
                      --remat_policy --scan_layers --attention_block_length
   training           --batch_size --learning_rate --train_steps --eval_every --log_every
-                     --keep_checkpoints --seed
+                     --keep_checkpoints --seed --eval_batch_size
   devices and hosts  --mesh --coordinator_address --num_processes --process_id
                      --host_timeout --compilation_cache
   run                --mode --predict_split --input_file --predictions_file --id_field
