@@ -22,6 +22,7 @@ float32 and bfloat16).
   python bench.py --quick --sections= --compare_hf   # the 512-token table alone, ~4 minutes
   python bench.py --sections=user                    # the user's path against HF's
 """
+import collections
 import dataclasses
 import math
 import multiprocessing
@@ -837,26 +838,42 @@ def bench_hf_predict(table, args):
   worker.join()
 
 
+def inference_flops(cfg, num_rows, row_length, block_length, slots):
+  """Analytic matmul FLOPs of eval steps over `num_rows` rows: a third of
+  `enct5.train_step_flops`' count (the forward pass alone), the encoder's attention scores and
+  context within blocks of `block_length` tokens (0: whole rows)."""
+  forward = enct5.train_step_flops(cfg, 'enct5', num_rows, row_length, slots) / 3
+  inner = cfg.num_heads * cfg.head_dim
+  scores = num_rows * cfg.num_layers * 2 * 2 * row_length * row_length * inner
+  return forward - scores * (1 - (block_length or row_length) / row_length)
+
+
 def model_alone(labeler, examples, blocks=True, batch_size=None):
-  """(() -> rows labelled, block length): `labeler`'s eval steps over `examples` packed
-  beforehand, the encoder in the blocks the rows allow, or over whole rows (`blocks` False); in
-  batches of `batch_size` rows (default `evaluation.inference_batch_size`, as prediction runs
-  them), the last with the rows it needs (`packing.tail_batch_size`)."""
+  """(() -> rows labelled, {block length: rows}, analytic FLOPs of a call): `labeler`'s eval
+  steps over `examples` packed beforehand, in the batches prediction runs them
+  (`evaluation.inference_batches`: each row in its blocks, or whole rows with `blocks` False;
+  `batch_size` rows a batch, default `evaluation.inference_batch_size`)."""
   config, inference = labeler.config, labeler.inference
   packed = evaluation.pack_for_inference(config, inference.task, examples, labeler.vocab)
-  block_length = packing.rows_block_length(packed['inputs_segment_ids']) if blocks else 0
-  data_axis = inference.shardings.mesh.shape['data']
-  batch_size = batch_size or evaluation.inference_batch_size(
-      config, inference.cfg.d_ff, packed['inputs'].shape[1], data_axis)
-  batches = [partitioning.global_batch({k: b[k] for k in evaluation.MODELS['enct5'].eval_keys},
-                                       inference.shardings.batch)
-             for b in packing.eval_batches(packed, batch_size, data_axis)]
+  run_config = dataclasses.replace(config, eval_batch_size=batch_size or config.eval_batch_size,
+                                   attention_block_length=None if blocks else 0)
+  batches = list(evaluation.inference_batches(run_config, inference, packed))
+  block_rows, flops = collections.Counter(), 0
+  for block_length, batch in batches:
+    rows = int((batch['inputs_segment_ids'] > 0).any(axis=1).sum())  # not the tail's empty rows
+    block_rows[block_length] += rows
+    flops += inference_flops(inference.cfg, rows, batch['inputs'].shape[1], block_length,
+                             batch['example_ids'].shape[1])
+  batches = [(block_length, partitioning.global_batch(
+      {k: batch[k] for k in evaluation.MODELS['enct5'].eval_keys}, inference.shardings.batch))
+             for block_length, batch in batches]
 
   def run():
-    outputs = [inference.eval_step(labeler.params, batch, block_length) for batch in batches]
+    outputs = [inference.eval_step(labeler.params, batch, block_length)
+               for block_length, batch in batches]
     jax.block_until_ready(outputs)
     return len(examples)
-  return run, block_length
+  return run, dict(block_rows), flops
 
 
 def make_user_run(task, glue_dir, output_dir, batch_size):
@@ -906,10 +923,12 @@ def bench_user(table, args):
       float32 = labelers['float32']
       examples = readers.read_file(float32.inference.task, input_file, labeled=False)
       texts = readers.text_rows(float32.inference.task, input_file)
-      fns = {}
+      fns, peak_fns = {}, {}
       for dtype, labeler in labelers.items():
         out = os.path.join(tmp, f'{name}.{dtype}.jsonl')
-        fns[f'model alone {dtype}'] = model_alone(labeler, examples)[0]
+        fns[f'model alone {dtype}'], block_rows, flops = model_alone(labeler, examples)
+        peak_fns[f'matmul peak {dtype}'], peak_flops = loop.matmul_peak_fn(jnp.dtype(dtype),
+                                                                      args.matmul_size)
         fns[f'model alone, batches of {args.user_batch_size} {dtype}'] = model_alone(
             labeler, examples, batch_size=args.user_batch_size)[0]
         fns[f'Labeler {dtype}'] = lambda labeler=labeler: labeler(texts)
@@ -938,7 +957,7 @@ def bench_user(table, args):
         logits = hf('float32')()
         theirs = np.exp(logits - logits.max(-1, keepdims=True))
         theirs /= theirs.sum(-1, keepdims=True)
-      times, _ = round_robin(fns, args.rounds)
+      times, _ = round_robin({**fns, **peak_fns}, args.rounds)
       if with_hf:
         conn.send(None)
         worker.join()
@@ -947,7 +966,8 @@ def bench_user(table, args):
       table.add('user', f'{name} dev: the run', f'{made:.0f}s', note=(
           f'train.py --size=small --max_input_length=512 --batch_size={args.user_batch_size} '
           f'--train_steps=1; {len(examples)} rows labelled'
-          + (f', {np.mean(lengths):.0f} tokens a row on average' if lengths else '')))
+          + (f', {np.mean(lengths):.0f} tokens a row on average' if lengths else '')
+          + f'; packed rows by attention block: {block_rows}'))
       for key in fns:
         table.add('user', f'{name} dev: {key} rows/s', f'{med(rates[key]):,.1f}',
                   spread(rates[key], '{:,.1f}'),
@@ -963,14 +983,24 @@ def bench_user(table, args):
                       spread(ratios, '{:.2f}'),
                       'target >= 0.90x' if other == 'model alone' else 'target >= 1.0x')
       for dtype in dtypes:
+        peaks = [peak_flops / t for t in times[f'matmul peak {dtype}']]
+        for path in ('model alone', 'Labeler', 'label_file'):
+          achieved = [flops / t for t in times[f'{path} {dtype}']]
+          table.add('user', f'{name} dev: {path}, share of the {dtype} matmul peak',
+                    f'{med(achieved) / med(peaks):.0%}',
+                    note=f'{med(achieved) / 1e9:,.0f} GFLOP/s ({flops / 1e9:,.0f} GFLOP analytic) '
+                         f'against a {args.matmul_size}^2 {dtype} matmul in the same rounds, '
+                         f'{med(peaks) / 1e9:,.0f} GFLOP/s; target >= 80% at RTE lengths, '
+                         f'>= 70% at SST-2')
         chosen, run = (rates[f'model alone {dtype}'],
                        rates[f'model alone, batches of {args.user_batch_size} {dtype}'])
+        rows = evaluation.inference_batch_size(labelers[dtype].config,
+                                               float32.inference.cfg.d_ff, 512, 1)
         table.add('user', f'{name} dev: inference batch / the run\'s batch, {dtype}',
                   f'{med(chosen) / med(run):.2f}x',
                   spread([a / b for a, b in zip(chosen, run)], '{:.2f}'),
-                  f'the model alone: batches of evaluation.inference_batch_size '
-                  f'({evaluation.inference_batch_size(float32.config, 1024, 512, 1)} rows of 512) '
-                  f'against {args.user_batch_size}')
+                  f'the model alone: batches of evaluation.inference_batch_size ({rows} rows '
+                  f'of 512) against {args.user_batch_size}')
       if len(dtypes) > 1:
         ratios = [b / f for f, b in zip(rates['Labeler float32'], rates['Labeler bfloat16'])]
         table.add('user', f'{name} dev: Labeler bfloat16 / float32',

@@ -70,8 +70,8 @@ flags.DEFINE_integer('max_input_length', DEFAULTS.max_input_length, 'Tokens per 
 flags.DEFINE_integer('batch_size', DEFAULTS.batch_size, 'Rows per global batch (T5: 128 rows of '
                      '512 tokens), split over the mesh\'s data axis and the processes.')
 flags.DEFINE_integer('eval_batch_size', None, 'Rows per batch in evaluation and prediction. '
-                     'Unset: --batch_size, on a CPU cut to 2^20 FFN activations (EncT5-small: '
-                     '1024 tokens; faster there).')
+                     'Unset: --batch_size, on a CPU cut to 4 MiB of FFN activations (EncT5-small: '
+                     '1024 tokens in float32, 2048 in bfloat16; faster there).')
 flags.DEFINE_integer('train_steps', DEFAULTS.train_steps, 'Steps of this run (fine-tuning, '
                      'paper §4.1: 50k, counted from the start of fine-tuning, not from the '
                      'checkpoint\'s step).')

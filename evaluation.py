@@ -10,6 +10,7 @@ import logging
 from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import enct5
@@ -103,14 +104,17 @@ def packing_block_length(config):
 def pack_for_inference(config, task, examples, vocab, path='<examples>'):
   """The rows that evaluation and prediction label: EncT5's packed rows, up to
   max_target_length examples each; one example a row unpacked, and for T5 and 1decT5, which
-  decode greedily. Each example within one attention block (`packing_block_length`): `infer`
-  runs the encoder in the blocks the rows allow, with the outputs of whole rows."""
+  decode greedily. With --attention_block_length unset, each example in rows of the shortest
+  block that holds it (`packing.pack_by_block`), else as training packs
+  (`packing_block_length`): `infer` runs the encoder in the blocks the rows allow, with the
+  outputs of whole rows."""
   target_length, method = 1, 'unpacked'
   if config.pack and not MODELS[config.model].labels_as_text:
     target_length, method = config.max_target_length, 'best_fit'
+  block_length = ('by_block' if config.attention_block_length is None
+                  else packing_block_length(config))
   return preprocessing.pack_split(task, examples, vocab, config.max_input_length, target_length,
-                                  method=method, path=path,
-                                  block_length=packing_block_length(config))
+                                  method=method, path=path, block_length=block_length)
 
 
 def load_eval_split(config, task, split, vocab):
@@ -133,50 +137,65 @@ class Inference(NamedTuple):
   # each labelled by its head, `thresholds` {task name: its thresholds}; `task` reads the text
 
 
-CPU_INFERENCE_ACTIVATIONS = 1024 * 1024  # FFN hidden units x tokens of a CPU inference batch
+CPU_INFERENCE_ACTIVATION_BYTES = 4 * 2**20  # FFN hidden activations of a CPU inference batch
 
 
 def inference_batch_size(config, d_ff, row_length, data_axis):
   """Rows per evaluation and prediction batch: --eval_batch_size; unset, the training batch,
-  on a CPU cut to CPU_INFERENCE_ACTIVATIONS hidden FFN activations (`d_ff` x tokens; EncT5-small:
-  1024 tokens, 2 rows of 512), a multiple of the data axis.
+  on a CPU cut to CPU_INFERENCE_ACTIVATION_BYTES of hidden FFN activations (`d_ff` x tokens in
+  the run's dtype; EncT5-small: 1024 tokens in float32, 2 rows of 512; 2048 in bfloat16), a
+  multiple of the data axis.
 
-  NOTE (speed, CPU only): inference needs no large batch, and smaller ones ran faster: on an AVX2
-  EPYC, EncT5-small in 2 rows of 512 tokens labelled RTE dev 1.5x and SST-2 dev 1.27x as fast
-  as in 16, and 1.07x as fast as in 4 (predict_speed.md). Measured at that size only; a tiny
+  NOTE (speed, CPU only): inference needs no large batch, and smaller ones ran faster. On an
+  AVX2 EPYC, EncT5-small in float32 labelled RTE dev 1.5x and SST-2 dev 1.27x as fast in 2 rows
+  of 512 as in 16; on an Intel Xeon with AMX, float32 was fastest in 2 rows, bfloat16 in 4
+  (SST-2 dev 1.18x as fast as in 2) (predict_speed.md). Measured at that size only; a tiny
   model's batches stay whole (their activations are small; more batches cost more dispatches).
   """
   if config.eval_batch_size:
     return config.eval_batch_size
   if jax.default_backend() != 'cpu':
     return config.batch_size
-  rows = CPU_INFERENCE_ACTIVATIONS // (d_ff * row_length) // data_axis * data_axis
+  tokens = CPU_INFERENCE_ACTIVATION_BYTES // (d_ff * jnp.dtype(config.dtype).itemsize)
+  rows = tokens // row_length // data_axis * data_axis
   return min(config.batch_size, max(data_axis, rows))
+
+
+def inference_batches(config, inference, packed):
+  """(block length, batch) pairs covering a split's rows once, as `infer` runs them: the rows
+  of each block length (`packing.row_blocks`, or --attention_block_length's when given) in
+  batches of `inference_batch_size` rows, the last with only the rows it needs
+  (`packing.tail_batch_size`)."""
+  length = packed['inputs'].shape[1]
+  if config.attention_block_length is None:
+    blocks = packing.row_blocks(packed['inputs_segment_ids'])
+  else:
+    blocks = np.full(len(packed['inputs']), config.attention_block_length)
+  data_axis = inference.shardings.mesh.shape['data']
+  batch_size = inference_batch_size(config, inference.cfg.d_ff, length, data_axis)
+  for block_length in np.unique(blocks):
+    rows = packing.take_rows(packed, np.flatnonzero(blocks == block_length))
+    for batch in packing.eval_batches(rows, batch_size, data_axis):
+      yield int(block_length), batch
 
 
 def infer(config, inference, params, packed, outputs=None):
   """Per-example results of a split's rows -> (example ids ascending, results): the model's
   predictions (`Model.predictions`), or `outputs(eval step outputs, inference)`.
 
-  The encoder attends within the blocks the rows allow (`packing.rows_block_length`), or in
-  --attention_block_length's when given; in batches of `inference_batch_size` rows, the last
-  with only the rows it needs (`packing.tail_batch_size`). Every batch is dispatched before the
-  first result is read: the device computes while the host prepares the next batch (JAX
-  dispatches asynchronously).
+  The encoder attends within each row's blocks (`inference_batches`). Every batch is
+  dispatched before the first result is read: the device computes while the host prepares the
+  next batch (JAX dispatches asynchronously).
   """
   model = MODELS[config.model]
   outputs = outputs or model.predictions
-  block_length = config.attention_block_length
-  if block_length is None:
-    block_length = packing.rows_block_length(packed['inputs_segment_ids'])
-  data_axis = inference.shardings.mesh.shape['data']
-  batch_size = inference_batch_size(config, inference.cfg.d_ff, packed['inputs'].shape[1],
-                                    data_axis)
+  batches = list(inference_batches(config, inference, packed))
   dispatched = [inference.eval_step(params, partitioning.global_batch(
       {k: batch[k] for k in model.eval_keys}, inference.shardings.batch), block_length)
-                for batch in packing.eval_batches(packed, batch_size, data_axis)]
+                for block_length, batch in batches]
   results = [outputs(jax.tree.map(np.asarray, out), inference) for out in dispatched]
-  return packing.per_example(packed['example_ids'], np.concatenate(results))
+  example_ids = np.concatenate([batch['example_ids'] for _, batch in batches])
+  return packing.per_example(example_ids, np.concatenate(results))
 
 
 def label_outputs(logits, inference):

@@ -2,6 +2,8 @@
 last batch of the rows it needs, labels what whole rows in full batches label; the rows of
 each model (EncT5 packed, T5 one example a row); and a multi-label task's thresholds chosen on
 validation, then applied."""
+import collections
+
 import jax
 import numpy as np
 import pytest
@@ -41,22 +43,27 @@ def _inference(task, vocab, **overrides):
                               labels=None, thresholds=None), params
 
 
-def test_blocks_and_short_batches_label_as_whole_rows_and_full_batches(tickets):
-  """With --attention_block_length and --eval_batch_size unset the encoder runs in the blocks
-  the rows allow, in batches of `inference_batch_size` (4 rows of 256 with d_ff 1024 on a CPU),
-  the last with only the rows it needs: every example's probabilities are those of whole rows
-  in batches of 16."""
+def test_blocks_and_short_batches_label_as_whole_rows_and_full_batches(tickets, monkeypatch):
+  """With --attention_block_length and --eval_batch_size unset, each row runs in the shortest
+  inference block its examples allow (`packing.row_blocks`; blocks from 16 tokens up here), each
+  block length's rows in batches of `inference_batch_size` (4 rows of 256 with d_ff 1024 on a
+  CPU), the last with only the rows it needs: every example's probabilities are those of whole
+  rows in batches of 16."""
+  monkeypatch.setattr(packing, 'SHORTEST_INFERENCE_BLOCK', 16)
   task, vocab, examples = tickets
   inference, params = _inference(task, vocab, d_ff=1024)
   config = finetune.Config(max_input_length=256, pack=False, batch_size=16)  # a row an example
-  packed = evaluation.pack_for_inference(config, task, examples[:38], vocab)  # 9 x 4, 2
+  packed = evaluation.pack_for_inference(config, task, examples[:38], vocab)
   calls = []
   counted = inference._replace(eval_step=lambda params, batch, block_length: calls.append(
-      (len(batch['inputs']), block_length)) or inference.eval_step(params, batch, block_length))
+      (block_length, len(batch['inputs']))) or inference.eval_step(params, batch, block_length))
   ids, fast = evaluation.infer(config, counted, params, packed, evaluation.label_outputs)
-  rows, blocks = zip(*calls)
-  assert rows == (4,) * 9 + (2,) and set(blocks) == {
-      packing.rows_block_length(packed['inputs_segment_ids'])} and blocks[0] < 256
+  rows_of = collections.Counter(packing.row_blocks(packed['inputs_segment_ids']).tolist())
+  assert len(rows_of) > 1 and max(rows_of) < 256, rows_of
+  tail = lambda rows: [packing.tail_batch_size(rows % 4, 4, 1)] if rows % 4 else []
+  expected = [(block, size) for block, rows in sorted(rows_of.items())
+              for size in [4] * (rows // 4) + tail(rows)]
+  assert calls == expected
   whole = [evaluation.label_outputs(np.asarray(inference.eval_step(
       params, partitioning.global_batch(batch, inference.shardings.batch), 0)), inference)
            for batch in packing.eval_batches(
@@ -67,11 +74,12 @@ def test_blocks_and_short_batches_label_as_whole_rows_and_full_batches(tickets):
 
 
 def test_inference_batch_size():
-  """--eval_batch_size when given; else the training batch, on a CPU cut to 2^20 hidden FFN
-  activations (EncT5-small, d_ff 1024: 1024 tokens), at least the mesh's data axis and a
-  multiple of it; a tiny model's batch stays whole."""
+  """--eval_batch_size when given; else the training batch, on a CPU cut to 4 MiB of hidden FFN
+  activations (EncT5-small, d_ff 1024: 1024 tokens in float32, 2048 in bfloat16), at least the
+  mesh's data axis and a multiple of it; a tiny model's batch stays whole."""
   size = evaluation.inference_batch_size
   assert size(finetune.Config(batch_size=128), 1024, 512, 1) == 2
+  assert size(finetune.Config(batch_size=128, dtype='bfloat16'), 1024, 512, 1) == 4
   assert size(finetune.Config(batch_size=128), 1024, 128, 1) == 8
   assert size(finetune.Config(batch_size=2), 1024, 128, 1) == 2
   assert size(finetune.Config(batch_size=128), 1024, 512, 8) == 8

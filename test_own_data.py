@@ -257,11 +257,13 @@ def test_attention_blocks_train_and_evaluate_whole_rows(tmp_path):
     _main(*common, '--attention_block_length=2', f'--output_dir={tmp_path}/small')
 
 
-def test_attention_blocks_are_chosen_from_the_data_and_change_no_output(tmp_path):
+def test_attention_blocks_are_chosen_from_the_data_and_change_no_output(tmp_path, monkeypatch):
   """No --attention_block_length: training, evaluation and Labeler choose blocks smaller than
   the 64-token rows from the data, and give what whole rows give: the score logged in
   training is --mode=eval's with whole rows on the same checkpoint, Labeler's probabilities are
-  whole rows' to float32 rounding."""
+  whole rows' to float32 rounding. (Inference blocks from 16 tokens up, so that rows this short
+  have some.)"""
+  monkeypatch.setattr(packing, 'SHORTEST_INFERENCE_BLOCK', 16)
   tsv_rows = lambda rows: [f'{text}\t{queue}' for text, queue, _, _ in rows]
   train_file = _write(tmp_path / 'train.tsv', 'text\tqueue', tsv_rows(_rows(40, 0)))
   dev_file = _write(tmp_path / 'dev.tsv', 'text\tqueue', tsv_rows(_rows(30, 1)))
@@ -281,7 +283,7 @@ def test_attention_blocks_are_chosen_from_the_data_and_change_no_output(tmp_path
   examples = readers.text_examples(labeler.inference.task, texts)
   packed = evaluation.pack_for_inference(labeler.config, labeler.inference.task, examples,
                                          labeler.vocab)
-  assert packing.rows_block_length(packed['inputs_segment_ids']) < 64
+  assert packing.row_blocks(packed['inputs_segment_ids']).max() < 64
   blocks = labeler(texts)
   labeler.config = whole_rows
   rows = labeler(texts)

@@ -63,8 +63,8 @@ def main(argv):
   examples = readers.read_file(inference.task, FLAGS.input_file, labeled=False)
   texts = readers.text_rows(inference.task, FLAGS.input_file)
   assert len(texts) == len(examples), 'a row the readers skip or split'
-  whole, _ = bench.model_alone(labeler, examples, blocks=False)
-  blocks, block_length = bench.model_alone(labeler, examples, blocks=True)
+  whole, _, _ = bench.model_alone(labeler, examples, blocks=False)
+  blocks, block_rows, _ = bench.model_alone(labeler, examples, blocks=True)
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'predictions.jsonl')
     label_file = lambda: predict.label_file(config, inference, labeler.params, labeler.vocab,
@@ -81,7 +81,8 @@ def main(argv):
         rates[name].append(len(examples) / (time.perf_counter() - start))
     seconds, total = profile(label_file)
   print(f'{len(examples):,} rows, batch {config.batch_size} x {config.max_input_length}, '
-        f'blocks of {block_length}, {config.dtype}; load average {os.getloadavg()[0]:.1f}')
+        f'packed rows by block length {block_rows}, {config.dtype}; '
+        f'load average {os.getloadavg()[0]:.1f}')
   print('| path | rows/s (median; min..max) | / model alone, blocks |\n| --- | ---: | ---: |')
   reference = np.median(rates['model alone, blocks'])
   for name, values in rates.items():
