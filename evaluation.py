@@ -105,7 +105,7 @@ def pack_for_inference(config, task, examples, vocab, path='<examples>'):
   """The rows that evaluation and prediction label: EncT5's packed rows, up to
   max_target_length examples each; one example a row unpacked, and for T5 and 1decT5, which
   decode greedily. With --attention_block_length unset, each example in rows of the shortest
-  block that holds it (`packing.pack_by_block`), else as training packs
+  block that holds it (`packing.pack_examples(block_length='by_block')`), else as training packs
   (`packing_block_length`): `infer` runs the encoder in the blocks the rows allow, with the
   outputs of whole rows."""
   target_length, method = 1, 'unpacked'

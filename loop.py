@@ -11,6 +11,7 @@ Reads top-down: the step; the state (fresh or restored); the loop; its log and r
 """
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -335,11 +336,17 @@ def append_metrics(output_dir, record):
 
 
 def matmul_peak_fn(dtype, size=2048):
-  """(fn, FLOPs): one [size, size] @ [size, size] matmul in `dtype`, compiled, and its 2n^3
-  FLOPs: what this device's practical peak is timed with (MFU here, bench.py's rounds)."""
+  """(fn, FLOPs): one [size, size] @ [size, size] matmul of `dtype` operands accumulated in
+  float32, as the model's dense layers run (`t5_layers.dense`), compiled, and its 2n^3 FLOPs:
+  what this device's practical peak is timed with (MFU here, bench.py's rounds).
+
+  NOTE: a bfloat16-output matmul would understate the bfloat16 peak on XLA:CPU, which
+  converts the operands of such a dot to float32 (experiments/speed_512.md, lever 4).
+  """
   a = jax.random.normal(jax.random.PRNGKey(1), (size, size)).astype(dtype)
   b = jax.random.normal(jax.random.PRNGKey(2), (size, size)).astype(dtype)
-  matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+  matmul = jax.jit(functools.partial(jnp.matmul, preferred_element_type=jnp.float32)).lower(
+      a, b).compile()
   return (lambda: matmul(a, b)), 2.0 * size ** 3
 
 

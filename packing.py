@@ -42,8 +42,10 @@ def _next_fit(lengths, max_length, max_slots):
   return row, slot, start
 
 
-def _best_fit_decreasing(lengths, max_length, max_slots):
+def _best_fit_decreasing(lengths, max_length, max_slots, new_row_lengths=None):
   """Longest first; each example goes to the open row with the least free space that fits.
+  `new_row_lengths` (per example): the length of the row it opens when none fits (default
+  max_length; `_assign_by_block` opens blocks of several lengths).
 
   Open rows are kept in buckets by free space, with a bit mask of the non-empty buckets, so
   "the smallest free space >= length" is one shift and one lowest-set-bit: O(1) per example.
@@ -53,7 +55,7 @@ def _best_fit_decreasing(lengths, max_length, max_slots):
   order = np.argsort(-np.asarray(lengths, np.int64), kind='stable')  # ties: input order
   open_rows = [[] for _ in range(max_length + 1)]  # free space -> rows with that much free
   nonempty = 0  # bit s set iff open_rows[s] is not empty
-  used, count = [], []  # per row: tokens and examples so far
+  used, count, size = [], [], []  # per row: tokens and examples so far, its length
   for i in order.tolist():
     length = lengths[i]
     fits = nonempty >> length
@@ -66,10 +68,11 @@ def _best_fit_decreasing(lengths, max_length, max_slots):
       r = len(used)
       used.append(0)
       count.append(0)
+      size.append(max_length if new_row_lengths is None else int(new_row_lengths[i]))
     row[i], slot[i], start[i] = r, count[r], used[r]
     used[r] += length
     count[r] += 1
-    free = max_length - used[r]
+    free = size[r] - used[r]
     if free > 0 and count[r] < max_slots:
       if not open_rows[free]:
         nonempty |= 1 << free
@@ -83,6 +86,8 @@ def _assign_rows(lengths, max_length, max_slots, method, block_length=None):
   n = len(lengths)
   if method == 'unpacked':
     return np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64)
+  if block_length == 'by_block':
+    return _assign_by_block(lengths, max_length, max_slots)
   if block_length:
     return _assign_blocks(lengths, max_length, max_slots, method, block_length)
   row, slot, start = _next_fit(lengths, max_length, max_slots)
@@ -104,6 +109,37 @@ def _assign_blocks(lengths, max_length, max_slots, method, block_length):
                                      max_length // block_length)
   start = position[block] * block_length + start_in_block  # the block's offset + the example's
   return row[block], first_slot[block] + slot_in_block, start
+
+
+def _assign_by_block(lengths, max_length, max_slots):
+  """Examples into blocks of the inference block lengths (`inference_blocks`), best fit
+  decreasing: each goes to the open block of any length with the least free space that holds
+  it, else opens a block of the shortest length that holds it; then each length's blocks into
+  rows of their own, as `_assign_blocks` does. Short examples fill the free space of longer
+  examples' blocks before they open blocks of their own."""
+  blocks = inference_blocks(max_length)
+  shortest = [next(b for b in blocks if b >= length) for length in lengths]
+  block, slot_in_block, start_in_block = _best_fit_decreasing(lengths, max_length, max_slots,
+                                                              shortest)
+  opened = slot_in_block == 0  # each block's first (longest) example opened it
+  block_size = np.zeros(int(block.max()) + 1 if len(block) else 0, np.int64)
+  block_size[block[opened]] = np.asarray(shortest, np.int64)[opened]
+  row, first_slot, start = (np.empty(len(lengths), np.int64) for _ in range(3))
+  rows_before = 0
+  for b in blocks:  # the shortest blocks' rows first
+    of_size = np.flatnonzero(block_size == b)  # these blocks, renumbered 0, 1, ...
+    if not len(of_size):
+      continue
+    examples_per_block = np.bincount(block, minlength=len(block_size))[of_size].tolist()
+    block_row, position, block_first_slot = _best_fit_decreasing(
+        examples_per_block, int(max_slots), max_length // b)
+    mine = np.isin(block, of_size)
+    index = np.searchsorted(of_size, block[mine])
+    row[mine] = rows_before + block_row[index]
+    first_slot[mine] = block_first_slot[index]
+    start[mine] = position[index] * b
+    rows_before += int(block_row.max()) + 1
+  return row, first_slot + slot_in_block, start + start_in_block
 
 
 def _place(sequences, row, slot, start, shape):
@@ -140,9 +176,13 @@ def pack_examples(examples, max_input_length, max_target_length, *, method='best
     num_labels: n for multi-label examples: targets become multi-hot, slot j's label k (class
       id k + 1) at [.., j, k], and padding slots all zero.
     ids: per-example ids to record (default 0, 1, ...), e.g. each example's row in its file.
-    block_length: b, or None. Rows are then L/b blocks of b tokens and every example lies
-      within one block, as block-local attention needs (`enct5.EncT5Config.
+    block_length: b, 'by_block' or None. Rows are then L/b blocks of b tokens and every
+      example lies within one block, as block-local attention needs (`enct5.EncT5Config.
       attention_block_length`): examples are packed into blocks, blocks into rows.
+      'by_block' (inference): blocks of several lengths (`_assign_by_block`), each row of one
+      length (`row_blocks` reads it back), so that attention costs each example about what it
+      needs, as a batch padded to its longest example does, not what the longest example of
+      all needs. Always best fit.
 
   Returns:
     dict of numpy arrays: inputs, inputs_segment_ids, inputs_positions [R, L] int32;
@@ -262,7 +302,7 @@ def _check_lengths(lengths, max_length, ids, what, flag):
 
 
 def _check_blocks(lengths, max_length, block_length, ids):
-  if block_length is None:
+  if block_length in (None, 'by_block'):
     return
   if block_length < 1 or max_length % block_length:
     raise ValueError(f'block_length={block_length} must be >= 1 and divide '
@@ -296,8 +336,9 @@ SHORTEST_INFERENCE_BLOCK = 128  # tokens
 
 
 def inference_blocks(max_length):
-  """The block lengths of inference rows (`pack_by_block`): the divisors of the row length L
-  from SHORTEST_INFERENCE_BLOCK tokens up (L itself when shorter). A few, so a few compilations.
+  """The block lengths of inference rows (`pack_examples(block_length='by_block')`): the
+  divisors of the row length L from SHORTEST_INFERENCE_BLOCK tokens up (L itself when
+  shorter). A few, so a few compilations.
 
   NOTE (speed): on an Intel Xeon with AMX, EncT5-small labelled RTE dev 1.27x as fast in
   bfloat16 in blocks of 128, 256 and 512 as in one block of 512 for every row, 1.15x with 64
@@ -305,26 +346,6 @@ def inference_blocks(max_length):
   """
   shortest = min(SHORTEST_INFERENCE_BLOCK, max_length)
   return [b for b in range(shortest, max_length + 1) if max_length % b == 0]
-
-
-def pack_by_block(examples, max_input_length, max_target_length, *, ids=None, **options):
-  """Rows for inference, each example in rows of the shortest of `inference_blocks` that holds
-  it: attention then costs each example about what it needs, as a batch padded to its longest
-  example does, where one block for every row costs what the longest example of all needs.
-  Each block length's rows are packed on their own (`pack_examples` with `options`), the
-  shortest blocks first; `row_blocks` reads the blocks back from the rows. Every example lies
-  within one block, so block attention gives whole rows' outputs.
-  """
-  ids = np.arange(len(examples)) if ids is None else np.asarray(ids)
-  blocks = inference_blocks(max_input_length)
-  block_of = np.array([next((b for b in blocks if b >= len(tokens)), max_input_length)
-                       for tokens, _ in examples], np.int64)
-  parts = [pack_examples([examples[i] for i in np.flatnonzero(block_of == b)], max_input_length,
-                         max_target_length, ids=ids[block_of == b], block_length=b, **options)
-           for b in blocks if np.any(block_of == b)]
-  if not parts:
-    return pack_examples([], max_input_length, max_target_length, **options)
-  return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def row_blocks(segment_ids):

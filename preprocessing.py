@@ -39,8 +39,8 @@ def pack_split(task, examples, vocab, max_input_length, max_target_length, *,
   decoder rows of `max_target_length` tokens (`packing.pack_seq2seq_examples`).
   `block_length`: every example within one block of that many tokens, for block-local
   attention (`packing.pack_examples`); 'fit': the smallest block that holds the longest example
-  (`packing.block_length_for`), as training packs; 'by_block': each example in rows of the
-  shortest block that holds it (`packing.pack_by_block`), as evaluation and prediction pack.
+  (`packing.block_length_for`), as training packs; 'by_block': blocks as short as each
+  example allows (`packing.pack_examples`), as evaluation and prediction pack.
   `packed['example_ids']` holds each example's `idx` (its data row in the file).
   """
   tokenized, _ = tokenize(vocab, examples, max_input_length, path=path)
@@ -48,13 +48,6 @@ def pack_split(task, examples, vocab, max_input_length, max_target_length, *,
   if block_length == 'fit':
     block_length = packing.block_length_for([len(tokens) for tokens, _ in tokenized],
                                             max_input_length)
-  if block_length == 'by_block':
-    if labels is not None:
-      raise ValueError("block_length='by_block' packs inference rows, without labels as text")
-    return packing.pack_by_block(
-        tokenized, max_input_length, max_target_length, method=method,
-        regression=task.is_regression,
-        num_labels=task.num_classes if task.is_multi_label else None, ids=ids)
   if labels is None:
     return packing.pack_examples(
         tokenized, max_input_length, max_target_length, method=method,

@@ -207,19 +207,18 @@ def test_rows_block_length_is_the_smallest_block_no_example_crosses():
 
 
 def test_inference_rows_are_packed_and_read_back_by_the_shortest_block_that_holds_them():
-  """`pack_by_block`: each example in rows of the shortest inference block (128 tokens up)
-  that holds it; `row_blocks` reads each row's block back, never one an example crosses."""
+  """block_length='by_block': each example in a block of the shortest inference length (128
+  tokens up) that holds it, or in the free space of a longer example's block; `row_blocks`
+  reads each row's block back, never one an example crosses."""
   assert packing.inference_blocks(512) == [128, 256, 512]
   assert packing.inference_blocks(384) == [128, 192, 384]
   assert packing.inference_blocks(64) == [64]  # rows shorter than the shortest block: whole
   examples = [([5] * n, 1) for n in (10, 100, 200, 300, 128)]
-  packed = packing.pack_by_block(examples, 512, 4)
-  blocks = packing.row_blocks(packed['inputs_segment_ids'])
-  assert blocks.tolist() == [128, 256, 512]
-  for row, block in zip(packed['example_ids'], blocks):
-    lengths = [len(examples[i][0]) for i in row[row >= 0]]
-    assert max(lengths) <= block and (block == 128 or min(lengths) > block // 2)
-  assert sorted(packed['example_ids'][packed['example_ids'] >= 0].tolist()) == list(range(5))
+  packed = packing.pack_examples(examples, 512, 4, block_length='by_block')
+  # 300 opens a block of 512, whose free 212 tokens take 200 and then 10; 128 and 100 each
+  # open a block of 128 (a row of four such blocks).
+  assert packing.row_blocks(packed['inputs_segment_ids']).tolist() == [128, 512]
+  assert [sorted(row[row >= 0].tolist()) for row in packed['example_ids']] == [[1, 4], [0, 2, 3]]
   crossing = np.zeros((1, 512), np.int32)
   crossing[0, :100], crossing[0, 100:200] = 1, 2  # example 2 spans the boundary at 128
   assert packing.row_blocks(crossing).tolist() == [256]
