@@ -340,9 +340,10 @@ def inference_blocks(max_length):
   divisors of the row length L from SHORTEST_INFERENCE_BLOCK tokens up (L itself when
   shorter). A few, so a few compilations.
 
-  NOTE (speed): on an Intel Xeon with AMX, EncT5-small labelled RTE dev 1.27x as fast in
-  bfloat16 in blocks of 128, 256 and 512 as in one block of 512 for every row, 1.15x with 64
-  among them (more batches; experiments/predict_speed.md).
+  NOTE (speed): on an Intel Xeon with AMX, EncT5-small labelled RTE dev at 1.27x Hugging
+  Face's EncT5 in float32 and 1.68x in bfloat16 in rows by block, against 1.06x and 0.96x in
+  one block of 512 for every row; blocks from 64 tokens up ran slower than from 128 (more
+  batches; experiments/predict_speed.md).
   """
   shortest = min(SHORTEST_INFERENCE_BLOCK, max_length)
   return [b for b in range(shortest, max_length + 1) if max_length % b == 0]
