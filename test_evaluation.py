@@ -2,8 +2,6 @@
 last batch of the rows it needs, labels what whole rows in full batches label; the rows of
 each model (EncT5 packed, T5 one example a row); and a multi-label task's thresholds chosen on
 validation, then applied."""
-import collections
-
 import jax
 import numpy as np
 import pytest
@@ -44,26 +42,28 @@ def _inference(task, vocab, **overrides):
 
 
 def test_blocks_and_short_batches_label_as_whole_rows_and_full_batches(tickets, monkeypatch):
-  """With --attention_block_length and --eval_batch_size unset, each row runs in the shortest
-  inference block its examples allow (`packing.row_blocks`; blocks from 16 tokens up here), each
-  block length's rows in batches of `inference_batch_size` (4 rows of 256 with d_ff 1024 on a
-  CPU), the last with only the rows it needs: every example's probabilities are those of whole
-  rows in batches of 16."""
+  """With --attention_block_length and --eval_batch_size unset, rows run in the shortest
+  inference block their examples allow (`packing.row_blocks`; blocks from 16 tokens up here),
+  or, past a length's last full batch, a longer one they allow; in batches of
+  `inference_batch_size` (4 rows of 256 with d_ff 1024 on a CPU), only the last with fewer rows,
+  as few as it needs: every example's probabilities are those of whole rows in batches of 16."""
   monkeypatch.setattr(packing, 'SHORTEST_INFERENCE_BLOCK', 16)
   task, vocab, examples = tickets
   inference, params = _inference(task, vocab, d_ff=1024)
   config = finetune.Config(max_input_length=256, pack=False, batch_size=16)  # a row an example
-  packed = evaluation.pack_for_inference(config, task, examples[:38], vocab)
+  packed = evaluation.pack_for_inference(config, task, examples[:38], vocab)  # 9 x 4, 2
   calls = []
-  counted = inference._replace(eval_step=lambda params, batch, block_length: calls.append(
-      (block_length, len(batch['inputs']))) or inference.eval_step(params, batch, block_length))
-  ids, fast = evaluation.infer(config, counted, params, packed, evaluation.label_outputs)
-  rows_of = collections.Counter(packing.row_blocks(packed['inputs_segment_ids']).tolist())
-  assert len(rows_of) > 1 and max(rows_of) < 256, rows_of
-  tail = lambda rows: [packing.tail_batch_size(rows % 4, 4, 1)] if rows % 4 else []
-  expected = [(block, size) for block, rows in sorted(rows_of.items())
-              for size in [4] * (rows // 4) + tail(rows)]
-  assert calls == expected
+
+  def counted_step(params, batch, block_length):
+    allowed = packing.row_blocks(np.asarray(batch['inputs_segment_ids']))
+    calls.append((block_length, len(allowed), bool(np.all(block_length % allowed == 0))))
+    return inference.eval_step(params, batch, block_length)
+  ids, fast = evaluation.infer(config, inference._replace(eval_step=counted_step), params,
+                               packed, evaluation.label_outputs)
+  block_lengths, rows, allowed = zip(*calls)
+  assert rows == (4,) * 9 + (2,) and all(allowed)
+  assert list(block_lengths) == sorted(block_lengths) and len(set(block_lengths)) > 1
+  assert max(block_lengths) < 256
   whole = [evaluation.label_outputs(np.asarray(inference.eval_step(
       params, partitioning.global_batch(batch, inference.shardings.batch), 0)), inference)
            for batch in packing.eval_batches(
