@@ -838,16 +838,6 @@ def bench_hf_predict(table, args):
   worker.join()
 
 
-def inference_flops(cfg, num_rows, row_length, block_length, slots):
-  """Analytic matmul FLOPs of eval steps over `num_rows` rows: a third of
-  `enct5.train_step_flops`' count (the forward pass alone), the encoder's attention scores and
-  context within blocks of `block_length` tokens (0: whole rows)."""
-  forward = enct5.train_step_flops(cfg, 'enct5', num_rows, row_length, slots) / 3
-  inner = cfg.num_heads * cfg.head_dim
-  scores = num_rows * cfg.num_layers * 2 * 2 * row_length * row_length * inner
-  return forward - scores * (1 - (block_length or row_length) / row_length)
-
-
 def model_alone(labeler, examples, blocks=True, batch_size=None):
   """(() -> rows labelled, {block length: rows}, analytic FLOPs of a call): `labeler`'s eval
   steps over `examples` packed beforehand, in the batches prediction runs them
@@ -862,8 +852,8 @@ def model_alone(labeler, examples, blocks=True, batch_size=None):
   for block_length, batch in batches:
     rows = int((batch['inputs_segment_ids'] > 0).any(axis=1).sum())  # not the tail's empty rows
     block_rows[block_length] += rows
-    flops += inference_flops(inference.cfg, rows, batch['inputs'].shape[1], block_length,
-                             batch['example_ids'].shape[1])
+    flops += enct5.forward_flops(inference.cfg, 'enct5', rows, batch['inputs'].shape[1],
+                                 batch['example_ids'].shape[1], block_length)
   batches = [(block_length, partitioning.global_batch(
       {k: batch[k] for k in evaluation.MODELS['enct5'].eval_keys}, inference.shardings.batch))
              for block_length, batch in batches]

@@ -499,7 +499,13 @@ def count_params(cfg, model='enct5'):
 
 def train_step_flops(cfg, model, batch_size, input_length, target_length):
   """Model FLOPs of one train step on [batch_size, input_length] rows: 3x the forward pass
-  (the backward pass costs twice the forward), as nanoGPT's `estimate_mfu`.
+  (the backward pass costs twice the forward), as nanoGPT's `estimate_mfu`."""
+  return 3 * forward_flops(cfg, model, batch_size, input_length, target_length)
+
+
+def forward_flops(cfg, model, batch_size, input_length, target_length, block_length=0):
+  """Model FLOPs of one forward pass on [batch_size, input_length] rows, the encoder's
+  self-attention within blocks of `block_length` tokens (0: whole rows).
 
   `target_length`: EncT5's query slots T; T5's and 1decT5's decoder tokens. Counted: every
   matmul (2 x in x out per token: projections, FFNs, the class projection or the vocabulary
@@ -514,7 +520,8 @@ def train_step_flops(cfg, model, batch_size, input_length, target_length):
   def mlp(n):
     return 3 * 2 * n * d * cfg.d_ff
 
-  encoder = cfg.num_layers * (attention(length, length) + mlp(length))
+  block = block_length or length
+  encoder = cfg.num_layers * (length // block * attention(block, block) + mlp(length))
   if model == 'enct5':
     head = (attention(target_length, length) + mlp(target_length)
             + 2 * target_length * d * cfg.num_outputs)
@@ -523,7 +530,7 @@ def train_step_flops(cfg, model, batch_size, input_length, target_length):
              + mlp(target_length))
     head = (num_decoder_layers(cfg, model) * layer
             + 2 * target_length * d * cfg.vocab_size)
-  return 3 * batch_size * (encoder + head)
+  return batch_size * (encoder + head)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Tests of enct5.py: `encode` and `apply` on packed rows (padding and other examples unseen),
 dropout, the losses of each kind of label, predictions and probabilities, configs of each family
-(T5.1.1, mT5, ByT5), parameters (T5X's names, shapes, initializers) and their counts, bfloat16,
-and rematerialized or scanned layers. Golden values: test_golden.py."""
+(T5.1.1, mT5, ByT5), parameters (T5X's names, shapes, initializers) and their counts, the FLOP
+count against the traced matmuls, bfloat16, and rematerialized or scanned layers. Golden values:
+test_golden.py."""
 import dataclasses
 import functools
 import math
@@ -365,6 +366,44 @@ def test_bfloat16_training_stays_close_to_float32():
     assert got.dtype == jnp.float32, jax.tree_util.keystr(path)
     error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
     assert error < 0.1, f'{jax.tree_util.keystr(path)}: {error:.1%} of the float32 gradient'
+
+
+
+def _dot_flops(jaxpr):
+  """2 x out x contracted of every dot_general in a jaxpr and the jaxprs inside it (a scan's
+  body counted `length` times): the matmul FLOPs the traced program runs."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      (contract, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in contract)
+    times = eqn.params.get('length', 1) if eqn.primitive.name == 'scan' else 1
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        sub = getattr(sub, 'jaxpr', sub)  # a ClosedJaxpr's Jaxpr
+        if hasattr(sub, 'eqns'):
+          total += times * _dot_flops(sub)
+  return total
+
+
+@pytest.mark.parametrize('model, block_length', [('enct5', 0), ('enct5', 4), ('t5', 0)])
+def test_forward_flops_count_the_traced_matmuls(model, block_length):
+  """`enct5.forward_flops` (MFU's numerator; bench's shares of the matmul peak) equals the
+  matmul FLOPs in the traced forward pass, whole rows and blocks."""
+  cfg = tiny_config(attention_block_length=block_length)
+  params = enct5.init_params(jax.random.PRNGKey(0), cfg, model)
+  batch = packed_batch()
+  rows, length = batch['inputs'].shape
+  if model == 'enct5':
+    fn, target_length = lambda p: enct5.apply(p, cfg, batch), batch['targets'].shape[1]
+  else:
+    target_length = 6
+    decoder = {k: np.ones((rows, target_length), np.int32)
+               for k in ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_segment_ids')}
+    fn = lambda p: t5.apply(p, cfg, {**batch, **decoder})
+  counted = _dot_flops(jax.make_jaxpr(fn)(params).jaxpr)
+  assert counted == enct5.forward_flops(cfg, model, rows, length, target_length, block_length)
 
 
 def test_apply_jits_with_static_config():
